@@ -1,0 +1,77 @@
+"""keras_sepseq: feed Keras models from datasets stored as one file per sample.
+
+`SeparatedSequence` batches images and labels kept in separate files as a
+`keras.utils.PyDataset`: shuffled per epoch, loaded on demand by thread or
+process workers, with every sample exactly once per epoch and images never
+misaligned with their labels.
+
+Example:
+
+>>> from keras_sepseq import SeparatedSequence, pair_files  # doctest: +SKIP
+>>> images, labels = pair_files("data/image_*.png", "data/label_*.npy")  # doctest: +SKIP
+>>> model.fit(SeparatedSequence(images, labels, batch_size=32, workers=2), epochs=5)  # doctest: +SKIP
+"""
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Public names and the modules that define them. They are imported on first
+# use, so that `keras-sepseq --help` and the CLI's logging set-up run before
+# TensorFlow is loaded.
+_EXPORTS = {
+    "SampleError": "errors",
+    "ShapeMismatchError": "errors",
+    "convert_color": "images",
+    "decode_image": "images",
+    "read_image": "images",
+    "resize_image": "images",
+    "write_pixels": "images",
+    "default_key": "pairing",
+    "pair_files": "pairing",
+    "PathArray": "paths",
+    "SeparatedSequence": "separated",
+    "load_label": "separated",
+    "BaseSequence": "sequence",
+    "epoch_order": "sequence",
+}
+
+if TYPE_CHECKING:
+    from keras_sepseq.errors import SampleError, ShapeMismatchError
+    from keras_sepseq.images import convert_color, decode_image, read_image, resize_image, write_pixels
+    from keras_sepseq.pairing import default_key, pair_files
+    from keras_sepseq.paths import PathArray
+    from keras_sepseq.separated import SeparatedSequence, load_label
+    from keras_sepseq.sequence import BaseSequence, epoch_order
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_sepseq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"keras_sepseq.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseSequence",
+    "PathArray",
+    "SampleError",
+    "SeparatedSequence",
+    "ShapeMismatchError",
+    "convert_color",
+    "decode_image",
+    "default_key",
+    "epoch_order",
+    "load_label",
+    "pair_files",
+    "read_image",
+    "resize_image",
+    "write_pixels",
+]

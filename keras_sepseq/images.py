@@ -1,0 +1,312 @@
+"""Pure functions that decode, convert and resize images.
+
+They work on their own, without a dataset object; `SeparatedSequence`
+composes them. Pixels stay in their source precision (`uint8` or
+`uint16`) until `write_pixels` converts them once, into the batch array.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+COLOR_MODES: dict[str, int] = {"grayscale": 1, "rgb": 3, "rgba": 4}
+"""Allowed `color_mode` values and the number of channels each gives."""
+
+INTERPOLATIONS: dict[str, int] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+"""Allowed `interpolation` values and the Pillow filter each uses."""
+
+DTYPES: tuple[str, ...] = ("float32", "float16", "uint8", "uint16")
+"""Allowed batch `dtype` values."""
+
+# Pillow modes whose arrays need no conversion: bool, 8-bit, int32, float32.
+_PIL_AS_IS = frozenset({"1", "L", "LA", "RGB", "RGBA", "I", "F"})
+_MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
+_LUMA = np.array([299, 587, 114], dtype=np.uint32)
+
+
+def read_image(path: str) -> np.ndarray:
+    """Reads an image file's pixels as they are stored.
+
+    Formats Pillow knows (PNG, JPEG, BMP, GIF, TIFF, WebP and more) are
+    decoded by Pillow directly, which costs less per call than going through
+    imageio; any other file is handed to imageio, which tries its other
+    plugins. Palette images come back as RGB or RGBA, CMYK and YCbCr as RGB;
+    multi-frame files (animated GIF, multi-page TIFF) give their first frame.
+    Pillow's decompression-bomb guard (`PIL.Image.MAX_IMAGE_PIXELS`) stays
+    on. 16-bit grayscale PNG and TIFF keep their 16 bits; Pillow reads
+    16-bit color PNGs at 8 bits.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        An array of shape `(H, W)` or `(H, W, C)` in the file's own dtype
+        (`bool` for 1-bit images).
+
+    Raises:
+        OSError: If the file is missing, unreadable or truncated.
+        ValueError: If neither Pillow nor imageio can decode it.
+        PIL.Image.DecompressionBombError: If the image claims more than
+            twice `PIL.Image.MAX_IMAGE_PIXELS` pixels.
+
+    Example:
+
+    >>> pixels = read_image("cat.png")  # doctest: +SKIP
+    """
+    try:
+        image = Image.open(path)
+    except UnidentifiedImageError:
+        if os.path.getsize(path) == 0:
+            raise ValueError("the file is empty (0 bytes)") from None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # imageio's legacy plugins
+                return np.asarray(iio.imread(path, index=0))
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"not an image that Pillow or imageio can decode ({detail})") from e
+    with image:
+        if image.mode in _PIL_AS_IS:
+            return np.asarray(image)
+        if image.mode in ("P", "PA"):
+            has_alpha = image.mode == "PA" or "transparency" in image.info or image.palette.mode == "RGBA"
+            return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+        if image.mode.startswith("I;16"):
+            return np.asarray(image).astype(np.uint16)
+        return np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
+
+
+def standardize_pixels(pixels: np.ndarray) -> np.ndarray:
+    """Brings decoded pixels to `(H, W, C)` in `uint8`, `uint16` or `float32`.
+
+    `bool` (1-bit) images become `uint8` 0/255; other integer types whose
+    values fit in 0..65535 become `uint16`; floating-point pixels become
+    `float32`, assumed to lie in [0, 1].
+
+    Args:
+        pixels: An array of shape `(H, W)` or `(H, W, C)` with 1 to 4
+            channels.
+
+    Returns:
+        The standardized array (the input itself when nothing changes).
+
+    Raises:
+        ValueError: If the shape is not that of an image, or integer values
+            fall outside 0..65535.
+
+    Example:
+
+    >>> standardize_pixels(np.zeros((2, 3), dtype=bool)).shape
+    (2, 3, 1)
+    """
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or not 1 <= pixels.shape[2] <= 4 or 0 in pixels.shape:
+        raise ValueError(
+            "expected an image of shape (height, width) or (height, width, channels) "
+            f"with 1 to 4 channels, got shape {pixels.shape}"
+        )
+    kind = pixels.dtype.kind
+    if pixels.dtype in (np.uint8, np.uint16):
+        return pixels
+    if kind == "b":
+        return pixels.astype(np.uint8) * np.uint8(255)
+    if kind in "iu":
+        low, high = int(pixels.min()), int(pixels.max())
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"integer pixels of dtype {pixels.dtype} must lie in 0..65535, "
+                f"got values from {low} to {high}"
+            )
+        return pixels.astype(np.uint16)
+    if kind == "f":
+        return pixels.astype(np.float32, copy=False)
+    raise ValueError(f"unsupported pixel dtype {pixels.dtype}")
+
+
+def convert_color(pixels: np.ndarray, color_mode: str) -> np.ndarray:
+    """Converts `(H, W, C)` pixels to the channels of `color_mode`.
+
+    Grayscale uses the ITU-R 601-2 luma weights, as Pillow's `convert("L")`
+    does; alpha is dropped for `rgb` and `grayscale` and added as fully
+    opaque for `rgba`. Gray+alpha (2-channel) input is understood.
+
+    Args:
+        pixels: Standardized pixels (see `standardize_pixels`).
+        color_mode: One of `"grayscale"`, `"rgb"`, `"rgba"`.
+
+    Returns:
+        An array of shape `(H, W, 1 | 3 | 4)` in the input's dtype.
+
+    Raises:
+        ValueError: If `color_mode` is unknown.
+
+    Example:
+
+    >>> convert_color(np.zeros((2, 2, 1), np.uint8), "rgba").shape
+    (2, 2, 4)
+    """
+    if color_mode not in COLOR_MODES:
+        raise ValueError(
+            f"`color_mode` must be one of {sorted(COLOR_MODES)}. Received: color_mode={color_mode!r}"
+        )
+    channels = pixels.shape[2]
+    if channels == 2:
+        gray, alpha = pixels[:, :, :1], pixels[:, :, 1:]
+    elif channels in (1, 3):
+        gray, alpha = (pixels if channels == 1 else None), None
+    else:
+        gray, alpha = None, pixels[:, :, 3:]
+    color = pixels[:, :, :3] if channels >= 3 else None
+
+    if color_mode == "grayscale":
+        return gray if gray is not None else _luma(color)
+    rgb = color if color is not None else np.repeat(gray, 3, axis=2)
+    if color_mode == "rgb":
+        return rgb
+    if alpha is None:
+        opaque = _MAX.get(pixels.dtype, 1.0)
+        alpha = np.full(pixels.shape[:2] + (1,), opaque, dtype=pixels.dtype)
+    return np.concatenate([rgb, alpha], axis=2)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype.kind == "f":
+        return (rgb @ (_LUMA.astype(np.float32) / 1000))[:, :, None]
+    weighted = rgb.astype(np.uint32) @ _LUMA
+    return ((weighted + 500) // 1000).astype(rgb.dtype)[:, :, None]
+
+
+def resize_image(pixels: np.ndarray, size: Sequence[int], *, interpolation: str = "bilinear") -> np.ndarray:
+    """Resizes `(H, W, C)` pixels to `size` with Pillow, keeping the dtype.
+
+    `uint8` images with 1, 3 or 4 channels are resized in one Pillow call
+    (RGBA with premultiplied alpha); other dtypes are resized channel by
+    channel in float32 and rounded back.
+
+    Args:
+        pixels: Standardized pixels (see `standardize_pixels`).
+        size: The target `(height, width)`.
+        interpolation: A key of `INTERPOLATIONS`. Defaults to `"bilinear"`.
+
+    Returns:
+        An array of shape `(height, width, C)` in the input's dtype; the
+        input itself when it already has that size.
+
+    Raises:
+        ValueError: If `interpolation` is unknown.
+
+    Example:
+
+    >>> resize_image(np.zeros((4, 6, 3), np.uint8), (2, 3)).shape
+    (2, 3, 3)
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"`interpolation` must be one of {sorted(INTERPOLATIONS)}. "
+            f"Received: interpolation={interpolation!r}"
+        )
+    height, width = size
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    resample = INTERPOLATIONS[interpolation]
+    channels = pixels.shape[2]
+    if pixels.dtype == np.uint8 and channels in (1, 3, 4):
+        image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
+        out = np.asarray(image.resize((width, height), resample))
+        return out[:, :, None] if channels == 1 else out
+    planes = []
+    for c in range(channels):
+        plane = Image.fromarray(np.ascontiguousarray(pixels[:, :, c], dtype=np.float32), mode="F")
+        planes.append(np.asarray(plane.resize((width, height), resample)))
+    out = np.stack(planes, axis=2)
+    if pixels.dtype in _MAX:
+        out = np.clip(np.rint(out), 0, _MAX[pixels.dtype]).astype(pixels.dtype)
+    return out
+
+
+def decode_image(
+    path: str,
+    *,
+    color_mode: str = "rgb",
+    image_size: Sequence[int] | None = None,
+    interpolation: str = "bilinear",
+) -> np.ndarray:
+    """Reads, color-converts and optionally resizes one image file.
+
+    Args:
+        path: The image file.
+        color_mode: `"grayscale"`, `"rgb"` or `"rgba"`. Defaults to `"rgb"`.
+        image_size: `(height, width)` to resize to, or `None` (the default)
+            to keep the file's size.
+        interpolation: The resize filter, a key of `INTERPOLATIONS`.
+            Defaults to `"bilinear"`.
+
+    Returns:
+        Pixels of shape `(H, W, C)` in `uint8`, `uint16` (16-bit files) or
+        `float32` (floating-point files).
+
+    Raises:
+        OSError: If the file is missing or cannot be decoded.
+        ValueError: If the decoded array is not an image (see
+            `standardize_pixels`).
+
+    Example:
+
+    >>> decode_image("cat.png", color_mode="grayscale", image_size=(64, 64)).shape  # doctest: +SKIP
+    (64, 64, 1)
+    """
+    pixels = convert_color(standardize_pixels(read_image(path)), color_mode)
+    if image_size is not None:
+        pixels = resize_image(pixels, image_size, interpolation=interpolation)
+    return pixels
+
+
+def write_pixels(out: np.ndarray, pixels: np.ndarray) -> None:
+    """Writes `pixels` into `out`, converting the range like `tf.image.convert_image_dtype`.
+
+    `uint8` and `uint16` inputs are treated as encoded pixels: to a float
+    `out` they are divided by 255 or 65535; between the two integer types
+    they are shifted by 8 bits or multiplied by 257. Float inputs go to
+    integer outputs as `round(clip(x, 0, 1) * max)`. Any other dtype
+    (a custom `load_input` returning, say, int16 Hounsfield units) is cast
+    unchanged.
+
+    Args:
+        out: The destination, e.g. one slot of a preallocated batch.
+        pixels: An array broadcastable to `out`.
+
+    Example:
+
+    >>> out = np.empty((2,), np.float32); write_pixels(out, np.array([0, 255], np.uint8)); out
+    array([0., 1.], dtype=float32)
+    """
+    src, dst = pixels.dtype, out.dtype
+    if src == dst:
+        out[...] = pixels
+    elif src in _MAX and dst.kind == "f":
+        np.multiply(pixels, 1.0 / _MAX[src], out=out, casting="unsafe")
+    elif src == np.uint16 and dst == np.uint8:
+        np.right_shift(pixels, 8, out=out, casting="unsafe")
+    elif src == np.uint8 and dst == np.uint16:
+        np.multiply(pixels, np.uint16(257), out=out, casting="unsafe")
+    elif src.kind == "f" and dst in _MAX:
+        np.copyto(out, np.rint(np.clip(pixels, 0.0, 1.0) * _MAX[dst]), casting="unsafe")
+    else:
+        np.copyto(out, pixels, casting="unsafe")

@@ -1,0 +1,140 @@
+"""Pairing input files with label files by a key taken from their names."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Callable, Hashable
+from typing import Union
+
+Key = Union[Callable[[str], Hashable], str, None]
+
+_LAST_DIGITS = re.compile(r"(\d+)(?!.*\d)")
+_SHOWN = 5
+
+
+def default_key(path: str) -> Hashable:
+    """The default pairing key: the last run of digits in the file stem, as an int.
+
+    Falls back to the whole stem when it holds no digit. Only the file name
+    counts, not its folder; the stem drops the last extension only.
+
+    Args:
+        path: A file path.
+
+    Returns:
+        An `int` (`image_001.png` gives 1) or the stem (`cat.png` gives
+        `"cat"`).
+
+    Example:
+
+    >>> default_key("data/image_001.png"), default_key("scan_17.png"), default_key("cat.png")
+    (1, 17, 'cat')
+    """
+    stem = os.path.splitext(os.path.basename(path))[0]
+    match = _LAST_DIGITS.search(stem)
+    return int(match.group(1)) if match else stem
+
+
+def pair_files(
+    image_pattern: str | os.PathLike,
+    label_pattern: str | os.PathLike,
+    *,
+    key: Key = None,
+) -> tuple[list[str], list[str]]:
+    """Globs images and labels and pairs them by a key taken from each file name.
+
+    `image_001.png` pairs with `label_001.npy`, and `scan_17.png` with
+    `17.npy` (default key: the last run of digits in the stem, compared as
+    an integer, else the whole stem). Patterns accept `**` for recursion.
+
+    Args:
+        image_pattern: A glob pattern for the input files.
+        label_pattern: A glob pattern for the label files.
+        key: How to compute a file's key: `None` (the default,
+            `default_key`); a callable taking the path; or a regular
+            expression searched in the file name, whose first group (or
+            whole match) is the key.
+
+    Returns:
+        `(image_paths, label_paths)`: two lists of equal length, paired
+        position by position, in sorted key order (numbers before names).
+
+    Raises:
+        ValueError: If a pattern matches no file; if files on either side
+            have no partner; if several files on one side share a key; if a
+            regular-expression key does not match a file name. The message
+            gives the counts and the first few files.
+
+    Example:
+
+    >>> images, labels = pair_files("data/image_*.png", "data/label_*.npy")  # doctest: +SKIP
+    >>> images[0], labels[0]  # doctest: +SKIP
+    ('data/image_000.png', 'data/label_000.npy')
+    """
+    key_fn = _key_function(key)
+    images = _index("image_pattern", image_pattern, key_fn)
+    labels = _index("label_pattern", label_pattern, key_fn)
+    problems = []
+    for side, mine, other, partner in (("image", images, labels, "label"), ("label", labels, images, "image")):
+        orphans = [mine[k] for k in mine if k not in other]
+        if orphans:
+            problems.append(
+                f"{len(orphans)} of {len(mine)} {side} files have no {partner} file with the same key "
+                f"(first: {_show(sorted(orphans))})"
+            )
+    if problems:
+        raise ValueError("pair_files found unpaired files: " + "; ".join(problems) + ".")
+    ordered = sorted(images, key=_sort_key)
+    return [images[k] for k in ordered], [labels[k] for k in ordered]
+
+
+def _key_function(key: Key) -> Callable[[str], Hashable]:
+    if key is None:
+        return default_key
+    if isinstance(key, str):
+        try:
+            regex = re.compile(key)
+        except re.error as e:
+            raise ValueError(f"`key` is not a valid regular expression ({e}). Received: key={key!r}") from None
+
+        def regex_key(path: str) -> Hashable:
+            match = regex.search(os.path.basename(path))
+            if match is None:
+                raise ValueError(f"`key` regular expression {key!r} does not match the file name of {path!r}")
+            return match.group(1) if regex.groups else match.group(0)
+
+        return regex_key
+    if callable(key):
+        return key
+    raise ValueError(f"`key` must be None, a callable or a regular expression string. Received: key={key!r}")
+
+
+def _index(name: str, pattern: str | os.PathLike, key_fn: Callable[[str], Hashable]) -> dict[Hashable, str]:
+    pattern = os.fspath(pattern)
+    files = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
+    if not files:
+        raise ValueError(f"`{name}` matched no files. Received: {name}={pattern!r}")
+    by_key: dict[Hashable, list[str]] = {}
+    for path in files:
+        by_key.setdefault(key_fn(path), []).append(path)
+    clashes = {k: v for k, v in by_key.items() if len(v) > 1}
+    if clashes:
+        shown = "; ".join(f"key {k!r}: {_show(v)}" for k, v in sorted(clashes.items(), key=lambda kv: _sort_key(kv[0]))[:_SHOWN])
+        raise ValueError(
+            f"`{name}` matched several files with the same key ({len(clashes)} duplicate keys, "
+            f"first: {shown}). Pass `key=` to tell them apart."
+        )
+    return {k: v[0] for k, v in by_key.items()}
+
+
+def _sort_key(key: Hashable) -> tuple:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return (0, key, "")
+    return (1, 0, str(key))
+
+
+def _show(paths: list[str]) -> str:
+    shown = ", ".join(repr(p) for p in paths[:_SHOWN])
+    return shown + (f", ... {len(paths) - _SHOWN} more" if len(paths) > _SHOWN else "")

@@ -1,0 +1,280 @@
+"""`SeparatedSequence`: batches of images and labels stored one file per sample."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Union
+
+import numpy as np
+
+from keras_sepseq.images import COLOR_MODES, DTYPES, INTERPOLATIONS, decode_image, write_pixels
+from keras_sepseq.paths import PathArray, PathLike, is_path_sequence
+from keras_sepseq.sequence import BaseSequence, check_choice, check_int
+
+Labels = Union[Sequence[PathLike], PathArray, np.ndarray, Sequence[Any], None]
+
+
+def load_label(path: str) -> np.ndarray:
+    """Reads one `.npy` label file, never unpickling.
+
+    Args:
+        path: A `.npy` file.
+
+    Returns:
+        The stored array (0-d for a scalar label).
+
+    Raises:
+        OSError: If the file is missing or unreadable.
+        ValueError: If the file is not a `.npy` array, holds Python objects
+            (`allow_pickle=False`), or is an `.npz` archive.
+
+    Example:
+
+    >>> load_label("label_001.npy")  # doctest: +SKIP
+    array(3)
+    """
+    value = np.load(path, allow_pickle=False)
+    if not isinstance(value, np.ndarray):
+        value.close()
+        raise ValueError("expected a .npy array, got an .npz archive")
+    return value
+
+
+class SeparatedSequence(BaseSequence):
+    """Batches of images and labels, each sample in its own files, loaded on demand.
+
+    `seq[i]` returns `(x, y)`: `x` of shape `(B, H, W, C)`, `y` the labels
+    stacked with their own dtype and shape (scalar labels give `(B,)`).
+    Only one batch is in memory at a time, whatever the dataset size; the
+    paths themselves are held in a compact `PathArray`, so the object
+    pickles cheaply to process workers. Construction touches no file.
+
+    To read other formats, subclass and override `load_input(path)` and/or
+    `load_target(path)`; workers call them too. `load_input` results in
+    `uint8`/`uint16` are treated as pixels and scaled for a float `dtype`;
+    other dtypes are cast as they are.
+
+    Args:
+        image_paths: One path per sample (`str` or `os.PathLike`).
+        label_paths: One `.npy` path per sample; or an in-memory array (or
+            list) holding one label per image; or `None` for inputs only
+            (`seq[i]` is then `(x,)`, e.g. for `predict`).
+        batch_size: Samples per batch. Defaults to 32.
+        image_size: `(height, width)` to resize every image to, or `None`
+            (the default) to keep file sizes, which must then agree within a
+            batch.
+        color_mode: `"rgb"` (3 channels, the default), `"rgba"` (4) or
+            `"grayscale"` (1).
+        interpolation: Resize filter: `"bilinear"` (the default),
+            `"nearest"`, `"bicubic"`, `"area"`, `"box"`, `"hamming"` or
+            `"lanczos"`.
+        dtype: `"float32"` (the default) or `"float16"` scale pixels to
+            [0, 1] like `tf.image.convert_image_dtype` (8-bit by 255, 16-bit
+            by 65535); `"uint8"` keeps raw 8-bit pixels (16-bit ones are
+            shifted right by 8); `"uint16"` keeps 16-bit pixels.
+        shuffle: Reshuffle at every epoch end. Defaults to `True`.
+        seed: Non-negative integer; the same seed gives the same sequence of
+            epoch orders. `None` (the default) draws one, kept in `seq.seed`.
+        drop_remainder: Leave out the last, smaller batch. Defaults to
+            `False`.
+        workers: Worker count, as for `keras.utils.PyDataset`. Defaults to 1.
+        use_multiprocessing: Use processes instead of threads. Defaults to
+            `False`.
+        max_queue_size: Batches prefetched by workers. Defaults to 10.
+
+    Raises:
+        ValueError: At construction, for empty inputs, lengths that differ,
+            or an argument out of range; the message names the argument and
+            the value received.
+        TypeError: If a path is neither `str` nor `os.PathLike`.
+        SampleError: From `seq[i]`, when a file is missing or cannot be
+            decoded; the message holds the path and the sample index.
+        ShapeMismatchError: From `seq[i]`, when images (or labels) of one
+            batch differ in shape; the message names two files.
+
+    Example:
+
+    >>> images, labels = pair_files("data/image_*.png", "data/label_*.npy")  # doctest: +SKIP
+    >>> seq = SeparatedSequence(images, labels, batch_size=32, image_size=(128, 128), workers=2)  # doctest: +SKIP
+    >>> model.fit(seq, epochs=10)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        image_paths: Sequence[PathLike] | PathArray,
+        label_paths: Labels,
+        batch_size: int = 32,
+        *,
+        image_size: tuple[int, int] | None = None,
+        color_mode: str = "rgb",
+        interpolation: str = "bilinear",
+        dtype: str = "float32",
+        shuffle: bool = True,
+        seed: int | None = None,
+        drop_remainder: bool = False,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+    ) -> None:
+        self.image_paths = _check_paths("image_paths", image_paths)
+        n = len(self.image_paths)
+        self.label_paths: PathArray | None = None
+        self.labels: np.ndarray | None = None
+        if label_paths is None:
+            pass
+        elif is_path_sequence(label_paths):
+            self.label_paths = _check_paths("label_paths", label_paths)
+        else:
+            self.labels = _check_labels(label_paths)
+        given = self.label_paths if self.label_paths is not None else self.labels
+        if given is not None and len(given) != n:
+            raise ValueError(
+                "`image_paths` and `label_paths` must have the same length. "
+                f"Received: len(image_paths)={n}, len(label_paths)={len(given)}"
+            )
+        self.image_size = _check_image_size(image_size)
+        self.color_mode = check_choice("color_mode", color_mode, tuple(COLOR_MODES))
+        self.interpolation = check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
+        self.dtype = check_choice("dtype", dtype, DTYPES)
+        super().__init__(
+            n,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_remainder=drop_remainder,
+            workers=workers,
+            use_multiprocessing=use_multiprocessing,
+            max_queue_size=max_queue_size,
+        )
+
+    def load_input(self, path: str) -> np.ndarray:
+        """Loads one sample's input. Override for other formats.
+
+        The default decodes an image file with imageio and applies
+        `color_mode`, `image_size` and `interpolation`.
+
+        Args:
+            path: The sample's input file.
+
+        Returns:
+            An array; every sample of a batch must have the same shape.
+
+        Raises:
+            Exception: Anything; the caller wraps it in a `SampleError`
+                naming the file.
+
+        Example:
+
+        >>> class NpyVolumes(SeparatedSequence):
+        ...     def load_input(self, path):
+        ...         return np.load(path, allow_pickle=False)[..., None]
+        """
+        return decode_image(
+            path, color_mode=self.color_mode, image_size=self.image_size, interpolation=self.interpolation
+        )
+
+    def load_target(self, path: str) -> np.ndarray:
+        """Loads one sample's label. Override for other formats.
+
+        The default reads a `.npy` file with `allow_pickle=False`.
+
+        Args:
+            path: The sample's label file.
+
+        Returns:
+            An array; every label of a batch must have the same shape.
+
+        Raises:
+            Exception: Anything; the caller wraps it in a `SampleError`
+                naming the file.
+
+        Example:
+
+        >>> class TextLabels(SeparatedSequence):
+        ...     def load_target(self, path):
+        ...         return np.array(int(open(path).read()))
+        """
+        return load_label(path)
+
+    def load_batch(self, indices: np.ndarray) -> tuple:
+        """Loads the samples at `indices` and stacks them into `(x, y)`.
+
+        Args:
+            indices: Sample indices, in batch order.
+
+        Returns:
+            `(x, y)`, or `(x,)` when the dataset has no labels.
+
+        Raises:
+            SampleError: If a file cannot be loaded.
+            ShapeMismatchError: If samples of the batch differ in shape.
+
+        Example:
+
+        >>> x, y = seq.load_batch(np.array([0, 5, 9]))  # doctest: +SKIP
+        """
+        hint = "" if self.image_size is not None else "Pass `image_size=(height, width)` to resize every image to one size."
+        x = self.load_stacked(
+            self.image_paths, indices, self.load_input, what="image", dtype=self.dtype, write=write_pixels, hint=hint
+        )
+        if self.labels is not None:
+            return x, self.labels[indices]
+        if self.label_paths is None:
+            return (x,)
+        y = self.load_stacked(self.label_paths, indices, self.load_target, what="label")
+        return x, y
+
+    def __repr__(self) -> str:
+        labels = "None" if self.labels is None and self.label_paths is None else f"{self.num_samples} labels"
+        return (
+            f"{type(self).__name__}({self.num_samples} images, {labels}, batch_size={self.batch_size}, "
+            f"image_size={self.image_size}, color_mode={self.color_mode!r}, dtype={self.dtype!r}, "
+            f"shuffle={self.shuffle}, seed={self.seed})"
+        )
+
+
+def _check_paths(name: str, paths: Any) -> PathArray:
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"`{name}` must be a sequence of paths, not a single path or pattern; "
+            f"use `pair_files()` to expand a glob pattern. Received: {name}={paths!r}"
+        )
+    if isinstance(paths, np.ndarray) and paths.ndim != 1:
+        raise ValueError(f"`{name}` must be one-dimensional. Received an array of shape {paths.shape}.")
+    result = PathArray.coerce(paths, name=name)
+    if len(result) == 0:
+        raise ValueError(f"`{name}` must not be empty. Received: {name} with 0 paths")
+    return result
+
+
+def _check_labels(labels: Any) -> np.ndarray:
+    try:
+        array = np.asarray(labels)
+    except ValueError as e:
+        raise ValueError(
+            "`label_paths` as in-memory labels must form a numeric array, one label per image "
+            f"with the same shape each ({e})."
+        ) from None
+    if array.ndim == 0:
+        raise ValueError(
+            f"`label_paths` must hold one label (or one path) per image. Received a scalar: {labels!r}"
+        )
+    if array.dtype == object:
+        raise ValueError(
+            "`label_paths` as in-memory labels must form a numeric array, one label per image; "
+            f"received values that numpy could only store as objects (first: {array.flat[0]!r})."
+        )
+    return array
+
+
+def _check_image_size(image_size: Any) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    message = f"`image_size` must be None or a (height, width) pair of integers >= 1. Received: image_size={image_size!r}"
+    if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
+        raise ValueError(message)
+    try:
+        return (check_int("image_size", image_size[0], minimum=1), check_int("image_size", image_size[1], minimum=1))
+    except ValueError:
+        raise ValueError(message) from None

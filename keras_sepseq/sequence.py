@@ -1,0 +1,343 @@
+"""The machinery shared by every keras_sepseq dataset: order, epochs, batches, errors.
+
+`BaseSequence` owns what does not depend on the data format: the epoch
+order (a pure function of seed and epoch, so threads, processes and restarts
+agree), batch index arithmetic, and wrapping of loader failures into a
+`SampleError` that names the file. Subclasses implement `load_batch`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_sepseq.errors import SampleError, ShapeMismatchError
+
+
+def epoch_order(num_samples: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """Returns the sample order of one epoch.
+
+    The order depends only on its arguments, so every worker, thread or
+    process, and every restarted job computes the same one.
+
+    Args:
+        num_samples: How many samples the dataset has.
+        seed: A non-negative integer.
+        epoch: The epoch number (any non-negative integer).
+        shuffle: If `False`, the order is `0, 1, ..., num_samples - 1`.
+            Defaults to `True`.
+
+    Returns:
+        An int64 array holding each of `0 .. num_samples - 1` exactly once.
+
+    Example:
+
+    >>> sorted(epoch_order(5, seed=0, epoch=3)) == [0, 1, 2, 3, 4]
+    True
+    """
+    if not shuffle:
+        return np.arange(num_samples, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(num_samples).astype(np.int64, copy=False)
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """Returns `value` as an `int`, or raises if it is not one `>= minimum`.
+
+    Args:
+        name: The argument name for the message.
+        value: The value received.
+        minimum: The smallest allowed value.
+
+    Returns:
+        `int(value)`.
+
+    Raises:
+        ValueError: If `value` is not an integer (bools are refused) or is
+            below `minimum`.
+
+    Example:
+
+    >>> check_int("batch_size", 32, minimum=1)
+    32
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Returns `value` if it is one of `choices`, else raises naming the argument.
+
+    Args:
+        name: The argument name for the message.
+        value: The value received.
+        choices: The allowed values.
+
+    Returns:
+        `value`.
+
+    Raises:
+        ValueError: If `value` is not in `choices`.
+
+    Example:
+
+    >>> check_choice("dtype", "uint8", ("float32", "uint8"))
+    'uint8'
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}")
+    return value
+
+
+def copy_same_kind(out: np.ndarray, value: np.ndarray) -> None:
+    """Copies `value` into `out`, refusing casts across kinds (float into int, say)."""
+    np.copyto(out, value, casting="same_kind")
+
+
+class BaseSequence(keras.utils.PyDataset):
+    """A `keras.utils.PyDataset` over indexed samples with a reproducible order.
+
+    Batch `i` of an epoch holds the samples at positions
+    `i * batch_size .. (i + 1) * batch_size - 1` of that epoch's order. The
+    order is reshuffled in `on_epoch_end` (Keras stops its workers before
+    calling it), from `(seed, epoch)` alone: every sample appears exactly
+    once per epoch however many times Keras calls the hook, and the same
+    seed gives the same sequence of orders.
+
+    Subclasses implement `load_batch(indices)`.
+
+    Args:
+        num_samples: How many samples there are.
+        batch_size: Samples per batch. Defaults to 32.
+        shuffle: Reshuffle the order every epoch. Defaults to `True`.
+        seed: Non-negative integer seed; `None` (the default) draws one at
+            construction, available as `seq.seed`.
+        drop_remainder: Leave out the last, smaller batch. Defaults to
+            `False`.
+        workers: As for `keras.utils.PyDataset`. Defaults to 1.
+        use_multiprocessing: As for `keras.utils.PyDataset`. Defaults to
+            `False`.
+        max_queue_size: As for `keras.utils.PyDataset`. Defaults to 10.
+
+    Raises:
+        ValueError: If an argument is out of range; the message names it.
+
+    Example:
+
+    >>> class Squares(BaseSequence):
+    ...     def load_batch(self, indices):
+    ...         return indices.astype("float32"), (indices ** 2).astype("float32")
+    >>> seq = Squares(10, batch_size=4, shuffle=False)
+    >>> len(seq), seq[2][1].tolist()
+    (3, [64.0, 81.0])
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int = 32,
+        *,
+        shuffle: bool = True,
+        seed: int | None = None,
+        drop_remainder: bool = False,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+    ) -> None:
+        super().__init__(
+            workers=check_int("workers", workers, minimum=0),
+            use_multiprocessing=bool(use_multiprocessing),
+            max_queue_size=check_int("max_queue_size", max_queue_size, minimum=1),
+        )
+        self._num_samples = check_int("num_samples", num_samples, minimum=1)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.drop_remainder = bool(drop_remainder)
+        if self.drop_remainder and self.batch_size > self._num_samples:
+            raise ValueError(
+                f"`drop_remainder=True` with batch_size={self.batch_size} and only "
+                f"{self._num_samples} samples leaves no batch at all."
+            )
+        self.shuffle = bool(shuffle)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])
+        self.seed = check_int("seed", seed, minimum=0)
+        self.epoch = 0
+        self._order = epoch_order(self._num_samples, seed=self.seed, epoch=0, shuffle=self.shuffle)
+
+    @property
+    def num_samples(self) -> int:
+        """How many samples the dataset holds."""
+        return self._num_samples
+
+    def __len__(self) -> int:
+        if self.drop_remainder:
+            return self._num_samples // self.batch_size
+        return math.ceil(self._num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Switches to the sample order of `epoch`.
+
+        Args:
+            epoch: A non-negative integer.
+
+        Raises:
+            ValueError: If `epoch` is not a non-negative integer.
+
+        Example:
+
+        >>> seq.set_epoch(0)  # doctest: +SKIP
+        """
+        self.epoch = check_int("epoch", epoch, minimum=0)
+        self._order = epoch_order(self._num_samples, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
+
+    def on_epoch_end(self) -> None:
+        """Moves to the next epoch's order (Keras calls this between epochs)."""
+        self.set_epoch(self.epoch + 1)
+
+    def batch_indices(self, index: int) -> np.ndarray:
+        """Returns the sample indices of batch `index` in the current epoch.
+
+        Args:
+            index: The batch position; negative values count from the end.
+
+        Returns:
+            An int64 array of `batch_size` indices (fewer in a last partial
+            batch).
+
+        Raises:
+            IndexError: If `index` is out of range.
+
+        Example:
+
+        >>> seq.batch_indices(0)  # doctest: +SKIP
+        array([7, 2, 9, 0])
+        """
+        n = len(self)
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise TypeError(f"batch index must be an integer. Received: {index!r}")
+        position = int(index) + n if index < 0 else int(index)
+        if not 0 <= position < n:
+            raise IndexError(f"batch index {index} is out of range for a dataset of {n} batches")
+        start = position * self.batch_size
+        return self._order[start : start + self.batch_size]
+
+    def __getitem__(self, index: int):
+        return self.load_batch(self.batch_indices(index))
+
+    def load_batch(self, indices: np.ndarray) -> tuple:
+        """Loads and returns the batch made of the samples at `indices`.
+
+        Args:
+            indices: Sample indices, in batch order.
+
+        Returns:
+            `(x,)`, `(x, y)` or `(x, y, sample_weight)`.
+
+        Raises:
+            NotImplementedError: In `BaseSequence` itself.
+        """
+        raise NotImplementedError("subclasses of BaseSequence implement load_batch(indices)")
+
+    def load_stacked(
+        self,
+        paths: Sequence[str],
+        indices: np.ndarray,
+        loader: Callable[[str], Any],
+        *,
+        what: str,
+        dtype: Any = None,
+        write: Callable[[np.ndarray, np.ndarray], None] = copy_same_kind,
+        hint: str = "",
+    ) -> np.ndarray:
+        """Loads `paths[i]` for each of `indices` and stacks them into one array.
+
+        The batch is allocated once, after the first sample, and each sample
+        is written (and converted) straight into its slot, which saves the
+        extra copy of `np.stack`.
+
+        Args:
+            paths: The paths of every sample.
+            indices: The samples of the batch, in batch order.
+            loader: A hook such as `load_input`, called with each path.
+            what: `"image"`, `"label"`..., for messages.
+            dtype: The batch dtype; `None` (the default) keeps the first
+                sample's.
+            write: `write(out, value)` copies one sample into its slot.
+                Defaults to a copy that refuses casts across kinds.
+            hint: A sentence appended to a shape-mismatch message.
+
+        Returns:
+            An array of shape `(len(indices),) + sample_shape`.
+
+        Raises:
+            SampleError: If a file cannot be loaded.
+            ShapeMismatchError: If a sample's shape (or dtype) does not fit
+                the first one's; the message names both files.
+
+        Example:
+
+        >>> y = seq.load_stacked(seq.label_paths, np.array([3, 1]), seq.load_target, what="label")  # doctest: +SKIP
+        """
+        batch = None
+        first = paths[int(indices[0])]
+        for slot, index in enumerate(indices):
+            path = paths[int(index)]
+            value = self.load_sample(loader, path, int(index), what)
+            if batch is None:
+                batch = np.empty((len(indices),) + value.shape, dtype=value.dtype if dtype is None else dtype)
+            elif value.shape != batch.shape[1:]:
+                message = (
+                    f"{what}s in one batch have different shapes: {first!r} has shape {batch.shape[1:]} "
+                    f"but {path!r} has shape {value.shape}."
+                )
+                raise ShapeMismatchError(f"{message} {hint}".rstrip())
+            try:
+                write(batch[slot, ...], value)
+            except TypeError as e:
+                raise ShapeMismatchError(
+                    f"{what}s in one batch have dtypes that do not mix: {first!r} is {batch.dtype} "
+                    f"and {path!r} is {value.dtype} ({e})."
+                ) from e
+        return batch
+
+    @staticmethod
+    def load_sample(loader: Callable[[str], Any], path: str, index: int, what: str) -> np.ndarray:
+        """Calls `loader(path)`, turning any failure into a `SampleError`.
+
+        Args:
+            loader: A hook such as `load_input` or `load_target`.
+            path: The file to load.
+            index: The sample index, for the message.
+            what: `"image"`, `"label"` or similar, for the message.
+
+        Returns:
+            The loaded value as a numpy array.
+
+        Raises:
+            SampleError: Naming `path`, `index` and the original error,
+                chained from it.
+
+        Example:
+
+        >>> BaseSequence.load_sample(np.load, "y_0.npy", 0, "label")  # doctest: +SKIP
+        """
+        try:
+            value = loader(path)
+        except (SampleError, MemoryError):
+            raise
+        except Exception as e:
+            raise SampleError(f"cannot load {what}: {type(e).__name__}: {e}", path=path, index=index) from e
+        if not isinstance(value, np.ndarray):
+            try:
+                value = np.asarray(value)
+            except Exception as e:
+                raise SampleError(
+                    f"the {what} loader returned {type(value).__name__}, not an array", path=path, index=index
+                ) from e
+        return value
+

@@ -1,0 +1,53 @@
+"""Fixtures that write tiny datasets into `tmp_path`; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def index_image(index: int, size: tuple[int, int] = (6, 5)) -> np.ndarray:
+    """An RGB image whose red and green channels encode `index` (< 65536)."""
+    image = np.zeros(size + (3,), dtype=np.uint8)
+    image[..., 0] = index % 256
+    image[..., 1] = index // 256
+    image[..., 2] = 7
+    return image
+
+
+def decode_index(x: np.ndarray) -> np.ndarray:
+    """Reads back the indices of a batch made from `index_image` files."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        x = np.rint(x * 255)
+    x = x.astype(np.int64)
+    return x[:, 0, 0, 0] + 256 * x[:, 0, 0, 1]
+
+
+def write_indexed_dataset(folder, n: int, *, size=(6, 5), label_shape=(), prefix=("image", "label")):
+    """Writes `n` PNG + .npy pairs where image i encodes i and label i holds i."""
+    os.makedirs(folder, exist_ok=True)
+    images, labels = [], []
+    for i in range(n):
+        image_path = os.path.join(folder, f"{prefix[0]}_{i:04d}.png")
+        label_path = os.path.join(folder, f"{prefix[1]}_{i:04d}.npy")
+        Image.fromarray(index_image(i, size)).save(image_path)
+        np.save(label_path, np.full(label_shape, i, dtype=np.int64))
+        images.append(image_path)
+        labels.append(label_path)
+    return images, labels
+
+
+@pytest.fixture
+def indexed_dataset(tmp_path):
+    """A factory: `indexed_dataset(n, **options)` -> (image_paths, label_paths)."""
+
+    def make(n: int = 10, **options):
+        return write_indexed_dataset(tmp_path / "data", n, **options)
+
+    return make

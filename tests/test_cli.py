@@ -1,0 +1,91 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_sepseq.cli import main
+from keras_sepseq.demo import CLASS_NAMES, draw_shape, make_demo_dataset
+
+
+def test_demo_trains_far_above_chance_and_reports(tmp_path, capsys):
+    folder = tmp_path / "demo data"
+    code = main(["demo", "--dir", str(folder), "--samples", "600", "--epochs", "4", "--workers", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"dataset: 600 PNG + .npy pairs in {folder}" in out
+    assert out.count("images/s") == 4
+    accuracy = float(out.split("held-out accuracy: ")[1].split()[0])
+    assert accuracy > 0.6  # chance is 0.25
+    assert len(list(folder.glob("image_*.png"))) == len(list(folder.glob("label_*.npy"))) == 600
+
+
+def test_demo_with_process_workers(tmp_path, capsys):
+    code = main(["demo", "--dir", str(tmp_path), "--samples", "600", "--epochs", "4", "--use-multiprocessing"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "(2 workers, processes)" in out
+
+
+def test_dataset_is_written_once_and_reused(tmp_path):
+    images, labels = make_demo_dataset(str(tmp_path), samples=16)
+    stamp = os.path.getmtime(images[0])
+    os.utime(images[0], (stamp - 100, stamp - 100))
+    again = make_demo_dataset(str(tmp_path), samples=16)
+    assert again == (images, labels)
+    assert os.path.getmtime(images[0]) == stamp - 100  # not rewritten
+    assert json.loads((tmp_path / "dataset.json").read_text())["samples"] == 16
+    make_demo_dataset(str(tmp_path), samples=20)  # other settings: rewritten
+    assert os.path.getmtime(images[0]) != stamp - 100
+
+
+def test_demo_labels_are_balanced_and_images_differ(tmp_path):
+    images, labels = make_demo_dataset(str(tmp_path), samples=40)
+    classes = [int(np.load(p)) for p in labels]
+    assert sorted(np.bincount(classes).tolist()) == [10, 10, 10, 10]
+    first = np.asarray(Image.open(images[0]))
+    assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+
+
+@pytest.mark.parametrize("label", range(len(CLASS_NAMES)), ids=CLASS_NAMES)
+def test_each_shape_is_bright_on_a_dark_background(label):
+    image = draw_shape(label, np.random.default_rng(label))
+    bright = (image.min(axis=2) >= 150).sum()
+    assert 20 < bright < 32 * 32 * 0.8
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        pytest.param([], "the following arguments are required: COMMAND", id="no command"),
+        pytest.param(["demo", "--samples", "0"], "expected an integer >= 1, got 0", id="zero samples"),
+        pytest.param(["demo", "--epochs", "x"], "expected an integer, got 'x'", id="epochs not a number"),
+        pytest.param(["demo", "--samples", "4"], "--samples must be at least 8", id="too few samples"),
+        pytest.param(["frobnicate"], "invalid choice: 'frobnicate'", id="unknown command"),
+    ],
+)
+def test_usage_errors_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys):
+    assert main(["demo", "--help"]) == 0
+    assert "--use-multiprocessing" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    script = shutil.which("keras-sepseq")
+    if script is None:
+        pytest.skip("keras-sepseq is not on PATH: install the package with pip install -e .")
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "demo" in done.stdout
+
+
+def test_module_runs_as_a_program():
+    done = subprocess.run([sys.executable, "-m", "keras_sepseq", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "demo" in done.stdout

@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_sepseq.images import (
+    convert_color,
+    decode_image,
+    resize_image,
+    standardize_pixels,
+    write_pixels,
+)
+
+RGB = np.array([[[10, 200, 30], [255, 0, 128]]], dtype=np.uint8)  # 1 x 2 pixels
+
+
+def save(path, array, mode=None):
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "pil_mode, color_mode, channels",
+    [
+        (pil_mode, color_mode, channels)
+        for pil_mode in ["L", "LA", "RGB", "RGBA", "P", "1"]
+        for color_mode, channels in [("grayscale", 1), ("rgb", 3), ("rgba", 4)]
+    ],
+    ids=lambda v: str(v),
+)
+def test_every_png_mode_converts_to_every_color_mode(tmp_path, pil_mode, color_mode, channels):
+    path = save(tmp_path / "img.png", np.tile(RGB, (3, 2, 1)), pil_mode)
+    pixels = decode_image(path, color_mode=color_mode)
+    assert pixels.shape == (3, 4, channels)
+    assert pixels.dtype == np.uint8
+
+
+def test_grayscale_uses_pillow_luma():
+    expected = np.asarray(Image.fromarray(RGB).convert("L"))[..., None]
+    np.testing.assert_array_equal(convert_color(RGB, "grayscale"), expected)
+
+
+def test_rgba_gets_an_opaque_alpha_and_rgb_drops_it():
+    rgba = convert_color(RGB, "rgba")
+    np.testing.assert_array_equal(rgba[..., 3], 255)
+    np.testing.assert_array_equal(convert_color(rgba, "rgb"), RGB)
+
+
+def test_gray_becomes_three_equal_channels():
+    gray = np.array([[[5], [250]]], dtype=np.uint16)
+    rgb = convert_color(gray, "rgb")
+    assert rgb.dtype == np.uint16
+    np.testing.assert_array_equal(rgb, [[[5, 5, 5], [250, 250, 250]]])
+    np.testing.assert_array_equal(convert_color(gray, "rgba")[..., 3], 65535)
+
+
+def test_16_bit_png_keeps_its_precision(tmp_path):
+    values = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    path = save(tmp_path / "deep.png", values)
+    pixels = decode_image(path, color_mode="grayscale")
+    assert pixels.dtype == np.uint16
+    np.testing.assert_array_equal(pixels[..., 0], values)
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path):
+    first = np.tile(RGB, (4, 2, 1))
+    Image.fromarray(first).save(tmp_path / "anim.gif", save_all=True, append_images=[Image.fromarray(255 - first)])
+    pixels = decode_image(str(tmp_path / "anim.gif"))
+    assert pixels.shape == (4, 4, 3)
+    assert abs(int(pixels[0, 0, 1]) - 200) < 30  # GIF palettes quantize a little
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic", "area", "box", "hamming", "lanczos"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_resize_keeps_dtype_and_reaches_the_size(interpolation, dtype):
+    pixels = (np.random.default_rng(0).random((10, 14, 3)) * 200).astype(dtype)
+    out = resize_image(pixels, (5, 7), interpolation=interpolation)
+    assert out.shape == (5, 7, 3)
+    assert out.dtype == np.dtype(dtype)
+
+
+def test_resize_of_a_flat_image_keeps_its_value():
+    flat = np.full((8, 8, 1), 40000, dtype=np.uint16)
+    np.testing.assert_array_equal(resize_image(flat, (3, 5)), 40000)
+
+
+def test_resize_is_a_no_op_at_the_target_size():
+    pixels = np.zeros((4, 4, 3), np.uint8)
+    assert resize_image(pixels, (4, 4)) is pixels
+
+
+@pytest.mark.parametrize(
+    "src, dst, expected",
+    [
+        pytest.param(np.array([0, 255], np.uint8), "float32", [0.0, 1.0], id="uint8 to float32"),
+        pytest.param(np.array([0, 65535], np.uint16), "float32", [0.0, 1.0], id="uint16 to float32 by 65535"),
+        pytest.param(np.array([0, 255], np.uint8), "float16", [0.0, 1.0], id="uint8 to float16"),
+        pytest.param(np.array([0x1234, 0xFFFF], np.uint16), "uint8", [0x12, 0xFF], id="uint16 to uint8 by shift"),
+        pytest.param(np.array([1, 255], np.uint8), "uint16", [257, 65535], id="uint8 to uint16 by 257"),
+        pytest.param(np.array([-0.5, 0.5, 2.0], np.float32), "uint8", [0, 128, 255], id="float to uint8 clipped"),
+        pytest.param(np.array([-1000, 3000], np.int16), "float32", [-1000.0, 3000.0], id="int16 cast unchanged"),
+    ],
+)
+def test_write_pixels_converts_like_convert_image_dtype(src, dst, expected):
+    out = np.empty(src.shape, dtype=dst)
+    write_pixels(out, src)
+    np.testing.assert_allclose(out, expected, rtol=1e-3)
+
+
+def test_uint8_scaling_matches_tensorflow():
+    tf = pytest.importorskip("tensorflow")
+    pixels = np.arange(256, dtype=np.uint8)
+    out = np.empty(256, np.float32)
+    write_pixels(out, pixels)
+    np.testing.assert_allclose(out, tf.image.convert_image_dtype(pixels, tf.float32).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "pixels, message",
+    [
+        pytest.param(np.zeros((2, 2, 5), np.uint8), r"1 to 4 channels, got shape \(2, 2, 5\)", id="five channels"),
+        pytest.param(np.zeros((2, 2, 2, 3), np.uint8), r"got shape \(2, 2, 2, 3\)", id="a volume"),
+        pytest.param(np.zeros((0, 2, 3), np.uint8), r"got shape \(0, 2, 3\)", id="empty"),
+        pytest.param(np.array([[-1, 7]], np.int32), r"must lie in 0..65535, got values from -1 to 7", id="negative ints"),
+    ],
+)
+def test_standardize_rejects_non_images(pixels, message):
+    with pytest.raises(ValueError, match=message):
+        standardize_pixels(pixels)
+
+
+def test_standardize_bool_and_wide_ints():
+    assert standardize_pixels(np.array([[True, False]]))[..., 0].tolist() == [[255, 0]]
+    assert standardize_pixels(np.array([[3, 70]], np.int32)).dtype == np.uint16
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        pytest.param(lambda: convert_color(RGB, "cmyk"), r"`color_mode` must be one of \['grayscale', 'rgb', 'rgba'\]. Received: color_mode='cmyk'", id="color_mode"),
+        pytest.param(lambda: resize_image(RGB, (2, 2), interpolation="cubic"), r"`interpolation` must be one of .*Received: interpolation='cubic'", id="interpolation"),
+    ],
+)
+def test_bad_options_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
