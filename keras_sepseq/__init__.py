@@ -3,7 +3,8 @@
 `SeparatedSequence` batches images and labels kept in separate files as a
 `keras.utils.PyDataset`: shuffled per epoch, loaded on demand by thread or
 process workers, with every sample exactly once per epoch and images never
-misaligned with their labels.
+misaligned with their labels. `PaddedSequence` does the same for
+variable-length arrays, padding each batch.
 
 Example:
 
@@ -30,7 +31,12 @@ _EXPORTS = {
     "pair_files": "pairing",
     "PathArray": "paths",
     "SeparatedSequence": "separated",
-    "load_label": "separated",
+    "PaddedSequence": "padded",
+    "bucketed_order": "padding",
+    "pad_batch": "padding",
+    "padding_weights": "padding",
+    "load_npy": "npy",
+    "npy_shape": "npy",
     "BaseSequence": "sequence",
     "epoch_order": "sequence",
 }
@@ -40,7 +46,10 @@ if TYPE_CHECKING:
     from keras_sepseq.images import convert_color, decode_image, read_image, resize_image, write_pixels
     from keras_sepseq.pairing import default_key, pair_files
     from keras_sepseq.paths import PathArray
-    from keras_sepseq.separated import SeparatedSequence, load_label
+    from keras_sepseq.npy import load_npy, npy_shape
+    from keras_sepseq.padded import PaddedSequence
+    from keras_sepseq.padding import bucketed_order, pad_batch, padding_weights
+    from keras_sepseq.separated import SeparatedSequence
     from keras_sepseq.sequence import BaseSequence, epoch_order
 
 
@@ -61,16 +70,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseSequence",
+    "PaddedSequence",
     "PathArray",
     "SampleError",
     "SeparatedSequence",
     "ShapeMismatchError",
+    "bucketed_order",
     "convert_color",
     "decode_image",
     "default_key",
     "epoch_order",
-    "load_label",
+    "load_npy",
+    "npy_shape",
+    "pad_batch",
     "pair_files",
+    "padding_weights",
     "read_image",
     "resize_image",
     "write_pixels",

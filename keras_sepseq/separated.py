@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, Union
 
 import numpy as np
 
 from keras_sepseq.images import COLOR_MODES, DTYPES, INTERPOLATIONS, decode_image, write_pixels
-from keras_sepseq.paths import PathArray, PathLike, is_path_sequence
-from keras_sepseq.sequence import BaseSequence, check_choice, check_int
+from keras_sepseq.npy import load_npy
+from keras_sepseq.paths import PathArray, PathLike
+from keras_sepseq.sequence import BaseSequence, check_choice, check_int, check_paths, check_targets
 
 Labels = Union[Sequence[PathLike], PathArray, np.ndarray, Sequence[Any], None]
-
-
-def load_label(path: str) -> np.ndarray:
-    """Reads one `.npy` label file, never unpickling.
-
-    Args:
-        path: A `.npy` file.
-
-    Returns:
-        The stored array (0-d for a scalar label).
-
-    Raises:
-        OSError: If the file is missing or unreadable.
-        ValueError: If the file is not a `.npy` array, holds Python objects
-            (`allow_pickle=False`), or is an `.npz` archive.
-
-    Example:
-
-    >>> load_label("label_001.npy")  # doctest: +SKIP
-    array(3)
-    """
-    value = np.load(path, allow_pickle=False)
-    if not isinstance(value, np.ndarray):
-        value.close()
-        raise ValueError("expected a .npy array, got an .npz archive")
-    return value
 
 
 class SeparatedSequence(BaseSequence):
@@ -117,22 +91,11 @@ class SeparatedSequence(BaseSequence):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
     ) -> None:
-        self.image_paths = _check_paths("image_paths", image_paths)
+        self.image_paths = check_paths("image_paths", image_paths)
         n = len(self.image_paths)
-        self.label_paths: PathArray | None = None
-        self.labels: np.ndarray | None = None
-        if label_paths is None:
-            pass
-        elif is_path_sequence(label_paths):
-            self.label_paths = _check_paths("label_paths", label_paths)
-        else:
-            self.labels = _check_labels(label_paths)
-        given = self.label_paths if self.label_paths is not None else self.labels
-        if given is not None and len(given) != n:
-            raise ValueError(
-                "`image_paths` and `label_paths` must have the same length. "
-                f"Received: len(image_paths)={n}, len(label_paths)={len(given)}"
-            )
+        self.label_paths, self.labels = check_targets(
+            label_paths, name="label_paths", inputs_name="image_paths", num_samples=n
+        )
         self.image_size = _check_image_size(image_size)
         self.color_mode = check_choice("color_mode", color_mode, tuple(COLOR_MODES))
         self.interpolation = check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
@@ -195,7 +158,7 @@ class SeparatedSequence(BaseSequence):
         ...     def load_target(self, path):
         ...         return np.array(int(open(path).read()))
         """
-        return load_label(path)
+        return load_npy(path)
 
     def load_batch(self, indices: np.ndarray) -> tuple:
         """Loads the samples at `indices` and stacks them into `(x, y)`.
@@ -232,40 +195,6 @@ class SeparatedSequence(BaseSequence):
             f"image_size={self.image_size}, color_mode={self.color_mode!r}, dtype={self.dtype!r}, "
             f"shuffle={self.shuffle}, seed={self.seed})"
         )
-
-
-def _check_paths(name: str, paths: Any) -> PathArray:
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        raise TypeError(
-            f"`{name}` must be a sequence of paths, not a single path or pattern; "
-            f"use `pair_files()` to expand a glob pattern. Received: {name}={paths!r}"
-        )
-    if isinstance(paths, np.ndarray) and paths.ndim != 1:
-        raise ValueError(f"`{name}` must be one-dimensional. Received an array of shape {paths.shape}.")
-    result = PathArray.coerce(paths, name=name)
-    if len(result) == 0:
-        raise ValueError(f"`{name}` must not be empty. Received: {name} with 0 paths")
-    return result
-
-
-def _check_labels(labels: Any) -> np.ndarray:
-    try:
-        array = np.asarray(labels)
-    except ValueError as e:
-        raise ValueError(
-            "`label_paths` as in-memory labels must form a numeric array, one label per image "
-            f"with the same shape each ({e})."
-        ) from None
-    if array.ndim == 0:
-        raise ValueError(
-            f"`label_paths` must hold one label (or one path) per image. Received a scalar: {labels!r}"
-        )
-    if array.dtype == object:
-        raise ValueError(
-            "`label_paths` as in-memory labels must form a numeric array, one label per image; "
-            f"received values that numpy could only store as objects (first: {array.flat[0]!r})."
-        )
-    return array
 
 
 def _check_image_size(image_size: Any) -> tuple[int, int] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import keras
 import numpy as np
 
 from keras_sepseq.errors import SampleError, ShapeMismatchError
+from keras_sepseq.paths import PathArray, is_path_sequence
 
 
 def epoch_order(num_samples: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -167,7 +169,7 @@ class BaseSequence(keras.utils.PyDataset):
             seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])
         self.seed = check_int("seed", seed, minimum=0)
         self.epoch = 0
-        self._order = epoch_order(self._num_samples, seed=self.seed, epoch=0, shuffle=self.shuffle)
+        self._order: np.ndarray | None = None  # computed on first use, see `order`
 
     @property
     def num_samples(self) -> int:
@@ -193,11 +195,69 @@ class BaseSequence(keras.utils.PyDataset):
         >>> seq.set_epoch(0)  # doctest: +SKIP
         """
         self.epoch = check_int("epoch", epoch, minimum=0)
-        self._order = epoch_order(self._num_samples, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
+        self._order = None
+
+    @property
+    def order(self) -> np.ndarray:
+        """The sample order of the current epoch (computed on first use)."""
+        if self._order is None:
+            self._order = self.order_for_epoch(self.epoch)
+        return self._order
+
+    def order_for_epoch(self, epoch: int) -> np.ndarray:
+        """Computes the sample order of `epoch`. Override to change how samples are ordered.
+
+        The result must depend only on the dataset's settings and `epoch`,
+        and hold each sample index exactly once; batch `i` is
+        `order[i * batch_size:(i + 1) * batch_size]`.
+
+        Args:
+            epoch: The epoch number.
+
+        Returns:
+            An int64 permutation of `0 .. num_samples - 1`.
+
+        Example:
+
+        >>> seq.order_for_epoch(3)  # doctest: +SKIP
+        array([4, 0, 3, 1, 2])
+        """
+        return epoch_order(self._num_samples, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
 
     def on_epoch_end(self) -> None:
-        """Moves to the next epoch's order (Keras calls this between epochs)."""
+        """Moves to the next epoch's order (Keras calls this between epochs).
+
+        The order is computed here, in the main process, so that process
+        workers forked for the next epoch inherit it.
+        """
         self.set_epoch(self.epoch + 1)
+        self.order  # noqa: B018 (computes and caches it)
+
+    def batch_position(self, index: int) -> int:
+        """Turns a batch index (negative counts from the end) into a position in `0 .. len - 1`.
+
+        Args:
+            index: The batch index.
+
+        Returns:
+            The position.
+
+        Raises:
+            TypeError: If `index` is not an integer.
+            IndexError: If `index` is out of range.
+
+        Example:
+
+        >>> seq.batch_position(-1) == len(seq) - 1  # doctest: +SKIP
+        True
+        """
+        n = len(self)
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise TypeError(f"batch index must be an integer. Received: {index!r}")
+        position = int(index) + n if index < 0 else int(index)
+        if not 0 <= position < n:
+            raise IndexError(f"batch index {index} is out of range for a dataset of {n} batches")
+        return position
 
     def batch_indices(self, index: int) -> np.ndarray:
         """Returns the sample indices of batch `index` in the current epoch.
@@ -210,6 +270,7 @@ class BaseSequence(keras.utils.PyDataset):
             batch).
 
         Raises:
+            TypeError: If `index` is not an integer.
             IndexError: If `index` is out of range.
 
         Example:
@@ -217,14 +278,8 @@ class BaseSequence(keras.utils.PyDataset):
         >>> seq.batch_indices(0)  # doctest: +SKIP
         array([7, 2, 9, 0])
         """
-        n = len(self)
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-            raise TypeError(f"batch index must be an integer. Received: {index!r}")
-        position = int(index) + n if index < 0 else int(index)
-        if not 0 <= position < n:
-            raise IndexError(f"batch index {index} is out of range for a dataset of {n} batches")
-        start = position * self.batch_size
-        return self._order[start : start + self.batch_size]
+        start = self.batch_position(index) * self.batch_size
+        return self.order[start : start + self.batch_size]
 
     def __getitem__(self, index: int):
         return self.load_batch(self.batch_indices(index))
@@ -341,3 +396,115 @@ class BaseSequence(keras.utils.PyDataset):
                 ) from e
         return value
 
+
+def check_paths(name: str, paths: Any) -> PathArray:
+    """Returns `paths` as a non-empty `PathArray`, or raises naming the argument.
+
+    Args:
+        name: The argument name for messages.
+        paths: A sequence of `str` or `os.PathLike`, or a `PathArray`.
+
+    Returns:
+        A `PathArray`.
+
+    Raises:
+        TypeError: If `paths` is a single path or pattern, or holds a
+            non-path.
+        ValueError: If `paths` is empty or not one-dimensional.
+
+    Example:
+
+    >>> len(check_paths("image_paths", ["a.png"]))
+    1
+    """
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"`{name}` must be a sequence of paths, not a single path or pattern; "
+            f"use `pair_files()` to expand a glob pattern. Received: {name}={paths!r}"
+        )
+    if isinstance(paths, np.ndarray) and paths.ndim != 1:
+        raise ValueError(f"`{name}` must be one-dimensional. Received an array of shape {paths.shape}.")
+    result = PathArray.coerce(paths, name=name)
+    if len(result) == 0:
+        raise ValueError(f"`{name}` must not be empty. Received: {name} with 0 paths")
+    return result
+
+
+def check_labels(name: str, labels: Any) -> np.ndarray:
+    """Returns in-memory labels as a numeric numpy array, or raises naming the argument.
+
+    Args:
+        name: The argument name for messages.
+        labels: An array-like with one label per sample.
+
+    Returns:
+        A numpy array.
+
+    Raises:
+        ValueError: If `labels` is a scalar, ragged, or holds objects.
+
+    Example:
+
+    >>> check_labels("label_paths", [0, 1]).shape
+    (2,)
+    """
+    try:
+        array = np.asarray(labels)
+    except ValueError as e:
+        raise ValueError(
+            f"`{name}` as in-memory labels must form a numeric array, one label per sample "
+            f"with the same shape each ({e})."
+        ) from None
+    if array.ndim == 0:
+        raise ValueError(
+            f"`{name}` must hold one label (or one path) per sample. Received a scalar: {labels!r}"
+        )
+    if array.dtype == object:
+        raise ValueError(
+            f"`{name}` as in-memory labels must form a numeric array, one label per sample; "
+            f"received values that numpy could only store as objects (first: {array.flat[0]!r})."
+        )
+    return array
+
+
+def check_targets(
+    targets: Any,
+    *,
+    name: str,
+    inputs_name: str,
+    num_samples: int,
+    to_arrays: Callable[[Any], Any] | None = None,
+) -> tuple[PathArray | None, Any]:
+    """Splits a labels argument into label files or in-memory labels, checking its length.
+
+    Args:
+        targets: `None`, one path per sample, or in-memory labels.
+        name: The labels argument's name, for messages.
+        inputs_name: The inputs argument's name, for messages.
+        num_samples: How many inputs there are.
+        to_arrays: Validates in-memory labels; defaults to `check_labels`.
+
+    Returns:
+        `(paths, in_memory)`: at most one is not `None`.
+
+    Raises:
+        ValueError: If the lengths differ or the labels are malformed.
+
+    Example:
+
+    >>> check_targets([0, 1], name="labels", inputs_name="sequences", num_samples=2)[1]
+    array([0, 1])
+    """
+    if targets is None:
+        return None, None
+    if is_path_sequence(targets):
+        paths, in_memory = check_paths(name, targets), None
+    else:
+        paths, in_memory = None, (to_arrays or (lambda t: check_labels(name, t)))(targets)
+    given = paths if paths is not None else in_memory
+    if len(given) != num_samples:
+        raise ValueError(
+            f"`{inputs_name}` and `{name}` must have the same length. "
+            f"Received: len({inputs_name})={num_samples}, len({name})={len(given)}"
+        )
+    return paths, in_memory

@@ -1,0 +1,475 @@
+"""`PaddedSequence`: variable-length arrays, one per sample, padded per batch."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from keras_sepseq.errors import SampleError, ShapeMismatchError
+from keras_sepseq.npy import load_npy, npy_shape
+from keras_sepseq.padding import PADDING_SIDES, bucketed_order, pad_batch, padding_weights
+from keras_sepseq.paths import PathArray, PathLike, is_path_sequence
+from keras_sepseq.sequence import BaseSequence, check_choice, check_int, check_labels, check_paths, check_targets
+
+_LENGTH_THREADS = 16
+
+
+class PaddedSequence(BaseSequence):
+    """Batches of variable-length arrays, padded per batch, optionally bucketed by length.
+
+    Each sample is an array of shape `(T_i, *features)` (a time series, the
+    frames of an utterance, a token sequence), stored as a `.npy` file or
+    held in memory. `seq[i]` pads the batch's arrays to one length, like
+    `tf.data.Dataset.padded_batch`, and returns `(x, y)`, or
+    `(x, y, sample_weight)` when the labels are per-timestep sequences too.
+
+    Padding is designed for `keras.layers.Masking(mask_value=value)`: choose
+    a `value` that never occurs in the data (a real step equal to it in
+    every feature would be masked). With per-timestep labels, the
+    `sample_weight` is 1 for real steps and 0 for padding, so padding never
+    counts in the loss.
+
+    A zero-length sequence is allowed: its row is all padding (fully
+    masked; with per-timestep labels its weights are all 0).
+
+    On the TensorFlow backend Keras reads batches 0 and 1 before training
+    and freezes every dimension equal in both. So that the time dimension
+    stays open, batch 1 is padded one step longer whenever its length would
+    equal batch 0's (unless `maxlen` fixes every length anyway). The extra
+    step is padding like any other.
+
+    Args:
+        sequences: One `.npy` path per sample, or in-memory arrays of shape
+            `(T_i, *features)` with the same `features`.
+        labels: One label per sample: an array (or list) of fixed-shape
+            labels, or one `.npy` path per sample; with `label_value` set,
+            per-timestep label sequences of shape `(T_i, ...)` (paths or
+            arrays), padded like the inputs. `None` gives inputs only.
+        batch_size: Samples per batch. Defaults to 32.
+        maxlen: Pad or truncate every sequence to this length; `None` (the
+            default) pads each batch to its longest sequence.
+        padding: `"post"` (the default) pads at the end, `"pre"` in front.
+        truncating: With `maxlen`, `"post"` (the default) cuts the end of
+            longer sequences, `"pre"` their beginning.
+        value: The input padding value. Defaults to 0.0.
+        dtype: The inputs' dtype. Defaults to `"float32"`.
+        label_value: `None` (the default) for fixed-shape labels; otherwise
+            the labels are per-timestep sequences, padded with this value.
+        bucket_by_length: Form batches of similar length (see
+            `bucketed_order`): less padding, every sample still once per
+            epoch, epochs still differ. Lengths are read from the `.npy`
+            headers, once, on first use. Defaults to `False`.
+        shuffle: Reshuffle at every epoch end. Defaults to `True`.
+        seed: Non-negative integer; `None` (the default) draws one.
+        drop_remainder: Leave out the last, smaller batch. Defaults to
+            `False`.
+        workers: As for `keras.utils.PyDataset`. Defaults to 1.
+        use_multiprocessing: As for `keras.utils.PyDataset`. Defaults to
+            `False`.
+        max_queue_size: As for `keras.utils.PyDataset`. Defaults to 10.
+
+    Raises:
+        ValueError: At construction, for empty input, lengths that differ,
+            ragged labels without `label_value`, in-memory arrays that are
+            0-d or differ in trailing shape, or an argument out of range;
+            the message names the argument or sample.
+        SampleError: From `seq[i]`, when a file cannot be loaded or a
+            sample is 0-d; the message holds the path and sample index.
+        ShapeMismatchError: From `seq[i]`, when trailing shapes differ, or
+            a per-timestep label's length differs from its sequence's.
+
+    Example:
+
+    >>> seq = PaddedSequence(feature_paths, class_ids, batch_size=16, value=-1.0, bucket_by_length=True)  # doctest: +SKIP
+    >>> model = keras.Sequential([keras.Input((None, 40)), keras.layers.Masking(-1.0), keras.layers.LSTM(64), keras.layers.Dense(10)])  # doctest: +SKIP
+    >>> model.fit(seq, epochs=5)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        sequences: Sequence[PathLike] | PathArray | Sequence[Any],
+        labels: Any,
+        batch_size: int = 32,
+        *,
+        maxlen: int | None = None,
+        padding: str = "post",
+        truncating: str = "post",
+        value: float = 0.0,
+        dtype: Any = "float32",
+        label_value: float | None = None,
+        bucket_by_length: bool = False,
+        shuffle: bool = True,
+        seed: int | None = None,
+        drop_remainder: bool = False,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+    ) -> None:
+        self.sequence_paths: PathArray | None = None
+        self.sequences: list[np.ndarray] | None = None
+        if is_path_sequence(sequences):
+            self.sequence_paths = check_paths("sequences", sequences)
+            n = len(self.sequence_paths)
+        else:
+            self.sequences = _check_arrays("sequences", sequences)
+            n = len(self.sequences)
+        self.label_value = _check_number("label_value", label_value, allow_none=True)
+        self.label_paths, self.labels = check_targets(
+            labels,
+            name="labels",
+            inputs_name="sequences",
+            num_samples=n,
+            to_arrays=_check_fixed_labels if self.label_value is None else (lambda t: _check_arrays("labels", t)),
+        )
+        if self.sequences is not None and isinstance(self.labels, list):
+            for i, (seq, lab) in enumerate(zip(self.sequences, self.labels)):
+                if len(seq) != len(lab):
+                    raise ValueError(
+                        f"per-timestep labels must be as long as their sequence: sequences[{i}] has "
+                        f"{len(seq)} steps but labels[{i}] has {len(lab)}."
+                    )
+        self.maxlen = None if maxlen is None else check_int("maxlen", maxlen, minimum=1)
+        self.padding = check_choice("padding", padding, PADDING_SIDES)
+        self.truncating = check_choice("truncating", truncating, PADDING_SIDES)
+        self.value = _check_number("value", value)
+        self.dtype = _check_dtype(dtype)
+        self.bucket_by_length = bool(bucket_by_length)
+        self._lengths: np.ndarray | None = None
+        super().__init__(
+            n,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_remainder=drop_remainder,
+            workers=workers,
+            use_multiprocessing=use_multiprocessing,
+            max_queue_size=max_queue_size,
+        )
+
+    # Hooks for custom formats.
+
+    def load_input(self, path: str) -> np.ndarray:
+        """Loads one sample's sequence, of shape `(T, *features)`. Override for other formats.
+
+        Args:
+            path: The sample's file; by default a `.npy` read with
+                `allow_pickle=False`.
+
+        Returns:
+            An array with the time axis first.
+
+        Raises:
+            Exception: Anything; the caller wraps it in a `SampleError`
+                naming the file.
+
+        Example:
+
+        >>> class Csv(PaddedSequence):
+        ...     def load_input(self, path):
+        ...         return np.loadtxt(path, delimiter=",", ndmin=2)
+        """
+        return load_npy(path)
+
+    def load_target(self, path: str) -> np.ndarray:
+        """Loads one sample's label (a per-timestep sequence with `label_value`). Override for other formats.
+
+        Args:
+            path: The label file; by default a `.npy` read with
+                `allow_pickle=False`.
+
+        Returns:
+            An array.
+
+        Raises:
+            Exception: Anything; the caller wraps it in a `SampleError`.
+
+        Example:
+
+        >>> seq.load_target("tags_007.npy")  # doctest: +SKIP
+        array([0, 0, 3, 3, 1])
+        """
+        return load_npy(path)
+
+    def sequence_length(self, path: str) -> int:
+        """Returns the length (first dimension) of the sequence stored at `path`, cheaply.
+
+        The default reads the `.npy` header only; for any other file it
+        falls back to `len(self.load_input(path))`. Override it together
+        with `load_input` when a format can tell its length faster.
+
+        Args:
+            path: The sample's file.
+
+        Returns:
+            The number of time steps.
+
+        Raises:
+            Exception: Anything; the caller wraps it in a `SampleError`.
+
+        Example:
+
+        >>> seq.sequence_length("features_017.npy")  # doctest: +SKIP
+        412
+        """
+        try:
+            shape = npy_shape(path)
+        except ValueError:
+            if path.endswith(".npy"):
+                raise
+            return len(self.load_input(path))
+        if not shape:
+            raise ValueError("the array is 0-d (a scalar); a sequence needs a time axis first")
+        return shape[0]
+
+    # Lengths, ordering and padding statistics.
+
+    def lengths(self) -> np.ndarray:
+        """The length of every sequence, read once (in threads, from `.npy` headers) and cached.
+
+        Returns:
+            An int64 array of `num_samples` lengths, before truncation.
+
+        Raises:
+            SampleError: If a file's length cannot be read, naming it.
+
+        Example:
+
+        >>> seq.lengths()[:3]  # doctest: +SKIP
+        array([412, 97, 230])
+        """
+        if self._lengths is None:
+            if self.sequences is not None:
+                lengths = [len(s) for s in self.sequences]
+            else:
+                with ThreadPoolExecutor(_LENGTH_THREADS) as pool:
+                    lengths = list(pool.map(self._length_of, range(self.num_samples), chunksize=256))
+            self._lengths = np.asarray(lengths, dtype=np.int64)
+        return self._lengths
+
+    def _length_of(self, index: int) -> int:
+        if self._lengths is not None:
+            return int(self._lengths[index])
+        if self.sequences is not None:
+            return len(self.sequences[index])
+        path = self.sequence_paths[index]
+        return int(self.load_sample(self.sequence_length, path, index, "sequence length"))
+
+    def order_for_epoch(self, epoch: int) -> np.ndarray:
+        """The epoch's order: shuffled, or bucketed by length with `bucket_by_length=True`.
+
+        Args:
+            epoch: The epoch number.
+
+        Returns:
+            An int64 permutation of the sample indices.
+
+        Example:
+
+        >>> seq.order_for_epoch(0)  # doctest: +SKIP
+        """
+        if not self.bucket_by_length:
+            return super().order_for_epoch(epoch)
+        lengths = self.lengths()
+        if self.maxlen is not None:
+            lengths = np.minimum(lengths, self.maxlen)
+        return bucketed_order(lengths, batch_size=self.batch_size, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+
+    def padding_efficiency(self) -> float:
+        """Real time steps divided by padded time steps over the current epoch's batches.
+
+        1.0 means no padding at all. Compare `bucket_by_length=False` and
+        `True` to see what bucketing saves.
+
+        Returns:
+            A ratio in (0, 1].
+
+        Raises:
+            SampleError: If a sequence's length cannot be read.
+
+        Example:
+
+        >>> PaddedSequence(paths, labels, bucket_by_length=True, seed=0).padding_efficiency()  # doctest: +SKIP
+        0.97
+        """
+        lengths = self.lengths()
+        if self.maxlen is not None:
+            lengths = np.minimum(lengths, self.maxlen)
+        real = padded = 0
+        first_length = None
+        for position in range(len(self)):
+            batch = lengths[self.batch_indices(position)]
+            length = self._padded_length(batch, position, first_length)
+            first_length = length if position == 0 else first_length
+            real += int(batch.sum())
+            padded += len(batch) * length
+        return real / padded
+
+    def _padded_length(self, lengths: np.ndarray, position: int, first_length: int | None) -> int:
+        """The time length of a batch whose (truncated) sequence lengths are `lengths`."""
+        if self.maxlen is not None:
+            return self.maxlen
+        length = max(1, int(np.max(lengths)))
+        if position == 1:  # keep Keras's signature probe from freezing the time dimension
+            if first_length is None:
+                first = self.batch_indices(0)
+                first_length = max(1, max(self._length_of(int(i)) for i in first))
+            if length == first_length:
+                length += 1
+        return length
+
+    # Batches.
+
+    def __getitem__(self, index: int):
+        position = self.batch_position(index)
+        return self.load_batch(self.batch_indices(position), position=position)
+
+    def load_batch(self, indices: np.ndarray, position: int | None = None) -> tuple:
+        """Loads the samples at `indices` and pads them into one batch.
+
+        Args:
+            indices: Sample indices, in batch order.
+            position: The batch's position in the epoch (only batch 1
+                matters, see the class docstring); `None` for a batch made
+                outside the epoch.
+
+        Returns:
+            `(x, y)`, `(x, y, sample_weight)` with per-timestep labels, or
+            `(x,)` without labels.
+
+        Raises:
+            SampleError: If a file cannot be loaded or a sample is 0-d.
+            ShapeMismatchError: If trailing shapes differ, or a label's
+                length differs from its sequence's.
+
+        Example:
+
+        >>> x, y = seq.load_batch(np.array([0, 5, 9]))  # doctest: +SKIP
+        """
+        inputs = [self._fetch(self.sequences, self.sequence_paths, self.load_input, int(i), "sequence") for i in indices]
+        _check_trailing(inputs, indices, self._name(self.sequence_paths, "sequences"), "sequence")
+        lengths = np.array([len(a) for a in inputs])
+        if self.maxlen is not None:
+            lengths = np.minimum(lengths, self.maxlen)
+        length = self._padded_length(lengths, -1 if position is None else position, None)
+        options = dict(maxlen=length, padding=self.padding, truncating=self.truncating)
+        x = pad_batch(inputs, value=self.value, dtype=self.dtype, **options)
+        if self.labels is None and self.label_paths is None:
+            return (x,)
+        if self.label_value is None:
+            if self.labels is not None:
+                return x, self.labels[indices]
+            return x, self.load_stacked(self.label_paths, indices, self.load_target, what="label")
+        targets = [self._fetch(self.labels, self.label_paths, self.load_target, int(i), "label") for i in indices]
+        names = self._name(self.label_paths, "labels")
+        _check_trailing(targets, indices, names, "label")
+        for i, seq_, lab in zip(indices, inputs, targets):
+            if len(seq_) != len(lab):
+                raise ShapeMismatchError(
+                    f"per-timestep labels must be as long as their sequence: "
+                    f"{self._name(self.sequence_paths, 'sequences')(int(i))} has {len(seq_)} steps but "
+                    f"{names(int(i))} has {len(lab)}."
+                )
+        label_dtype = next((t.dtype for t in targets if t.size), targets[0].dtype)
+        y = pad_batch(targets, value=self.label_value, dtype=label_dtype, **options)
+        return x, y, padding_weights(lengths, length, padding=self.padding)
+
+    def _fetch(self, arrays, paths, loader, index: int, what: str) -> np.ndarray:
+        if arrays is not None:
+            return arrays[index]
+        value = self.load_sample(loader, paths[index], index, what)
+        if value.ndim == 0:
+            raise SampleError(
+                f"the {what} is 0-d (a scalar); a sequence needs a time axis first", path=paths[index], index=index
+            )
+        return value
+
+    @staticmethod
+    def _name(paths: PathArray | None, argument: str):
+        if paths is None:
+            return lambda i: f"{argument}[{i}]"
+        return lambda i: repr(paths[i])
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.num_samples} sequences, batch_size={self.batch_size}, maxlen={self.maxlen}, "
+            f"padding={self.padding!r}, value={self.value}, bucket_by_length={self.bucket_by_length}, "
+            f"shuffle={self.shuffle}, seed={self.seed})"
+        )
+
+
+def _check_trailing(arrays: list[np.ndarray], indices: np.ndarray, name, what: str) -> None:
+    first = next((k for k, a in enumerate(arrays) if len(a)), None)
+    if first is None:
+        return
+    features = arrays[first].shape[1:]
+    for k, array in enumerate(arrays):
+        if array.shape[1:] != features and array.shape != (0,):
+            raise ShapeMismatchError(
+                f"{what}s in one batch have different trailing shapes: {name(int(indices[first]))} has shape "
+                f"{arrays[first].shape} but {name(int(indices[k]))} has shape {array.shape}; only the first "
+                "(time) dimension may vary."
+            )
+
+
+def _check_arrays(name: str, values: Any) -> list[np.ndarray]:
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        if values.ndim < 2:
+            raise ValueError(
+                f"`{name}` as one array must be at least 2-D (samples, time, ...). Received shape {values.shape}."
+            )
+        arrays = list(values)
+    else:
+        try:
+            arrays = [np.asarray(v) for v in values]
+        except TypeError:
+            raise ValueError(
+                f"`{name}` must be paths or a sequence of arrays. Received: {type(values).__name__}"
+            ) from None
+    if not arrays:
+        raise ValueError(f"`{name}` must not be empty. Received: {name} with 0 samples")
+    features, first = None, 0
+    for i, array in enumerate(arrays):
+        if array.ndim == 0:
+            raise ValueError(f"`{name}[{i}]` is 0-d (a scalar); each sequence needs a time axis first.")
+        if array.dtype == object:
+            raise ValueError(f"`{name}[{i}]` holds Python objects; expected a numeric array.")
+        if features is None and len(array):
+            features, first = array.shape[1:], i
+        elif len(array) and array.shape[1:] != features:
+            raise ValueError(
+                f"`{name}` must share their trailing shape: {name}[{first}] has shape {arrays[first].shape} "
+                f"but {name}[{i}] has shape {array.shape}; only the first (time) dimension may vary."
+            )
+    return arrays
+
+
+def _check_fixed_labels(labels: Any) -> np.ndarray:
+    try:
+        return check_labels("labels", labels)
+    except ValueError as e:
+        raise ValueError(
+            f"{e} If the labels are per-timestep sequences of different lengths, pass `label_value=` "
+            "(the value to pad them with)."
+        ) from None
+
+
+def _check_number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
+    return value
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    try:
+        result = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"`dtype` must be a numeric numpy dtype. Received: dtype={dtype!r}") from None
+    if result.kind not in "biuf":
+        raise ValueError(f"`dtype` must be a numeric numpy dtype. Received: dtype={dtype!r}")
+    return result
