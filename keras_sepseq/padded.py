@@ -13,7 +13,7 @@ from keras_sepseq.errors import SampleError, ShapeMismatchError
 from keras_sepseq.npy import load_npy, npy_shape
 from keras_sepseq.padding import PADDING_SIDES, bucketed_order, pad_batch, padding_weights
 from keras_sepseq.paths import PathArray, PathLike, is_path_sequence
-from keras_sepseq.sequence import BaseSequence, check_choice, check_int, check_labels, check_paths, check_targets
+from keras_sepseq.sequence import BaseSequence, check_choice, check_int, check_labels, check_paths, check_targets, stack_arrays
 
 _LENGTH_THREADS = 16
 
@@ -323,35 +323,58 @@ class PaddedSequence(BaseSequence):
 
     # Batches.
 
-    def __getitem__(self, index: int):
-        position = self.batch_position(index)
-        return self.load_batch(self.batch_indices(position), position=position)
+    def load_item(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Loads sample `index`'s sequence and, from a file or per-timestep memory, its label.
 
-    def load_batch(self, indices: np.ndarray, position: int | None = None) -> tuple:
-        """Loads the samples at `indices` and pads them into one batch.
+        Runs in workers too.
+
+        Args:
+            index: The sample index.
+
+        Returns:
+            `(sequence, label)`; `label` is `None` for fixed in-memory labels
+            or none at all.
+
+        Raises:
+            SampleError: If a file cannot be loaded or holds a 0-d array.
+
+        Example:
+
+        >>> sequence, label = seq.load_item(4)  # doctest: +SKIP
+        """
+        x = self._fetch(self.sequences, self.sequence_paths, self.load_input, index, "sequence")
+        if self.label_value is not None:  # per-timestep labels, from files or memory
+            return x, self._fetch(self.labels, self.label_paths, self.load_target, index, "label")
+        if self.label_paths is not None:
+            return x, self.load_sample(self.load_target, self.label_paths[index], index, "label")
+        return x, None
+
+    def collate(self, indices: np.ndarray, items: list, position: int | None = None) -> tuple:
+        """Pads loaded samples into `(x, y)` or `(x, y, sample_weight)`.
 
         Args:
             indices: Sample indices, in batch order.
-            position: The batch's position in the epoch (only batch 1
-                matters, see the class docstring); `None` for a batch made
-                outside the epoch.
+            items: `load_item(i)` for each of `indices`.
+            position: The batch's position in the epoch: batch 1 is padded
+                one step longer when it would match batch 0 (see the class
+                docstring); `None` for a batch outside the epoch order.
 
         Returns:
             `(x, y)`, `(x, y, sample_weight)` with per-timestep labels, or
             `(x,)` without labels.
 
         Raises:
-            SampleError: If a file cannot be loaded or a sample is 0-d.
             ShapeMismatchError: If trailing shapes differ, or a label's
                 length differs from its sequence's.
 
         Example:
 
-        >>> x, y = seq.load_batch(np.array([0, 5, 9]))  # doctest: +SKIP
+        >>> x, y = seq.collate(indices, [seq.load_item(i) for i in indices])  # doctest: +SKIP
         """
-        inputs = [self._fetch(self.sequences, self.sequence_paths, self.load_input, int(i), "sequence") for i in indices]
-        _check_trailing(inputs, indices, self._name(self.sequence_paths, "sequences"), "sequence")
-        lengths = np.array([len(a) for a in inputs])
+        inputs = [item[0] for item in items]
+        sequence_name = self._name(self.sequence_paths, "sequences")
+        _check_trailing(inputs, indices, sequence_name, "sequence")
+        lengths = np.array([len(a) for a in inputs], dtype=np.int64)
         if self.maxlen is not None:
             lengths = np.minimum(lengths, self.maxlen)
         length = self._padded_length(lengths, -1 if position is None else position, None)
@@ -362,16 +385,15 @@ class PaddedSequence(BaseSequence):
         if self.label_value is None:
             if self.labels is not None:
                 return x, self.labels[indices]
-            return x, self.load_stacked(self.label_paths, indices, self.load_target, what="label")
-        targets = [self._fetch(self.labels, self.label_paths, self.load_target, int(i), "label") for i in indices]
-        names = self._name(self.label_paths, "labels")
-        _check_trailing(targets, indices, names, "label")
-        for i, seq_, lab in zip(indices, inputs, targets):
-            if len(seq_) != len(lab):
+            return x, stack_arrays([item[1] for item in items], lambda k: repr(self.label_paths[indices[k]]), what="label")
+        targets = [item[1] for item in items]
+        label_name = self._name(self.label_paths, "labels")
+        _check_trailing(targets, indices, label_name, "label")
+        for i, sequence, target in zip(indices, inputs, targets):
+            if len(sequence) != len(target):
                 raise ShapeMismatchError(
-                    f"per-timestep labels must be as long as their sequence: "
-                    f"{self._name(self.sequence_paths, 'sequences')(int(i))} has {len(seq_)} steps but "
-                    f"{names(int(i))} has {len(lab)}."
+                    f"per-timestep labels must be as long as their sequence: {sequence_name(int(i))} has "
+                    f"{len(sequence)} steps but {label_name(int(i))} has {len(target)}."
                 )
         label_dtype = next((t.dtype for t in targets if t.size), targets[0].dtype)
         y = pad_batch(targets, value=self.label_value, dtype=label_dtype, **options)

@@ -10,7 +10,7 @@ import numpy as np
 from keras_sepseq.images import COLOR_MODES, DTYPES, INTERPOLATIONS, decode_image, write_pixels
 from keras_sepseq.npy import load_npy
 from keras_sepseq.paths import PathArray, PathLike
-from keras_sepseq.sequence import BaseSequence, check_choice, check_int, check_paths, check_targets
+from keras_sepseq.sequence import BaseSequence, check_choice, check_int, check_paths, check_targets, stack_arrays
 
 Labels = Union[Sequence[PathLike], PathArray, np.ndarray, Sequence[Any], None]
 
@@ -160,33 +160,57 @@ class SeparatedSequence(BaseSequence):
         """
         return load_npy(path)
 
-    def load_batch(self, indices: np.ndarray) -> tuple:
-        """Loads the samples at `indices` and stacks them into `(x, y)`.
+    def load_item(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Loads sample `index`'s image and, from a file, its label. Runs in workers too.
+
+        Args:
+            index: The sample index.
+
+        Returns:
+            `(pixels, label)`; `label` is `None` when labels are in memory
+            or absent.
+
+        Raises:
+            SampleError: If a file cannot be loaded; names the file.
+
+        Example:
+
+        >>> pixels, label = seq.load_item(0)  # doctest: +SKIP
+        """
+        x = self.load_sample(self.load_input, self.image_paths[index], index, "image")
+        if self.label_paths is None:
+            return x, None
+        return x, self.load_sample(self.load_target, self.label_paths[index], index, "label")
+
+    def collate(self, indices: np.ndarray, items: list, position: int | None = None) -> tuple:
+        """Stacks loaded samples into `(x, y)`, converting pixels to `dtype`.
 
         Args:
             indices: Sample indices, in batch order.
+            items: `load_item(i)` for each of `indices`.
+            position: Unused; the batch's position in the epoch.
 
         Returns:
             `(x, y)`, or `(x,)` when the dataset has no labels.
 
         Raises:
-            SampleError: If a file cannot be loaded.
-            ShapeMismatchError: If samples of the batch differ in shape.
+            ShapeMismatchError: If samples of the batch differ in shape;
+                names two files.
 
         Example:
 
-        >>> x, y = seq.load_batch(np.array([0, 5, 9]))  # doctest: +SKIP
+        >>> x, y = seq.collate(indices, [seq.load_item(i) for i in indices])  # doctest: +SKIP
         """
         hint = "" if self.image_size is not None else "Pass `image_size=(height, width)` to resize every image to one size."
-        x = self.load_stacked(
-            self.image_paths, indices, self.load_input, what="image", dtype=self.dtype, write=write_pixels, hint=hint
-        )
+        x = stack_arrays(
+            [item[0] for item in items], lambda k: repr(self.image_paths[indices[k]]),
+            what="image", dtype=self.dtype, write=write_pixels, hint=hint,
+        )  # fmt: skip
         if self.labels is not None:
             return x, self.labels[indices]
         if self.label_paths is None:
             return (x,)
-        y = self.load_stacked(self.label_paths, indices, self.load_target, what="label")
-        return x, y
+        return x, stack_arrays([item[1] for item in items], lambda k: repr(self.label_paths[indices[k]]), what="label")
 
     def __repr__(self) -> str:
         labels = "None" if self.labels is None and self.label_paths is None else f"{self.num_samples} labels"

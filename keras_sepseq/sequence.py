@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_sepseq.engine import WorkerPool
 from keras_sepseq.errors import SampleError, ShapeMismatchError
 from keras_sepseq.paths import PathArray, is_path_sequence
 
@@ -111,7 +112,16 @@ class BaseSequence(keras.utils.PyDataset):
     once per epoch however many times Keras calls the hook, and the same
     seed gives the same sequence of orders.
 
-    Subclasses implement `load_batch(indices)`.
+    Subclasses implement `load_item(index)`, which loads one sample
+    anywhere (in a worker thread or process), and `collate(indices, items,
+    position)`, which assembles a batch in the calling process.
+
+    Parallelism is keras_sepseq's own (see `keras_sepseq.engine`): Keras is
+    told to use no workers (`seq.workers` reads 1), and with `workers > 1`
+    or `use_multiprocessing=True` a persistent pool of threads or processes
+    loads each batch's samples in parallel and prefetches batches asked for
+    in order. `close()` stops the pool; it also stops when the object is
+    garbage-collected and at exit.
 
     Args:
         num_samples: How many samples there are.
@@ -132,8 +142,11 @@ class BaseSequence(keras.utils.PyDataset):
     Example:
 
     >>> class Squares(BaseSequence):
-    ...     def load_batch(self, indices):
-    ...         return indices.astype("float32"), (indices ** 2).astype("float32")
+    ...     def load_item(self, index):
+    ...         return float(index)
+    ...     def collate(self, indices, items, position=None):
+    ...         x = np.array(items, dtype="float32")
+    ...         return x, x ** 2
     >>> seq = Squares(10, batch_size=4, shuffle=False)
     >>> len(seq), seq[2][1].tolist()
     (3, [64.0, 81.0])
@@ -151,11 +164,11 @@ class BaseSequence(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
     ) -> None:
-        super().__init__(
-            workers=check_int("workers", workers, minimum=0),
-            use_multiprocessing=bool(use_multiprocessing),
-            max_queue_size=check_int("max_queue_size", max_queue_size, minimum=1),
-        )
+        # Keras runs no workers of its own: it would start a pool per epoch (see keras_sepseq.engine).
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=check_int("max_queue_size", max_queue_size, minimum=1))
+        self.num_workers = check_int("workers", workers, minimum=0)
+        self.use_processes = bool(use_multiprocessing)
+        self._pool: WorkerPool | None = None
         self._num_samples = check_int("num_samples", num_samples, minimum=1)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.drop_remainder = bool(drop_remainder)
@@ -281,14 +294,52 @@ class BaseSequence(keras.utils.PyDataset):
         start = self.batch_position(index) * self.batch_size
         return self.order[start : start + self.batch_size]
 
-    def __getitem__(self, index: int):
-        return self.load_batch(self.batch_indices(index))
+    @property
+    def parallel(self) -> bool:
+        """Whether batches load in a worker pool (`workers > 1` or `use_multiprocessing=True`)."""
+        return self.num_workers > 1 or (self.use_processes and self.num_workers > 0)
 
-    def load_batch(self, indices: np.ndarray) -> tuple:
-        """Loads and returns the batch made of the samples at `indices`.
+    def __getitem__(self, index: int):
+        position = self.batch_position(index)
+        indices = self.batch_indices(position)
+        if not self.parallel:
+            items = [self.load_item(int(i)) for i in indices]
+        else:
+            if self._pool is None or self._pool.closed:
+                self._pool = WorkerPool(
+                    self, workers=self.num_workers, use_processes=self.use_processes, max_queue_size=self.max_queue_size
+                )
+            epoch = self.epoch
+
+            def upcoming():
+                ahead = range(position + 1, min(len(self), position + 1 + self.max_queue_size))
+                return [((epoch, p), self.batch_indices(p)) for p in ahead]
+
+            items = self._pool.load((epoch, position), indices, upcoming)
+        return self.collate(indices, items, position)
+
+    def load_item(self, index: int) -> Any:
+        """Loads sample `index`. Runs in the calling thread or in a worker.
+
+        Args:
+            index: The sample index.
+
+        Returns:
+            Whatever `collate` expects for one sample.
+
+        Raises:
+            NotImplementedError: In `BaseSequence` itself.
+        """
+        raise NotImplementedError("subclasses of BaseSequence implement load_item(index)")
+
+    def collate(self, indices: np.ndarray, items: list[Any], position: int | None = None) -> tuple:
+        """Assembles the batch of the samples at `indices` from their loaded `items`.
 
         Args:
             indices: Sample indices, in batch order.
+            items: `load_item(i)` for each of `indices`.
+            position: The batch's position in the epoch, or `None` for a
+                batch made outside the epoch order.
 
         Returns:
             `(x,)`, `(x, y)` or `(x, y, sample_weight)`.
@@ -296,69 +347,48 @@ class BaseSequence(keras.utils.PyDataset):
         Raises:
             NotImplementedError: In `BaseSequence` itself.
         """
-        raise NotImplementedError("subclasses of BaseSequence implement load_batch(indices)")
+        raise NotImplementedError("subclasses of BaseSequence implement collate(indices, items, position)")
 
-    def load_stacked(
-        self,
-        paths: Sequence[str],
-        indices: np.ndarray,
-        loader: Callable[[str], Any],
-        *,
-        what: str,
-        dtype: Any = None,
-        write: Callable[[np.ndarray, np.ndarray], None] = copy_same_kind,
-        hint: str = "",
-    ) -> np.ndarray:
-        """Loads `paths[i]` for each of `indices` and stacks them into one array.
-
-        The batch is allocated once, after the first sample, and each sample
-        is written (and converted) straight into its slot, which saves the
-        extra copy of `np.stack`.
+    def load_batch(self, indices: np.ndarray, position: int | None = None) -> tuple:
+        """Loads the samples at `indices` in the calling thread and assembles their batch.
 
         Args:
-            paths: The paths of every sample.
-            indices: The samples of the batch, in batch order.
-            loader: A hook such as `load_input`, called with each path.
-            what: `"image"`, `"label"`..., for messages.
-            dtype: The batch dtype; `None` (the default) keeps the first
-                sample's.
-            write: `write(out, value)` copies one sample into its slot.
-                Defaults to a copy that refuses casts across kinds.
-            hint: A sentence appended to a shape-mismatch message.
+            indices: Sample indices, in batch order.
+            position: As for `collate`. Defaults to `None`.
 
         Returns:
-            An array of shape `(len(indices),) + sample_shape`.
+            The batch, as `seq[i]` returns it.
 
         Raises:
-            SampleError: If a file cannot be loaded.
-            ShapeMismatchError: If a sample's shape (or dtype) does not fit
-                the first one's; the message names both files.
+            SampleError: If a sample cannot be loaded.
 
         Example:
 
-        >>> y = seq.load_stacked(seq.label_paths, np.array([3, 1]), seq.load_target, what="label")  # doctest: +SKIP
+        >>> x, y = seq.load_batch(np.array([0, 5, 9]))  # doctest: +SKIP
         """
-        batch = None
-        first = paths[int(indices[0])]
-        for slot, index in enumerate(indices):
-            path = paths[int(index)]
-            value = self.load_sample(loader, path, int(index), what)
-            if batch is None:
-                batch = np.empty((len(indices),) + value.shape, dtype=value.dtype if dtype is None else dtype)
-            elif value.shape != batch.shape[1:]:
-                message = (
-                    f"{what}s in one batch have different shapes: {first!r} has shape {batch.shape[1:]} "
-                    f"but {path!r} has shape {value.shape}."
-                )
-                raise ShapeMismatchError(f"{message} {hint}".rstrip())
-            try:
-                write(batch[slot, ...], value)
-            except TypeError as e:
-                raise ShapeMismatchError(
-                    f"{what}s in one batch have dtypes that do not mix: {first!r} is {batch.dtype} "
-                    f"and {path!r} is {value.dtype} ({e})."
-                ) from e
-        return batch
+        indices = np.asarray(indices, dtype=np.int64)
+        return self.collate(indices, [self.load_item(int(i)) for i in indices], position)
+
+    def close(self) -> None:
+        """Stops the worker pool, if one is running. The next batch starts a new one.
+
+        Example:
+
+        >>> seq.close()  # doctest: +SKIP
+        """
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_pool"] = None  # a pool belongs to the process that started it
+        return state
 
     @staticmethod
     def load_sample(loader: Callable[[str], Any], path: str, index: int, what: str) -> np.ndarray:
@@ -508,3 +538,55 @@ def check_targets(
             f"Received: len({inputs_name})={num_samples}, len({name})={len(given)}"
         )
     return paths, in_memory
+
+
+def stack_arrays(
+    values: list[np.ndarray],
+    name_of: Callable[[int], str],
+    *,
+    what: str,
+    dtype: Any = None,
+    write: Callable[[np.ndarray, np.ndarray], None] = copy_same_kind,
+    hint: str = "",
+) -> np.ndarray:
+    """Stacks per-sample arrays into one preallocated batch, converting each once.
+
+    Args:
+        values: One array per sample, in batch order.
+        name_of: Names sample `k` of the batch in messages (e.g. its path).
+        what: `"image"`, `"label"`..., for messages.
+        dtype: The batch dtype; `None` (the default) keeps the first
+            sample's.
+        write: `write(out, value)` copies one sample into its slot. Defaults
+            to a copy that refuses casts across kinds (float into int, say).
+        hint: A sentence appended to a shape-mismatch message.
+
+    Returns:
+        An array of shape `(len(values),) + sample_shape`.
+
+    Raises:
+        ShapeMismatchError: If a sample's shape (or dtype) does not fit the
+            first one's; the message names both samples.
+
+    Example:
+
+    >>> stack_arrays([np.zeros(2), np.ones(2)], str, what="label").shape
+    (2, 2)
+    """
+    first = values[0]
+    batch = np.empty((len(values),) + first.shape, dtype=first.dtype if dtype is None else dtype)
+    for k, value in enumerate(values):
+        if value.shape != first.shape:
+            message = (
+                f"{what}s in one batch have different shapes: {name_of(0)} has shape {first.shape} "
+                f"but {name_of(k)} has shape {value.shape}."
+            )
+            raise ShapeMismatchError(f"{message} {hint}".rstrip())
+        try:
+            write(batch[k, ...], value)
+        except TypeError as e:
+            raise ShapeMismatchError(
+                f"{what}s in one batch have dtypes that do not mix: {name_of(0)} is {batch.dtype} "
+                f"and {name_of(k)} is {value.dtype} ({e})."
+            ) from e
+    return batch

@@ -1,0 +1,196 @@
+"""The worker pool that loads samples for a dataset: persistent, parallel within a batch, prefetching.
+
+Keras's own `PyDataset` workers start a new pool every epoch, pickle every
+batch back through a pipe, serve batches strictly one after another, and on
+the jax and torch backends can serve a prefetched batch in the wrong epoch.
+keras_sepseq datasets therefore tell Keras to use no workers and run their
+own pool:
+
+- the pool is created on first use and kept across epochs (processes are
+  started once, not once per epoch);
+- each batch is split into one chunk of samples per worker, so a batch
+  loads in parallel whatever order Keras asks for batches in (`fit`
+  shuffles the batch order by default);
+- when batches are asked for in order, the next `max_queue_size` batches
+  are prefetched;
+- workers only load samples (`load_item`); the main process assembles
+  batches (`collate`), so workers never need the epoch order and a batch
+  always holds what the main process says.
+
+A worker process that dies, or an error in a worker, is raised in the
+caller at once; nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import signal
+import threading
+import weakref
+from collections import OrderedDict
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable
+
+import numpy as np
+
+_LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process ended unexpectedly (killed, out of memory, crashed in native code).
+
+    Example:
+
+    >>> raise WorkerDiedError("a worker process died")  # doctest: +SKIP
+    """
+
+
+# Process workers: the dataset lives in a module global, set once per process.
+_WORKER_DATASET: Any = None
+
+
+def _init_process_worker(dataset: Any) -> None:
+    global _WORKER_DATASET
+    _WORKER_DATASET = dataset
+    # Ctrl-C goes to the whole process group: let the main process decide, workers just stop when told.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _load_chunk_in_process(indices: list[int]) -> list[Any]:
+    return [_WORKER_DATASET.load_item(i) for i in indices]
+
+
+class WorkerPool:
+    """Loads the samples of batches with a persistent pool of threads or processes.
+
+    Args:
+        dataset: An object with `load_item(index)`; it is copied into each
+            process worker once, when the pool starts.
+        workers: Number of threads or processes (at least 1).
+        use_processes: Processes instead of threads.
+        max_queue_size: How many batches to prefetch when batches are
+            asked for in order.
+
+    Example:
+
+    >>> pool = WorkerPool(seq, workers=2, use_processes=False, max_queue_size=4)  # doctest: +SKIP
+    >>> items = pool.load(key=(0, 3), indices=seq.batch_indices(3), upcoming=...)  # doctest: +SKIP
+    """
+
+    def __init__(self, dataset: Any, *, workers: int, use_processes: bool, max_queue_size: int) -> None:
+        self.workers = max(1, int(workers))
+        self.use_processes = bool(use_processes)
+        self.max_queue_size = max(0, int(max_queue_size))
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[Any, list[Future]] = OrderedDict()
+        self._last_key: Any = None
+        self._owner_pid = os.getpid()
+        if self.use_processes:
+            self._executor = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context(),
+                initializer=_init_process_worker,
+                initargs=(dataset,),
+            )
+            self._submit_chunk = lambda chunk: self._executor.submit(_load_chunk_in_process, chunk)
+        else:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="keras_sepseq")
+            ref = weakref.ref(dataset)
+
+            def load_chunk(chunk: list[int]) -> list[Any]:
+                owner = ref()
+                if owner is None:
+                    raise RuntimeError("the dataset was garbage-collected while loading")
+                return [owner.load_item(i) for i in chunk]
+
+            self._submit_chunk = lambda chunk: self._executor.submit(load_chunk, chunk)
+        _LIVE_POOLS.add(self)
+
+    def _submit(self, indices: np.ndarray) -> list[Future]:
+        chunks = np.array_split(np.asarray(indices, dtype=np.int64), min(self.workers, len(indices)))
+        return [self._submit_chunk(chunk.tolist()) for chunk in chunks if len(chunk)]
+
+    def load(self, key: tuple, indices: np.ndarray, upcoming: Callable[[], list[tuple[tuple, np.ndarray]]]) -> list[Any]:
+        """Returns the items of one batch, loading or collecting them.
+
+        Args:
+            key: `(epoch, position)` of the batch; prefetched batches of
+                another epoch are dropped.
+            indices: The batch's sample indices.
+            upcoming: Called when batches are asked for in order; returns
+                `(key, indices)` of the batches to prefetch next.
+
+        Returns:
+            `[load_item(i) for i in indices]`.
+
+        Raises:
+            WorkerDiedError: If a worker process died.
+            Exception: Whatever `load_item` raised, e.g. a `SampleError`.
+
+        Example:
+
+        >>> pool.load((0, 0), np.array([3, 1]), lambda: [])  # doctest: +SKIP
+        """
+        with self._lock:
+            if os.getpid() != self._owner_pid:
+                raise RuntimeError("a WorkerPool cannot be used from a forked child process")
+            futures = self._pending.pop(key, None)
+            for stale in [k for k in self._pending if k[0] != key[0]]:
+                for future in self._pending.pop(stale):
+                    future.cancel()
+            in_order = self._last_key is None or key == (self._last_key[0], self._last_key[1] + 1) or key[1] == 0
+            self._last_key = key
+            if futures is None:
+                futures = self._submit(indices)
+            if in_order and self.max_queue_size:
+                for next_key, next_indices in upcoming()[: self.max_queue_size]:
+                    if len(self._pending) >= self.max_queue_size:
+                        break
+                    if next_key not in self._pending:
+                        self._pending[next_key] = self._submit(next_indices)
+        try:
+            items: list[Any] = []
+            for future in futures:
+                items.extend(future.result())
+            return items
+        except BrokenProcessPool as e:
+            self.close()
+            raise WorkerDiedError(
+                "a keras_sepseq worker process died unexpectedly (killed, out of memory, or crashed in "
+                "native code); the pool was shut down. Run with use_multiprocessing=False or fewer "
+                "workers to find the cause."
+            ) from e
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+        return self._executor is None
+
+    def close(self) -> None:
+        """Cancels prefetched work and stops the workers. Safe to call twice.
+
+        Example:
+
+        >>> pool.close()  # doctest: +SKIP
+        """
+        with self._lock:
+            executor, self._executor = getattr(self, "_executor", None), None
+            pending, self._pending = getattr(self, "_pending", {}), OrderedDict()
+        for futures in pending.values():
+            for future in futures:
+                future.cancel()
+        if executor is not None and os.getpid() == self._owner_pid:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+@atexit.register
+def _close_all_pools() -> None:
+    for pool in list(_LIVE_POOLS):
+        pool.close()

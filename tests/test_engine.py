@@ -1,0 +1,146 @@
+"""The worker pool: persistent across epochs, parallel within a batch, prefetching, failing fast."""
+
+import os
+import pickle
+import signal
+import time
+
+import numpy as np
+import pytest
+from conftest import decode_index
+
+from keras_sepseq import SampleError, SeparatedSequence
+from keras_sepseq.engine import WorkerDiedError
+
+MODES = [
+    pytest.param(False, id="threads"),
+    pytest.param(True, id="processes"),
+]
+
+
+class WhoLoaded(SeparatedSequence):
+    """Labels report the process and thread that loaded each sample."""
+
+    def load_target(self, path):
+        import threading
+
+        return np.array([os.getpid(), threading.get_ident() % 2**31], dtype=np.int64)
+
+
+@pytest.fixture
+def dataset(indexed_dataset):
+    return indexed_dataset(24)
+
+
+def epochs_of(seq, epochs, order=None):
+    served = []
+    for _ in range(epochs):
+        positions = range(len(seq)) if order is None else order(len(seq))
+        batches = {p: seq[p] for p in positions}
+        served.append([batches[p] for p in range(len(seq))])
+        seq.on_epoch_end()
+    return served
+
+
+def test_keras_sees_no_workers_of_its_own(dataset):
+    seq = SeparatedSequence(*dataset, batch_size=4, workers=3, use_multiprocessing=True)
+    assert (seq.workers, seq.use_multiprocessing) == (1, False)
+    assert (seq.num_workers, seq.use_processes, seq.parallel) == (3, True, True)
+    assert not SeparatedSequence(*dataset, workers=1).parallel
+
+
+@pytest.mark.parametrize("processes", MODES)
+def test_workers_persist_across_epochs(dataset, processes):
+    seq = WhoLoaded(dataset[0], dataset[1], batch_size=8, workers=2, use_multiprocessing=processes, seed=0)
+    column = 0 if processes else 1
+    try:
+        per_epoch = []
+        for epoch in epochs_of(seq, 4):
+            per_epoch.append({who for _, y in epoch for who in y[:, column].tolist()})
+        everyone = set().union(*per_epoch)
+        assert 1 <= len(everyone) <= 2  # never more than the two workers started once
+        if processes:
+            assert os.getpid() not in everyone
+    finally:
+        seq.close()
+
+
+@pytest.mark.parametrize("batch_size, workers, chunks", [(8, 2, [4, 4]), (5, 3, [2, 2, 1]), (2, 4, [1, 1])])
+def test_each_batch_is_split_across_the_workers(dataset, batch_size, workers, chunks):
+    seq = SeparatedSequence(*dataset, batch_size=batch_size, workers=workers)
+    seq[0]
+    futures = seq._pool._submit(seq.batch_indices(0))
+    assert [len(f.result()) for f in futures] == chunks
+    seq.close()
+
+
+@pytest.mark.parametrize("processes", MODES)
+@pytest.mark.parametrize("request_order", ["in order", "reversed", "shuffled"])
+def test_any_request_order_serves_the_same_batches(dataset, processes, request_order):
+    orders = {
+        "in order": lambda n: range(n),
+        "reversed": lambda n: range(n - 1, -1, -1),
+        "shuffled": lambda n: np.random.default_rng(n).permutation(n).tolist(),
+    }
+    reference = SeparatedSequence(*dataset, batch_size=5, seed=7, dtype="uint8")
+    parallel = SeparatedSequence(*dataset, batch_size=5, seed=7, dtype="uint8", workers=2, use_multiprocessing=processes)
+    try:
+        for expected, got in zip(epochs_of(reference, 3), epochs_of(parallel, 3, orders[request_order])):
+            for (ex, ey), (gx, gy) in zip(expected, got):
+                np.testing.assert_array_equal(gx, ex)
+                np.testing.assert_array_equal(gy, ey)
+                np.testing.assert_array_equal(decode_index(gx), gy)
+    finally:
+        parallel.close()
+
+
+def test_batches_asked_in_order_are_prefetched(dataset):
+    seq = SeparatedSequence(*dataset, batch_size=4, workers=2, max_queue_size=3)
+    seq[0]
+    assert len(seq._pool._pending) == 3
+    seq[1]
+    assert sorted(p for _, p in seq._pool._pending) == [2, 3, 4]
+    seq.on_epoch_end()
+    seq[0]  # a new epoch drops what was prefetched for the old one
+    assert {epoch for epoch, _ in seq._pool._pending} == {1}
+    seq.close()
+
+
+@pytest.mark.parametrize("processes", MODES)
+def test_a_broken_file_in_a_worker_is_named(dataset, processes):
+    images, labels = dataset
+    os.remove(images[5])
+    seq = SeparatedSequence(images, labels, batch_size=24, shuffle=False, workers=2, use_multiprocessing=processes)
+    try:
+        with pytest.raises(SampleError, match=f"sample 5, file '{images[5]}': cannot load image: FileNotFoundError") as info:
+            seq[0]
+        assert info.value.path == images[5] and info.value.index == 5
+    finally:
+        seq.close()
+
+
+def test_a_killed_worker_process_fails_fast(dataset):
+    seq = SeparatedSequence(*dataset, batch_size=4, workers=2, use_multiprocessing=True, max_queue_size=1)
+    seq[0]
+    for pid in list(seq._pool._executor._processes):
+        os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(WorkerDiedError, match="worker process died unexpectedly"):
+        for i in range(len(seq)):
+            seq[i]
+    assert time.monotonic() - start < 10
+    x, _ = seq[0]  # a fresh pool starts on the next batch
+    assert x.shape[0] == 4
+    seq.close()
+
+
+def test_close_stops_the_pool_and_pickling_leaves_it_behind(dataset):
+    seq = SeparatedSequence(*dataset, batch_size=4, workers=2, use_multiprocessing=True)
+    seq[0]
+    pool = seq._pool
+    copy = pickle.loads(pickle.dumps(seq))
+    assert copy._pool is None
+    seq.close()
+    assert pool.closed and seq._pool is None
+    np.testing.assert_array_equal(copy[0][1], seq[0][1])
+    seq.close()
