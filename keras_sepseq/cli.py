@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 
@@ -55,7 +56,88 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--use-multiprocessing", action="store_true", help="use process workers instead of threads")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the shuffling (default: %(default)s)")
     demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        help="compare input pipelines end to end through model.fit on the same files",
+        description=(
+            "Measures images/s through model.fit with a tiny model, first epoch and later epochs apart, "
+            "for the classic tf.data pipeline, a Python generator, a plain keras PyDataset, "
+            "SeparatedSequence (threads, processes, cached) and numpy arrays in RAM, plus the decode "
+            "limit (single-core decode+resize rate x cores used). Prints ratios measured in this one run."
+        ),
+    )
+    source = bench.add_mutually_exclusive_group()
+    source.add_argument("--dir", help="benchmark the image files below DIR (labels are made up)")
+    source.add_argument(
+        "--synthetic", nargs="?", const="", default=None, metavar="DIR",
+        help="write synthetic 200-360 px PNG and JPEG images (the default) to DIR "
+        "(default: ~/.cache/keras_sepseq/bench), once",
+    )  # fmt: skip
+    bench.add_argument("--samples", type=_positive_int, default=None, help="images to use (default: 2000; 96 with --quick)")
+    bench.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=None, help="resize to H x W (default: 128 128; 64 64 with --quick)")
+    bench.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: %(default)s)")
+    bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs per candidate, first one cold (default: 3; 2 with --quick)")
+    bench.add_argument("--workers", type=_positive_int, default=2, help="workers of the parallel candidates (default: %(default)s)")
+    bench.add_argument("--only", action="append", metavar="NAME", help="run only candidates whose name contains NAME (repeatable)")
+    bench.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
+    bench.add_argument("--plot", metavar="FILE.png", help="also write a bar chart (needs matplotlib)")
+    bench.add_argument("--quick", action="store_true", help="a small, fast run: a smoke test, not a measurement")
+    bench.set_defaults(handler=_bench)
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from keras_sepseq import bench
+
+    samples = args.samples or (96 if args.quick else 2000)
+    size = tuple(args.image_size or ((64, 64) if args.quick else (128, 128)))
+    epochs = args.epochs or (2 if args.quick else 3)
+    if epochs < 2:
+        print("keras-sepseq bench: error: --epochs must be at least 2 (one cold, then steady)", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("keras-sepseq bench: error: --plot needs matplotlib: pip install 'keras-sepseq[plot]'", file=sys.stderr)
+            return 2
+    if args.dir:
+        try:
+            paths = bench.images_in(args.dir)[:samples]
+        except ValueError as e:
+            print(f"keras-sepseq bench: error: {e}", file=sys.stderr)
+            return 2
+        labels = np.random.default_rng(0).integers(0, bench.NUM_CLASSES, size=len(paths))
+        print(f"benchmarking {len(paths)} images from {os.path.abspath(args.dir)}")
+    else:
+        from keras_sepseq.demo import default_demo_dir
+
+        folder = args.synthetic or os.path.join(os.path.dirname(default_demo_dir()), "bench")
+        start = time.perf_counter()
+        paths, label_paths = bench.make_bench_dataset(folder, samples=samples)
+        labels = np.array([int(np.load(p)) for p in label_paths])
+        print(f"dataset: {samples} synthetic PNG/JPEG images (200-360 px) in {os.path.abspath(folder)} "
+              f"(ready in {time.perf_counter() - start:.1f} s)")  # fmt: skip
+    print(f"resizing to {size[0]}x{size[1]}, batch {args.batch_size}, {epochs} epochs per candidate, "
+          f"{args.workers} workers, {os.cpu_count()} cores")  # fmt: skip
+    report = bench.run_bench(
+        paths, labels, image_size=size, batch_size=args.batch_size, epochs=epochs, workers=args.workers, only=args.only
+    )
+    print()
+    print(bench.format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"measurements written to {args.json}")
+    if args.plot:
+        bench.plot_report(report, args.plot)
+        print(f"bar chart written to {args.plot}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

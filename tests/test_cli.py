@@ -89,3 +89,28 @@ def test_console_script_is_installed():
 def test_module_runs_as_a_program():
     done = subprocess.run([sys.executable, "-m", "keras_sepseq", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "demo" in done.stdout
+
+
+def test_bench_quick_smoke_run(tmp_path, capsys):
+    report_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "--quick", "--synthetic", str(tmp_path / "data"), "--json", str(report_path), "--plot", str(plot_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads(report_path.read_text())
+    names = [r["name"] for r in report["results"]]
+    assert names == [
+        "tf.data pipeline", "Python generator", "plain PyDataset, 2 threads", "SeparatedSequence, 2 threads",
+        "SeparatedSequence, 2 processes", "numpy arrays in RAM",
+    ]  # fmt: skip
+    for result in report["results"]:
+        assert result["cold"] > 0 and result["steady"] > 0 and len(result["epochs"]) == 2
+        assert report["ratios"][result["name"]]["cold_vs_pipeline"] > 0
+    assert report["ratios"]["tf.data pipeline"]["cold_vs_pipeline"] == 1.0
+    assert report["decode_limit"]["images_per_second"] > 0
+    assert "cold vs" in out and "decode limit" in out
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_on_a_folder_without_images_is_a_usage_error(tmp_path, capsys):
+    assert main(["bench", "--dir", str(tmp_path)]) == 2
+    assert "`--dir` holds no image files" in capsys.readouterr().err

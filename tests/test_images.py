@@ -5,6 +5,7 @@ from PIL import Image
 from keras_sepseq.images import (
     convert_color,
     decode_image,
+    read_image,
     resize_image,
     standardize_pixels,
     write_pixels,
@@ -36,8 +37,10 @@ def test_every_png_mode_converts_to_every_color_mode(tmp_path, pil_mode, color_m
 
 
 def test_grayscale_uses_pillow_luma():
-    expected = np.asarray(Image.fromarray(RGB).convert("L"))[..., None]
-    np.testing.assert_array_equal(convert_color(RGB, "grayscale"), expected)
+    every = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    for pixels in (RGB, every):
+        expected = np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
+        np.testing.assert_array_equal(convert_color(pixels, "grayscale"), expected)
 
 
 def test_rgba_gets_an_opaque_alpha_and_rgb_drops_it():
@@ -144,3 +147,34 @@ def test_standardize_bool_and_wide_ints():
 def test_bad_options_are_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def generic_decode(path, color_mode, image_size):
+    pixels = convert_color(standardize_pixels(read_image(path)), color_mode)
+    return pixels if image_size is None else resize_image(pixels, image_size)
+
+
+@pytest.mark.parametrize("pil_mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"])
+@pytest.mark.parametrize("color_mode", ["grayscale", "rgb", "rgba"])
+@pytest.mark.parametrize("image_size", [None, (5, 9)], ids=["native size", "resized"])
+def test_fast_path_equals_the_generic_path(tmp_path, pil_mode, color_mode, image_size):
+    rgb = np.random.default_rng(1).integers(0, 256, size=(12, 17, 3), dtype=np.uint8)
+    if pil_mode == "I;16":
+        path = save(tmp_path / "img.png", rgb[..., 0].astype(np.uint16) * 257)
+    else:
+        path = save(tmp_path / "img.png", rgb, pil_mode)
+    np.testing.assert_array_equal(
+        decode_image(path, color_mode=color_mode, image_size=image_size), generic_decode(path, color_mode, image_size)
+    )
+
+
+@pytest.mark.parametrize("color_mode, channels", [("grayscale", 1), ("rgb", 3), ("rgba", 4)])
+def test_jpeg_shrunk_in_draft_mode_stays_close_to_a_full_decode(tmp_path, color_mode, channels):
+    yy, xx = np.mgrid[:300, :280]
+    smooth = np.stack([yy * 255 // 300, xx * 255 // 280, (yy + xx) * 255 // 580], axis=2).astype(np.uint8)
+    path = str(tmp_path / "photo.jpg")
+    Image.fromarray(smooth).save(path, quality=95)
+    fast = decode_image(path, color_mode=color_mode, image_size=(64, 64))
+    assert fast.shape == (64, 64, channels) and fast.dtype == np.uint8
+    full = generic_decode(path, color_mode, (64, 64))
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 2.0

@@ -1,0 +1,526 @@
+"""`keras-sepseq bench`: input pipelines compared end to end through `model.fit`, on the same files.
+
+Every candidate feeds the same tiny model (its training step is cheap, so the
+input pipeline is what is measured), in one process, one after another:
+
+1. the classic `tf.data` recipe (`from_tensor_slices` of paths, `map` of
+   read + decode + convert + resize with `AUTOTUNE`, `shuffle`, `batch`,
+   `prefetch`);
+2. the classic Python generator (per-sample decode, `np.stack`);
+3. a plain `keras.utils.PyDataset` written the obvious way, with Keras's own
+   thread workers;
+4. `SeparatedSequence` with thread workers, process workers, and the memory
+   cache;
+5. the same `fit` fed from numpy arrays already in RAM (the ceiling of any
+   PyDataset on this machine), and the decode limit: the single-core rate
+   of decoding and resizing the same files, times the cores used.
+
+The first epoch ("cold": it includes starting workers, and for cached modes
+filling the cache) and the later ("steady") epochs are timed separately.
+The model is built and its training step traced before any candidate runs,
+so no candidate pays for tracing. Files are read once beforehand, so every
+candidate finds them in the OS page cache. Ratios come from one run, on one
+machine, at one time: compare them, not absolute rates across machines.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+NUM_CLASSES = 10
+_FORMAT_VERSION = 1
+
+
+# Data.
+
+
+def synthetic_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A photo-like RGB image: smooth color fields, a few shapes and sensor noise.
+
+    Args:
+        rng: The random generator.
+        height: Image height.
+        width: Image width.
+
+    Returns:
+        A `uint8` array of shape `(height, width, 3)`.
+
+    Example:
+
+    >>> synthetic_image(np.random.default_rng(0), 240, 320).shape
+    (240, 320, 3)
+    """
+    from PIL import Image
+
+    coarse = rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
+    yy, xx = np.mgrid[:height, :width]
+    for _ in range(int(rng.integers(2, 6))):
+        cy, cx = rng.integers(0, height), rng.integers(0, width)
+        radius = rng.integers(10, max(11, min(height, width) // 3))
+        field[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = rng.integers(0, 256, size=3)
+    field += rng.normal(0, 6, size=field.shape)
+    return np.clip(field, 0, 255).astype(np.uint8)
+
+
+def make_bench_dataset(directory: str, *, samples: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Writes (once) `samples` images of 200 to 360 px, half PNG and half JPEG, with `.npy` labels.
+
+    Args:
+        directory: The folder; a `dataset.json` written last marks it
+            complete, and a later call with the same settings reuses it.
+        samples: How many image/label pairs.
+        seed: Random seed. Defaults to 0.
+
+    Returns:
+        `(image_paths, label_paths)`.
+
+    Raises:
+        ValueError: If `samples < 1`.
+
+    Example:
+
+    >>> images, labels = make_bench_dataset("/tmp/bench", samples=64)  # doctest: +SKIP
+    """
+    from PIL import Image
+
+    if samples < 1:
+        raise ValueError(f"`samples` must be >= 1. Received: samples={samples}")
+    images = [os.path.join(directory, f"img_{i:06d}.{'png' if i % 2 == 0 else 'jpg'}") for i in range(samples)]
+    labels = [os.path.join(directory, f"label_{i:06d}.npy") for i in range(samples)]
+    manifest = os.path.join(directory, "dataset.json")
+    settings = {"format": _FORMAT_VERSION, "samples": samples, "seed": seed}
+    try:
+        with open(manifest) as f:
+            if json.load(f) == settings:
+                return images, labels
+    except (OSError, ValueError):
+        pass
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for image_path, label_path in zip(images, labels):
+        height, width = (int(v) for v in rng.integers(200, 361, size=2))
+        pixels = synthetic_image(rng, height, width)
+        if image_path.endswith(".png"):
+            Image.fromarray(pixels).save(image_path)
+        else:
+            Image.fromarray(pixels).save(image_path, quality=90)
+        np.save(label_path, np.int64(rng.integers(0, NUM_CLASSES)))
+    with open(manifest, "w") as f:
+        json.dump(settings, f)
+    return images, labels
+
+
+def images_in(directory: str) -> list[str]:
+    """The image files below `directory` (recursively), sorted.
+
+    Args:
+        directory: A folder.
+
+    Returns:
+        Paths with an extension in `IMAGE_EXTENSIONS`.
+
+    Raises:
+        ValueError: If there is none.
+
+    Example:
+
+    >>> images_in("photos")  # doctest: +SKIP
+    """
+    found = sorted(
+        p for p in glob.glob(os.path.join(glob.escape(directory), "**", "*"), recursive=True)
+        if p.lower().endswith(IMAGE_EXTENSIONS)
+    )  # fmt: skip
+    if not found:
+        raise ValueError(f"`--dir` holds no image files ({', '.join(IMAGE_EXTENSIONS)}). Received: --dir={directory!r}")
+    return found
+
+
+# Measurement helpers.
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(task) as f:
+                found.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def process_tree_rss() -> int:
+    """Resident memory of this process and its children, in bytes (Linux; 0 elsewhere).
+
+    Returns:
+        The sum of `VmRSS` over the process tree.
+
+    Example:
+
+    >>> process_tree_rss() >= 0
+    True
+    """
+    me = os.getpid()
+    return _rss_bytes(me) + sum(_rss_bytes(c) for c in _children(me))
+
+
+class PeakMemory:
+    """Samples `process_tree_rss()` in a thread while in a `with` block; `.peak` holds the maximum.
+
+    Example:
+
+    >>> with PeakMemory() as memory:
+    ...     _ = np.ones(10**6)
+    >>> memory.peak > 0 or not os.path.exists("/proc")
+    True
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = process_tree_rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, process_tree_rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, process_tree_rss())
+
+
+@dataclass
+class Result:
+    """One candidate's measurements.
+
+    Attributes:
+        name: The candidate.
+        cold: Images/s in the first epoch.
+        steady: Images/s averaged over the later epochs.
+        peak_rss_mb: Peak resident memory of the process tree while it ran.
+        epochs: Images/s of each epoch.
+        note: What it is, in words.
+    """
+
+    name: str
+    cold: float
+    steady: float
+    peak_rss_mb: float
+    epochs: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+# Candidates.
+
+
+def _tf_pipeline(paths, labels, size, batch_size, seed):
+    import tensorflow as tf
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.image.convert_image_dtype(image, tf.float32)
+        return tf.image.resize(image, size), label
+
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels)))
+    ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _pil_load(path: str, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+
+
+def _generator(paths, labels, size, batch_size, seed):
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(paths))
+        for start in range(0, len(paths), batch_size):
+            chosen = order[start : start + batch_size]
+            yield np.stack([_pil_load(paths[i], size) for i in chosen]), np.asarray(labels)[chosen]
+
+
+def _plain_pydataset(paths, labels, size, batch_size, workers):
+    import keras
+
+    class Plain(keras.utils.PyDataset):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.order = np.arange(len(paths))
+
+        def __len__(self):
+            return -(-len(paths) // batch_size)
+
+        def __getitem__(self, i):
+            chosen = self.order[i * batch_size : (i + 1) * batch_size]
+            return np.stack([_pil_load(paths[j], size) for j in chosen]), np.asarray(labels)[chosen]
+
+        def on_epoch_end(self):
+            np.random.shuffle(self.order)
+
+    return Plain(workers=workers)
+
+
+def decode_rate(paths: list[str], size: tuple[int, int], seconds: float = 3.0) -> float:
+    """Single-thread rate of `decode_image` + resize on `paths`, in images/s.
+
+    Args:
+        paths: Image files.
+        size: `(height, width)` to resize to.
+        seconds: Stop after about this long. Defaults to 3.
+
+    Returns:
+        Images per second.
+
+    Example:
+
+    >>> decode_rate(paths, (128, 128))  # doctest: +SKIP
+    """
+    from keras_sepseq.images import decode_image
+
+    start, done = time.perf_counter(), 0
+    for path in paths:
+        decode_image(path, image_size=size)
+        done += 1
+        if time.perf_counter() - start > seconds:
+            break
+    return done / (time.perf_counter() - start)
+
+
+def run_bench(
+    paths: list[str],
+    labels: np.ndarray,
+    *,
+    image_size: tuple[int, int] = (128, 128),
+    batch_size: int = 32,
+    epochs: int = 3,
+    workers: int = 2,
+    only: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs every candidate through `model.fit` on the same files and returns the measurements.
+
+    Args:
+        paths: Image files.
+        labels: One integer class (0 to 9) per image.
+        image_size: `(height, width)` every candidate resizes to. Defaults
+            to `(128, 128)`.
+        batch_size: Defaults to 32.
+        epochs: Epochs per candidate: one cold, the rest steady (at least
+            2). Defaults to 3.
+        workers: Workers (threads or processes) for the parallel
+            candidates; the decode limit counts `min(workers, cores)`
+            cores. Defaults to 2.
+        only: Names of candidates to run (default: all).
+        log: Where progress lines go. Defaults to `print`.
+
+    Returns:
+        A dict with `results` (a list of `Result` dicts), `decode_limit`,
+        `ratios` and the settings.
+
+    Raises:
+        ValueError: If `epochs < 2`.
+
+    Example:
+
+    >>> report = run_bench(paths, labels, epochs=2)  # doctest: +SKIP
+    """
+    import keras
+
+    from keras_sepseq.separated import SeparatedSequence
+
+    if epochs < 2:
+        raise ValueError(f"`epochs` must be >= 2 (one cold, then steady). Received: epochs={epochs}")
+    labels = np.asarray(labels, dtype=np.int64)
+    size = tuple(image_size)
+    cores = min(workers, os.cpu_count() or 1)
+    for path in paths:  # every candidate then finds the files in the page cache
+        with open(path, "rb") as f:
+            f.read()
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input(size + (3,)),
+            keras.layers.Conv2D(8, 3, strides=4, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    warm_x = np.zeros((batch_size * 2,) + size + (3,), np.float32)
+    model.fit(warm_x, np.zeros(batch_size * 2, np.int64), batch_size=batch_size, epochs=1, verbose=0)
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.rates, self.seen = [], 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start, self.seen = time.perf_counter(), 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen += 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            samples = min(self.seen * batch_size, len(paths))
+            self.rates.append(samples / (time.perf_counter() - self.start))
+
+    steps = -(-len(paths) // batch_size)
+    candidates: list[tuple[str, str, Callable[[], Any], dict]] = [
+        ("tf.data pipeline", "the classic recipe: from_tensor_slices, map(AUTOTUNE), shuffle, batch, prefetch",
+         lambda: _tf_pipeline(paths, labels, size, batch_size, 0), {}),
+        ("Python generator", "per-sample Pillow decode, np.stack, no workers",
+         lambda: _generator(paths, labels, size, batch_size, 0), {"steps_per_epoch": steps}),
+        (f"plain PyDataset, {workers} threads", "Pillow decode + np.stack in __getitem__, Keras's thread workers",
+         lambda: _plain_pydataset(paths, labels, size, batch_size, workers), {}),
+        (f"SeparatedSequence, {workers} threads", "",
+         lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers), {}),
+        (f"SeparatedSequence, {workers} processes", "",
+         lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers, use_multiprocessing=True), {}),
+        ("numpy arrays in RAM", "fit(x, y) on float32 arrays decoded beforehand: the ceiling",
+         None, {}),
+    ]  # fmt: skip
+    results: list[Result] = []
+    for name, note, make, fit_kwargs in candidates:
+        if only and not any(o.lower() in name.lower() for o in only):
+            continue
+        timer = Timer()
+        with PeakMemory() as memory:
+            if make is None:
+                x = np.stack([_pil_load(p, size) for p in paths])
+                model.fit(x, labels, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[timer])
+                del x
+            else:
+                data = make()
+                shuffle = {"shuffle": False} if not hasattr(data, "num_batches") else {}  # tf.data, generator: own order
+                model.fit(data, epochs=epochs, verbose=0, callbacks=[timer], **shuffle, **fit_kwargs)
+                if hasattr(data, "close"):
+                    data.close()
+                del data
+        result = Result(name, timer.rates[0], float(np.mean(timer.rates[1:])), memory.peak / 2**20, timer.rates, note)
+        results.append(result)
+        log(f"{name:<34} cold {result.cold:8,.0f}/s  steady {result.steady:8,.0f}/s  peak RSS {result.peak_rss_mb:6,.0f} MB")
+
+    single = decode_rate(paths, size)
+    limit = single * cores
+    log(f"{'decode limit':<34} {single:,.0f}/s on one core x {cores} cores = {limit:,.0f}/s")
+    reference = next((r for r in results if r.name == "tf.data pipeline"), None)
+    ratios = {}
+    for r in results:
+        ratios[r.name] = {
+            "cold_vs_pipeline": r.cold / reference.cold if reference else None,
+            "steady_vs_pipeline": r.steady / reference.steady if reference else None,
+            "cold_vs_decode_limit": r.cold / limit,
+        }
+    return {
+        "settings": {"samples": len(paths), "image_size": list(size), "batch_size": batch_size, "epochs": epochs,
+                     "workers": workers, "cores": os.cpu_count()},
+        "decode_limit": {"single_core": single, "cores_used": cores, "images_per_second": limit},
+        "results": [asdict(r) for r in results],
+        "ratios": ratios,
+    }  # fmt: skip
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The table `keras-sepseq bench` prints: rates and ratios per candidate.
+
+    Args:
+        report: What `run_bench` returned.
+
+    Returns:
+        Text, one line per candidate.
+
+    Example:
+
+    >>> print(format_report(report))  # doctest: +SKIP
+    """
+    limit = report["decode_limit"]["images_per_second"]
+    lines = [
+        f"{'candidate':<34} {'cold/s':>8} {'steady/s':>9} {'cold vs':>8} {'steady vs':>10} {'cold vs':>8} {'peak RSS':>9}",
+        f"{'':<34} {'':>8} {'':>9} {'tf.data':>8} {'tf.data':>10} {'decode':>8} {'MB':>9}",
+    ]
+    for r in report["results"]:
+        ratio = report["ratios"][r["name"]]
+        fmt = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+        lines.append(
+            f"{r['name']:<34} {r['cold']:8,.0f} {r['steady']:9,.0f} {fmt(ratio['cold_vs_pipeline']):>8} "
+            f"{fmt(ratio['steady_vs_pipeline']):>10} {fmt(ratio['cold_vs_decode_limit']):>8} {r['peak_rss_mb']:9,.0f}"
+        )
+    lines.append(f"{'decode limit':<34} {limit:8,.0f} (decode + resize on one core x {report['decode_limit']['cores_used']})")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict[str, Any], path: str) -> None:
+    """Writes a bar chart of cold and steady images/s per candidate to a PNG.
+
+    Args:
+        report: What `run_bench` returned.
+        path: The PNG file to write.
+
+    Raises:
+        ImportError: If matplotlib is missing; the message says how to
+            install it.
+
+    Example:
+
+    >>> plot_report(report, "bench.png")  # doctest: +SKIP
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("--plot needs matplotlib: pip install 'keras-sepseq[plot]' (or pip install matplotlib)") from e
+    results = report["results"]
+    names = [r["name"] for r in results]
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(names) + 1.6))
+    ax.barh(y - 0.2, [r["cold"] for r in results], height=0.4, label="first epoch (cold)", color="#8fb3d9")
+    ax.barh(y + 0.2, [r["steady"] for r in results], height=0.4, label="later epochs (steady)", color="#2f6db5")
+    limit = report["decode_limit"]["images_per_second"]
+    ax.axvline(limit, color="#c0392b", linestyle="--", label=f"decode limit ({limit:,.0f}/s)")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    settings = report["settings"]
+    ax.set_xlabel("images per second through model.fit")
+    ax.set_title(
+        f"{settings['samples']} images resized to {settings['image_size'][0]}x{settings['image_size'][1]}, "
+        f"batch {settings['batch_size']}, {settings['cores']} cores"
+    )
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
