@@ -10,7 +10,7 @@ input pipeline is what is measured), in one process, one after another:
 3. a plain `keras.utils.PyDataset` written the obvious way, with Keras's own
    thread workers;
 4. `SeparatedSequence` with thread workers, process workers, and the memory
-   cache;
+   cache and the directory cache;
 5. the same `fit` fed from numpy arrays already in RAM (the ceiling of any
    PyDataset on this machine), and the decode limit: the single-core rate
    of decoding and resizing the same files, times the cores used.
@@ -28,6 +28,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -224,7 +226,10 @@ class Result:
     Attributes:
         name: The candidate.
         cold: Images/s in the first epoch.
-        steady: Images/s averaged over the later epochs.
+        steady: The median images/s of the later epochs (a median, because
+            Keras's generator-backed tf.data sometimes stalls for about a
+            second at an epoch's start, which a mean of short epochs would
+            let dominate).
         peak_rss_mb: Peak resident memory of the process tree while it ran.
         epochs: Images/s of each epoch.
         note: What it is, in words.
@@ -324,7 +329,7 @@ def run_bench(
     *,
     image_size: tuple[int, int] = (128, 128),
     batch_size: int = 32,
-    epochs: int = 3,
+    epochs: int = 4,
     workers: int = 2,
     only: list[str] | None = None,
     log: Callable[[str], None] = print,
@@ -338,7 +343,7 @@ def run_bench(
             to `(128, 128)`.
         batch_size: Defaults to 32.
         epochs: Epochs per candidate: one cold, the rest steady (at least
-            2). Defaults to 3.
+            2). Defaults to 4.
         workers: Workers (threads or processes) for the parallel
             candidates; the decode limit counts `min(workers, cores)`
             cores. Defaults to 2.
@@ -398,6 +403,7 @@ def run_bench(
             self.rates.append(samples / (time.perf_counter() - self.start))
 
     steps = -(-len(paths) // batch_size)
+    cache_dir = tempfile.mkdtemp(prefix="keras_sepseq_bench_cache_")
     candidates: list[tuple[str, str, Callable[[], Any], dict]] = [
         ("tf.data pipeline", "the classic recipe: from_tensor_slices, map(AUTOTUNE), shuffle, batch, prefetch",
          lambda: _tf_pipeline(paths, labels, size, batch_size, 0), {}),
@@ -409,6 +415,12 @@ def run_bench(
          lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers), {}),
         (f"SeparatedSequence, {workers} processes", "",
          lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers, use_multiprocessing=True), {}),
+        ("SeparatedSequence, cache='memory'", "threads; decoded uint8 samples kept in RAM after epoch 1",
+         lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers,
+                                   cache="memory", cache_budget="64GB"), {}),
+        ("SeparatedSequence, cache=<dir>", "threads; decoded samples kept in memory-mapped files",
+         lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers,
+                                   cache=cache_dir), {}),
         ("numpy arrays in RAM", "fit(x, y) on float32 arrays decoded beforehand: the ceiling",
          None, {}),
     ]  # fmt: skip
@@ -429,10 +441,11 @@ def run_bench(
                 if hasattr(data, "close"):
                     data.close()
                 del data
-        result = Result(name, timer.rates[0], float(np.mean(timer.rates[1:])), memory.peak / 2**20, timer.rates, note)
+        result = Result(name, timer.rates[0], float(np.median(timer.rates[1:])), memory.peak / 2**20, timer.rates, note)
         results.append(result)
         log(f"{name:<34} cold {result.cold:8,.0f}/s  steady {result.steady:8,.0f}/s  peak RSS {result.peak_rss_mb:6,.0f} MB")
 
+    shutil.rmtree(cache_dir, ignore_errors=True)
     single = decode_rate(paths, size)
     limit = single * cores
     log(f"{'decode limit':<34} {single:,.0f}/s on one core x {cores} cores = {limit:,.0f}/s")

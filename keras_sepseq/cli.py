@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--samples", type=_positive_int, default=None, help="images to use (default: 2000; 96 with --quick)")
     bench.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=None, help="resize to H x W (default: 128 128; 64 64 with --quick)")
     bench.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: %(default)s)")
-    bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs per candidate, first one cold (default: 3; 2 with --quick)")
+    bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs per candidate, first one cold (default: 4; 2 with --quick)")
     bench.add_argument("--workers", type=_positive_int, default=2, help="workers of the parallel candidates (default: %(default)s)")
     bench.add_argument("--only", action="append", metavar="NAME", help="run only candidates whose name contains NAME (repeatable)")
     bench.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
@@ -96,7 +96,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     samples = args.samples or (96 if args.quick else 2000)
     size = tuple(args.image_size or ((64, 64) if args.quick else (128, 128)))
-    epochs = args.epochs or (2 if args.quick else 3)
+    epochs = args.epochs or (2 if args.quick else 4)
     if epochs < 2:
         print("keras-sepseq bench: error: --epochs must be at least 2 (one cold, then steady)", file=sys.stderr)
         return 2

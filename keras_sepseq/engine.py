@@ -11,8 +11,8 @@ own pool:
 - each batch is split into one chunk of samples per worker, so a batch
   loads in parallel whatever order Keras asks for batches in (`fit`
   shuffles the batch order by default);
-- when batches are asked for in order, the next `max_queue_size` batches
-  are prefetched;
+- the batches likely to be asked for next (the following ones, or those
+  Keras's generator will ask for) are prefetched, `max_queue_size` at most;
 - workers only load samples (`load_item`); the main process assembles
   batches (`collate`), so workers never need the epoch order and a batch
   always holds what the main process says.
@@ -32,7 +32,7 @@ import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class WorkerPool:
     Example:
 
     >>> pool = WorkerPool(seq, workers=2, use_processes=False, max_queue_size=4)  # doctest: +SKIP
-    >>> items = pool.load(key=(0, 3), indices=seq.batch_indices(3), upcoming=...)  # doctest: +SKIP
+    >>> items = pool.load((0, 3), seq.batch_indices(3), upcoming=[])  # doctest: +SKIP
     """
 
     def __init__(self, dataset: Any, *, workers: int, use_processes: bool, max_queue_size: int) -> None:
@@ -86,7 +86,8 @@ class WorkerPool:
         self.max_queue_size = max(0, int(max_queue_size))
         self._lock = threading.Lock()
         self._pending: OrderedDict[Any, list[Future]] = OrderedDict()
-        self._last_key: Any = None
+        self.hits = 0  # batches that were prefetched by the time they were asked for
+        self.misses = 0
         self._owner_pid = os.getpid()
         if self.use_processes:
             self._executor = ProcessPoolExecutor(
@@ -113,15 +114,15 @@ class WorkerPool:
         chunks = np.array_split(np.asarray(indices, dtype=np.int64), min(self.workers, len(indices)))
         return [self._submit_chunk(chunk.tolist()) for chunk in chunks if len(chunk)]
 
-    def load(self, key: tuple, indices: np.ndarray, upcoming: Callable[[], list[tuple[tuple, np.ndarray]]]) -> list[Any]:
-        """Returns the items of one batch, loading or collecting them.
+    def load(self, key: tuple, indices: np.ndarray, upcoming: list[tuple[tuple, np.ndarray]]) -> list[Any]:
+        """Returns the items of one batch, loading them or collecting what was prefetched.
 
         Args:
             key: `(epoch, position)` of the batch; prefetched batches of
                 another epoch are dropped.
             indices: The batch's sample indices.
-            upcoming: Called when batches are asked for in order; returns
-                `(key, indices)` of the batches to prefetch next.
+            upcoming: `(key, indices)` of the batches likely to be asked for
+                next; up to `max_queue_size` batches are kept in flight.
 
         Returns:
             `[load_item(i) for i in indices]`.
@@ -132,25 +133,27 @@ class WorkerPool:
 
         Example:
 
-        >>> pool.load((0, 0), np.array([3, 1]), lambda: [])  # doctest: +SKIP
+        >>> pool.load((0, 0), np.array([3, 1]), [])  # doctest: +SKIP
         """
         with self._lock:
+            if self._executor is None:
+                raise RuntimeError("this WorkerPool was closed")
             if os.getpid() != self._owner_pid:
                 raise RuntimeError("a WorkerPool cannot be used from a forked child process")
             futures = self._pending.pop(key, None)
             for stale in [k for k in self._pending if k[0] != key[0]]:
                 for future in self._pending.pop(stale):
                     future.cancel()
-            in_order = self._last_key is None or key == (self._last_key[0], self._last_key[1] + 1) or key[1] == 0
-            self._last_key = key
             if futures is None:
+                self.misses += 1
                 futures = self._submit(indices)
-            if in_order and self.max_queue_size:
-                for next_key, next_indices in upcoming()[: self.max_queue_size]:
-                    if len(self._pending) >= self.max_queue_size:
-                        break
-                    if next_key not in self._pending:
-                        self._pending[next_key] = self._submit(next_indices)
+            else:
+                self.hits += 1
+            for next_key, next_indices in upcoming:
+                if len(self._pending) >= self.max_queue_size:
+                    break
+                if next_key not in self._pending:
+                    self._pending[next_key] = self._submit(next_indices)
         try:
             items: list[Any] = []
             for future in futures:

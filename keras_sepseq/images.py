@@ -339,7 +339,7 @@ def write_pixels(out: np.ndarray, pixels: np.ndarray) -> None:
     if src == dst:
         out[...] = pixels
     elif src in _MAX and dst.kind == "f":
-        np.multiply(pixels, 1.0 / _MAX[src], out=out, casting="unsafe")
+        np.multiply(pixels, np.float32(1.0 / _MAX[src]), out=out, casting="unsafe")
     elif src == np.uint16 and dst == np.uint8:
         np.right_shift(pixels, 8, out=out, casting="unsafe")
     elif src == np.uint8 and dst == np.uint16:

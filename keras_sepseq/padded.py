@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import numbers
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+from keras_sepseq.cache import DEFAULT_BUDGET
 
 from keras_sepseq.errors import SampleError, ShapeMismatchError
 from keras_sepseq.npy import load_npy, npy_shape
@@ -71,6 +74,10 @@ class PaddedSequence(BaseSequence):
         use_multiprocessing: As for `keras.utils.PyDataset`. Defaults to
             `False`.
         max_queue_size: As for `keras.utils.PyDataset`. Defaults to 10.
+        cache: `None` (the default) or `"memory"`: keep every loaded
+            sequence and label in RAM after the first epoch.
+        cache_budget: The most bytes `cache="memory"` may hold, as an int or
+            a string such as `"4GB"`. Defaults to 2 GiB.
 
     Raises:
         ValueError: At construction, for empty input, lengths that differ,
@@ -108,6 +115,8 @@ class PaddedSequence(BaseSequence):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        cache: str | os.PathLike | None = None,
+        cache_budget: int | str = DEFAULT_BUDGET,
     ) -> None:
         self.sequence_paths: PathArray | None = None
         self.sequences: list[np.ndarray] | None = None
@@ -138,6 +147,11 @@ class PaddedSequence(BaseSequence):
         self.value = _check_number("value", value)
         self.dtype = _check_dtype(dtype)
         self.bucket_by_length = bool(bucket_by_length)
+        if cache not in (None, "memory"):
+            raise ValueError(
+                "PaddedSequence supports cache=None or 'memory' (sequences vary in length, which a "
+                f"directory cache cannot store). Received: cache={cache!r}"
+            )
         self._lengths: np.ndarray | None = None
         super().__init__(
             n,
@@ -148,6 +162,8 @@ class PaddedSequence(BaseSequence):
             workers=workers,
             use_multiprocessing=use_multiprocessing,
             max_queue_size=max_queue_size,
+            cache=cache,
+            cache_budget=cache_budget,
         )
 
     # Hooks for custom formats.

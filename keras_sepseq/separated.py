@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Union
 
 import numpy as np
+
+from keras_sepseq.cache import DEFAULT_BUDGET
 
 from keras_sepseq.images import COLOR_MODES, DTYPES, INTERPOLATIONS, decode_image, write_pixels
 from keras_sepseq.npy import load_npy
@@ -56,6 +59,16 @@ class SeparatedSequence(BaseSequence):
         use_multiprocessing: Use processes instead of threads. Defaults to
             `False`.
         max_queue_size: Batches prefetched by workers. Defaults to 10.
+        cache: `None` (the default); `"memory"` to keep each decoded,
+            resized image (in its source precision, e.g. uint8) and its
+            label in RAM after the first epoch; or a directory, to keep
+            them in memory-mapped files that survive restarts (needs
+            `image_size`). A sample is decoded again when its image file's
+            size or modification time changes; changing any decode setting
+            selects another cache.
+        cache_budget: The most bytes `cache="memory"` may hold, as an int or
+            a string such as `"4GB"`; a dataset that would not fit is
+            refused with a message giving both sizes. Defaults to 2 GiB.
 
     Raises:
         ValueError: At construction, for empty inputs, lengths that differ,
@@ -90,6 +103,8 @@ class SeparatedSequence(BaseSequence):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        cache: str | os.PathLike | None = None,
+        cache_budget: int | str = DEFAULT_BUDGET,
     ) -> None:
         self.image_paths = check_paths("image_paths", image_paths)
         n = len(self.image_paths)
@@ -100,6 +115,11 @@ class SeparatedSequence(BaseSequence):
         self.color_mode = check_choice("color_mode", color_mode, tuple(COLOR_MODES))
         self.interpolation = check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
         self.dtype = check_choice("dtype", dtype, DTYPES)
+        if cache not in (None, "memory") and image_size is None and type(self).load_input is SeparatedSequence.load_input:
+            raise ValueError(
+                "cache=<directory> needs `image_size`, so that every cached image has one shape. "
+                f"Received: cache={cache!r}, image_size=None"
+            )
         super().__init__(
             n,
             batch_size,
@@ -109,6 +129,8 @@ class SeparatedSequence(BaseSequence):
             workers=workers,
             use_multiprocessing=use_multiprocessing,
             max_queue_size=max_queue_size,
+            cache=cache,
+            cache_budget=cache_budget,
         )
 
     def load_input(self, path: str) -> np.ndarray:
@@ -159,6 +181,19 @@ class SeparatedSequence(BaseSequence):
         ...         return np.array(int(open(path).read()))
         """
         return load_npy(path)
+
+    def fixed_sample_shape(self) -> bool:
+        """Whether every sample has one shape: true with `image_size` set."""
+        return self.image_size is not None
+
+    def cache_key(self) -> tuple:
+        """Settings and paths that decide what a directory cache holds."""
+        labels = self.label_paths if self.label_paths is not None else ("in memory" if self.labels is not None else None,)
+        return super().cache_key() + (self.color_mode, self.image_size, self.interpolation, self.image_paths, labels)
+
+    def cache_sources(self) -> PathArray:
+        """Each sample's image file: its size and mtime invalidate the cached copy."""
+        return self.image_paths
 
     def load_item(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Loads sample `index`'s image and, from a file, its label. Runs in workers too.
@@ -211,6 +246,24 @@ class SeparatedSequence(BaseSequence):
         if self.label_paths is None:
             return (x,)
         return x, stack_arrays([item[1] for item in items], lambda k: repr(self.label_paths[indices[k]]), what="label")
+
+    def collate_stacked(self, indices: np.ndarray, stacked: tuple, position: int | None = None) -> tuple:
+        """Assembles a batch from cached, already stacked pixels (and labels) in one conversion.
+
+        Args:
+            indices: Sample indices, in batch order.
+            stacked: `(pixels, labels or None)`, each stacked over `indices`.
+            position: Unused.
+
+        Returns:
+            `(x, y)` or `(x,)`.
+        """
+        pixels, labels = stacked
+        x = np.empty(pixels.shape, dtype=self.dtype)
+        write_pixels(x, pixels)
+        if self.labels is not None:
+            return x, self.labels[indices]
+        return (x,) if labels is None else (x, labels)
 
     def __repr__(self) -> str:
         labels = "None" if self.labels is None and self.label_paths is None else f"{self.num_samples} labels"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
+from keras_sepseq.cache import DEFAULT_BUDGET, DirectoryCache, MemoryCache, fingerprint, parse_bytes
 from keras_sepseq.engine import WorkerPool
 from keras_sepseq.errors import SampleError, ShapeMismatchError
 from keras_sepseq.paths import PathArray, is_path_sequence
@@ -97,6 +99,54 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
+def keras_request_order(dataset: Any, position: int) -> list[int] | None:
+    """Reads, from the calling Keras generator, which batches it will ask `dataset` for next.
+
+    Keras's `PyDatasetAdapter._finite_generator` shuffles a list of batch
+    indices (for `fit(shuffle=True)`) and asks for them one by one. When
+    `dataset[position]` is called from that generator, this returns the
+    indices after `position` in its list, so that they can be prefetched;
+    otherwise (another caller, or a Keras whose generator looks different)
+    `None`. It only guides prefetching: what each batch holds never depends
+    on it.
+
+    Args:
+        dataset: The dataset being indexed.
+        position: The batch being asked for now.
+
+    Returns:
+        The upcoming batch positions, or `None`.
+
+    Example:
+
+    >>> keras_request_order(seq, 0) is None  # not called from Keras
+    True
+    """
+    frame = sys._getframe(1)
+    for _ in range(3):  # __getitem__ and this module's own frames come first
+        frame = frame.f_back
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "_finite_generator":
+            break
+    else:
+        return None
+    adapter = frame.f_locals.get("self")
+    indices = frame.f_locals.get("indices")
+    if getattr(adapter, "py_dataset", None) is not dataset or not isinstance(indices, (list, range)):
+        return None
+    cursor = getattr(dataset, "_keras_cursor", None)
+    if cursor is None or cursor[0] is not indices or cursor[1] >= len(indices) or indices[cursor[1]] != position:
+        try:
+            where = indices.index(position)
+        except ValueError:
+            return None
+    else:
+        where = cursor[1]
+    dataset._keras_cursor = (indices, where + 1)
+    return list(indices[where + 1 : where + 1 + dataset.max_queue_size])
+
+
 def copy_same_kind(out: np.ndarray, value: np.ndarray) -> None:
     """Copies `value` into `out`, refusing casts across kinds (float into int, say)."""
     np.copyto(out, value, casting="same_kind")
@@ -135,6 +185,11 @@ class BaseSequence(keras.utils.PyDataset):
         use_multiprocessing: As for `keras.utils.PyDataset`. Defaults to
             `False`.
         max_queue_size: As for `keras.utils.PyDataset`. Defaults to 10.
+        cache: `None` (the default), `"memory"`, or a directory: keep
+            each sample once loaded, and serve later epochs from the cache
+            (see `keras_sepseq.cache`).
+        cache_budget: The most bytes `cache="memory"` may hold, as an int
+            or a string such as `"4GB"`. Defaults to 2 GiB.
 
     Raises:
         ValueError: If an argument is out of range; the message names it.
@@ -163,12 +218,19 @@ class BaseSequence(keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        cache: str | os.PathLike | None = None,
+        cache_budget: int | str = DEFAULT_BUDGET,
     ) -> None:
         # Keras runs no workers of its own: it would start a pool per epoch (see keras_sepseq.engine).
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=check_int("max_queue_size", max_queue_size, minimum=1))
         self.num_workers = check_int("workers", workers, minimum=0)
         self.use_processes = bool(use_multiprocessing)
         self._pool: WorkerPool | None = None
+        if cache is not None and not isinstance(cache, (str, os.PathLike)):
+            raise ValueError(f"`cache` must be None, 'memory' or a directory path. Received: cache={cache!r}")
+        self.cache = cache if cache in (None, "memory") else os.fspath(cache)
+        self.cache_budget = parse_bytes(cache_budget)
+        self._cache: MemoryCache | DirectoryCache | None = None
         self._num_samples = check_int("num_samples", num_samples, minimum=1)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.drop_remainder = bool(drop_remainder)
@@ -241,9 +303,12 @@ class BaseSequence(keras.utils.PyDataset):
         """Moves to the next epoch's order (Keras calls this between epochs).
 
         The order is computed here, in the main process, so that process
-        workers forked for the next epoch inherit it.
+        workers forked for the next epoch inherit it. A directory cache is
+        written to disk.
         """
         self.set_epoch(self.epoch + 1)
+        if self._cache is not None:
+            self._cache.flush()
         self.order  # noqa: B018 (computes and caches it)
 
     def batch_position(self, index: int) -> int:
@@ -302,21 +367,107 @@ class BaseSequence(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         position = self.batch_position(index)
         indices = self.batch_indices(position)
-        if not self.parallel:
-            items = [self.load_item(int(i)) for i in indices]
-        else:
-            if self._pool is None or self._pool.closed:
-                self._pool = WorkerPool(
-                    self, workers=self.num_workers, use_processes=self.use_processes, max_queue_size=self.max_queue_size
-                )
-            epoch = self.epoch
-
-            def upcoming():
-                ahead = range(position + 1, min(len(self), position + 1 + self.max_queue_size))
-                return [((epoch, p), self.batch_indices(p)) for p in ahead]
-
-            items = self._pool.load((epoch, position), indices, upcoming)
+        cache = self.sample_cache()
+        if cache is not None:
+            stacked = cache.get_stacked(indices)
+            if stacked is not None:
+                batch = self.collate_stacked(indices, stacked, position)
+                if batch is not NotImplemented:
+                    return batch
+        items: list[Any] = [None] * len(indices)
+        missing = []
+        for k, i in enumerate(indices):
+            cached = None if cache is None else cache.get(int(i))
+            if cached is None:
+                missing.append(k)
+            else:
+                items[k] = cached
+        if missing:
+            wanted = indices[missing]
+            if not self.parallel:
+                loaded = [self.load_item(int(i)) for i in wanted]
+            else:
+                if self._pool is None or self._pool.closed:
+                    self._pool = WorkerPool(
+                        self, workers=self.num_workers, use_processes=self.use_processes, max_queue_size=self.max_queue_size
+                    )
+                upcoming = []
+                for p in self._upcoming_positions(position):
+                    ahead = self.batch_indices(p)
+                    if cache is not None:
+                        ahead = ahead[~cache.filled_mask(ahead)]
+                    if len(ahead):
+                        upcoming.append(((self.epoch, p), ahead))
+                loaded = self._pool.load((self.epoch, position), wanted, upcoming)
+            for k, item in zip(missing, loaded):
+                items[k] = item
+                if cache is not None:
+                    cache.put(int(indices[k]), item)
         return self.collate(indices, items, position)
+
+    def sample_cache(self) -> MemoryCache | DirectoryCache | None:
+        """The cache of loaded samples (created on first use), or `None` without `cache`.
+
+        Returns:
+            A `MemoryCache`, a `DirectoryCache`, or `None`.
+
+        Example:
+
+        >>> seq.sample_cache().nbytes  # doctest: +SKIP
+        """
+        if self.cache is None:
+            return None
+        if self._cache is None:
+            if self.cache == "memory":
+                self._cache = MemoryCache(self.num_samples, budget=self.cache_budget, fixed_shape=self.fixed_sample_shape())
+            else:
+                self._cache = DirectoryCache(
+                    self.cache, fingerprint=fingerprint(*self.cache_key()), sources=self.cache_sources()
+                )
+        return self._cache
+
+    def fixed_sample_shape(self) -> bool:
+        """Whether every sample has one shape, which lets caches preallocate. Subclasses say.
+
+        Returns:
+            `False` in `BaseSequence`.
+        """
+        return False
+
+    def cache_key(self) -> tuple:
+        """What decides the content of a directory cache: settings and paths. Subclasses extend it.
+
+        Returns:
+            A tuple of strings, numbers and path sequences.
+        """
+        return (type(self).__module__, type(self).__qualname__, self.num_samples)
+
+    def cache_sources(self):
+        """The file of each sample whose size and mtime invalidate its cache entry.
+
+        Returns:
+            A sequence of paths.
+
+        Raises:
+            NotImplementedError: In `BaseSequence` itself.
+        """
+        raise NotImplementedError("a directory cache needs cache_sources() to list each sample's file")
+
+    def _upcoming_positions(self, position: int) -> list[int]:
+        """The batches likely to be asked for next, to prefetch; empty when unknown.
+
+        Batches asked for in order are followed by the next ones. When Keras's
+        PyDataset generator is asking, its own (possibly shuffled) batch order
+        is read from the generator, so that `fit(shuffle=True)` prefetches too.
+        """
+        previous, self._last_position = getattr(self, "_last_position", None), position
+        limit = self.max_queue_size
+        order = keras_request_order(self, position)
+        if order is not None:
+            return order[:limit]
+        if previous is None or position in (0, previous + 1):
+            return list(range(position + 1, min(len(self), position + 1 + limit)))
+        return []
 
     def load_item(self, index: int) -> Any:
         """Loads sample `index`. Runs in the calling thread or in a worker.
@@ -349,6 +500,22 @@ class BaseSequence(keras.utils.PyDataset):
         """
         raise NotImplementedError("subclasses of BaseSequence implement collate(indices, items, position)")
 
+    def collate_stacked(self, indices: np.ndarray, stacked: tuple, position: int | None = None):
+        """Assembles a batch from items a cache already stacked (one array per item slot).
+
+        Optional: return `NotImplemented` (the default) to have the items
+        passed to `collate` one by one instead.
+
+        Args:
+            indices: Sample indices, in batch order.
+            stacked: For each item slot, the stacked arrays of `indices`.
+            position: As for `collate`.
+
+        Returns:
+            The batch, or `NotImplemented`.
+        """
+        return NotImplemented
+
     def load_batch(self, indices: np.ndarray, position: int | None = None) -> tuple:
         """Loads the samples at `indices` in the calling thread and assembles their batch.
 
@@ -379,6 +546,8 @@ class BaseSequence(keras.utils.PyDataset):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        if self._cache is not None:
+            self._cache.flush()
 
     def __del__(self) -> None:
         pool = getattr(self, "_pool", None)
@@ -388,6 +557,8 @@ class BaseSequence(keras.utils.PyDataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_pool"] = None  # a pool belongs to the process that started it
+        state["_cache"] = None  # workers never read the cache; it stays with the process that fills it
+        state.pop("_keras_cursor", None)
         return state
 
     @staticmethod

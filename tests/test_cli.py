@@ -100,7 +100,8 @@ def test_bench_quick_smoke_run(tmp_path, capsys):
     names = [r["name"] for r in report["results"]]
     assert names == [
         "tf.data pipeline", "Python generator", "plain PyDataset, 2 threads", "SeparatedSequence, 2 threads",
-        "SeparatedSequence, 2 processes", "numpy arrays in RAM",
+        "SeparatedSequence, 2 processes", "SeparatedSequence, cache='memory'", "SeparatedSequence, cache=<dir>",
+        "numpy arrays in RAM",
     ]  # fmt: skip
     for result in report["results"]:
         assert result["cold"] > 0 and result["steady"] > 0 and len(result["epochs"]) == 2

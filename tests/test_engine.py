@@ -144,3 +144,29 @@ def test_close_stops_the_pool_and_pickling_leaves_it_behind(dataset):
     assert pool.closed and seq._pool is None
     np.testing.assert_array_equal(copy[0][1], seq[0][1])
     seq.close()
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["fit in order", "fit shuffles batches"])
+def test_batches_are_prefetched_in_the_order_keras_asks(dataset, shuffle):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    seq = SeparatedSequence(*dataset, batch_size=2, workers=2, max_queue_size=4, seed=3, dtype="uint8")
+    served = []
+    for _ in range(2):
+        adapter = PyDatasetAdapter(seq, shuffle=shuffle)
+        for x, y in adapter.get_numpy_iterator():
+            np.testing.assert_array_equal(decode_index(x), y)
+            served.append(y)
+        adapter.on_epoch_end()
+    assert sorted(np.concatenate(served[:12]).tolist()) == list(range(24))
+    assert sorted(np.concatenate(served[12:]).tolist()) == list(range(24))
+    # Only the first batch of each epoch was not prefetched: Keras's own order was followed.
+    assert (seq._pool.hits, seq._pool.misses) == (22, 2)
+    seq.close()
+
+
+def test_request_order_is_unknown_outside_keras(dataset):
+    from keras_sepseq.sequence import keras_request_order
+
+    seq = SeparatedSequence(*dataset, batch_size=2)
+    assert keras_request_order(seq, 0) is None

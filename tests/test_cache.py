@@ -1,0 +1,157 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+from conftest import decode_index, index_image
+from PIL import Image
+
+from keras_sepseq import PaddedSequence, SeparatedSequence
+from keras_sepseq.cache import parse_bytes
+
+MODES = [
+    pytest.param(dict(workers=1), id="main thread"),
+    pytest.param(dict(workers=2), id="threads"),
+    pytest.param(dict(workers=2, use_multiprocessing=True), id="processes"),
+]
+
+
+class Counting(SeparatedSequence):
+    """Counts decodes (in this process: use with workers=1 or threads)."""
+
+    decodes = 0
+
+    def load_input(self, path):
+        type(self).decodes += 1
+        return super().load_input(path)
+
+
+def epoch(seq):
+    batches = [seq[i] for i in range(len(seq))]
+    seq.on_epoch_end()
+    return batches
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_memory_cache_serves_later_epochs_without_the_files(indexed_dataset, mode):
+    images, labels = indexed_dataset(20)
+    seq = SeparatedSequence(images, labels, batch_size=6, image_size=(6, 5), cache="memory", seed=2, dtype="uint8", **mode)
+    reference = SeparatedSequence(images, labels, batch_size=6, image_size=(6, 5), seed=2, dtype="uint8")
+    first, expected_first = epoch(seq), epoch(reference)
+    expected_second = epoch(reference)
+    for path in images + labels:
+        os.remove(path)  # from now on only the cache can answer
+    second = epoch(seq)
+    for got, expected in zip(first + second, expected_first + expected_second):
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(decode_index(got[0]), got[1])
+    assert seq.sample_cache().nbytes == 20 * (6 * 5 * 3 + 8)
+    seq.close()
+
+
+def test_memory_cache_refuses_a_dataset_over_its_budget(indexed_dataset):
+    images, labels = indexed_dataset(10)
+    seq = SeparatedSequence(images, labels, batch_size=4, image_size=(100, 100), cache="memory", cache_budget="200KB")
+    with pytest.raises(ValueError, match=r"cache='memory' needs about 300 KB for 10 samples of \(100, 100, 3\) uint8, \(\) int64, over cache_budget=200 KB. Raise `cache_budget`"):
+        seq[0]
+
+
+def test_memory_cache_of_images_of_several_sizes_counts_as_it_goes(tmp_path):
+    paths = []
+    for i, size in enumerate([(4, 4), (8, 8), (30, 30)]):
+        paths.append(str(tmp_path / f"i{i}.png"))
+        Image.fromarray(index_image(i, size)).save(paths[-1])
+    seq = SeparatedSequence(paths, [0, 1, 2], batch_size=1, shuffle=False, cache="memory", cache_budget=300)
+    seq[0], seq[1]
+    assert seq.sample_cache().nbytes == 4 * 4 * 3 + 8 * 8 * 3
+    with pytest.raises(ValueError, match=r"cache='memory' reached 2.94 KB after samples of \(30, 30, 3\) uint8, over cache_budget=300 B"):
+        seq[2]
+
+
+def test_directory_cache_survives_a_restart(indexed_dataset, tmp_path):
+    images, labels = indexed_dataset(12)
+    options = dict(batch_size=5, image_size=(6, 5), cache=str(tmp_path / "cache"), seed=1, dtype="uint8")
+    Counting.decodes = 0
+    first = Counting(images, labels, **options)
+    expected = epoch(first)
+    first.close()
+    assert Counting.decodes == 12
+    again = Counting(images, labels, **options)  # a new process would see the same files
+    got = epoch(again)
+    assert Counting.decodes == 12  # nothing decoded again
+    for (gx, gy), (ex, ey) in zip(got, expected):
+        np.testing.assert_array_equal(gx, ex)
+        np.testing.assert_array_equal(gy, ey)
+
+
+def test_directory_cache_reloads_a_changed_file(indexed_dataset, tmp_path):
+    images, labels = indexed_dataset(4)
+    options = dict(batch_size=4, image_size=(6, 5), cache=str(tmp_path / "cache"), shuffle=False, dtype="uint8")
+    seq = SeparatedSequence(images, labels, **options)
+    assert decode_index(seq[0][0]).tolist() == [0, 1, 2, 3]
+    seq.close()
+    Image.fromarray(index_image(99, (6, 5))).save(images[2])
+    os.utime(images[2], ns=(1, 1))  # a different mtime even on coarse clocks
+    assert decode_index(SeparatedSequence(images, labels, **options)[0][0]).tolist() == [0, 1, 99, 3]
+
+
+def test_directory_cache_is_specific_to_the_decode_settings(indexed_dataset, tmp_path):
+    images, labels = indexed_dataset(3)
+    cache = str(tmp_path / "cache")
+    first = SeparatedSequence(images, labels, batch_size=3, image_size=(6, 5), cache=cache)
+    first[0]
+    first.close()
+    seq = SeparatedSequence(images, labels, batch_size=3, image_size=(4, 4), cache=cache, color_mode="grayscale")
+    assert seq[0][0].shape == (3, 4, 4, 1)
+    seq.close()
+    assert len(os.listdir(cache)) == 2
+
+
+def test_directory_cache_needs_image_size(indexed_dataset, tmp_path):
+    images, labels = indexed_dataset(2)
+    with pytest.raises(ValueError, match=r"cache=<directory> needs `image_size`.*Received: cache='.*', image_size=None"):
+        SeparatedSequence(images, labels, cache=str(tmp_path))
+
+
+@pytest.mark.parametrize("cache", [3, b"dir"], ids=["an int", "bytes"])
+def test_bad_cache_argument(indexed_dataset, cache):
+    images, labels = indexed_dataset(2)
+    with pytest.raises(ValueError, match=r"`cache` must be None, 'memory' or a directory path"):
+        SeparatedSequence(images, labels, image_size=(6, 5), cache=cache)
+
+
+def test_the_cache_stays_behind_when_pickled(indexed_dataset):
+    images, labels = indexed_dataset(8)
+    seq = SeparatedSequence(images, labels, batch_size=8, image_size=(6, 5), cache="memory")
+    seq[0]
+    assert seq.sample_cache().filled.all()
+    assert pickle.loads(pickle.dumps(seq))._cache is None
+
+
+def test_padded_sequence_memory_cache(tmp_path):
+    paths = []
+    for i, t in enumerate([3, 1, 4]):
+        paths.append(str(tmp_path / f"s{i}.npy"))
+        np.save(paths[-1], np.full((t, 2), i, np.float32))
+    seq = PaddedSequence(paths, [0, 1, 2], batch_size=3, shuffle=False, cache="memory")
+    x1 = seq[0][0]
+    for path in paths:
+        os.remove(path)
+    np.testing.assert_array_equal(seq[0][0], x1)
+    with pytest.raises(ValueError, match="PaddedSequence supports cache=None or 'memory'"):
+        PaddedSequence(paths, [0, 1, 2], cache=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(1000, 1000), ("512MB", 512 * 10**6), ("4 GiB", 4 * 2**30), ("1.5gb", 1_500_000_000), ("100", 100)],
+)
+def test_parse_bytes(value, expected):
+    assert parse_bytes(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, -5, "lots", "3 parsecs", True, "0GB"])
+def test_parse_bytes_refuses_nonsense(value):
+    with pytest.raises(ValueError, match=r"`cache_budget` must be a number of bytes or a size such as '4GB'"):
+        parse_bytes(value)
