@@ -323,6 +323,54 @@ def decode_rate(paths: list[str], size: tuple[int, int], seconds: float = 3.0) -
     return done / (time.perf_counter() - start)
 
 
+def measure_construction(num_paths: int = 1_000_000) -> dict[str, dict[str, float]]:
+    """Builds `SeparatedSequence` and `PaddedSequence` over `num_paths` made-up paths, and measures it.
+
+    The paths point nowhere: construction must not touch any file.
+
+    Args:
+        num_paths: How many samples. Defaults to 1,000,000.
+
+    Returns:
+        For each class: `seconds` to construct, `rss_mb` added, and
+        `pickle_mb`, the size of the pickled object.
+
+    Example:
+
+    >>> measure_construction(1000)["SeparatedSequence"]["pickle_mb"] < 1
+    True
+    """
+    import gc
+    import pickle
+
+    from keras_sepseq.padded import PaddedSequence
+    from keras_sepseq.separated import SeparatedSequence
+
+    root = "/data/keras_sepseq/does-not-exist"
+    images = [f"{root}/images/img_{i:07d}.png" for i in range(num_paths)]
+    labels = [f"{root}/labels/img_{i:07d}.npy" for i in range(num_paths)]
+    results = {}
+    for name, make in [
+        ("SeparatedSequence", lambda: SeparatedSequence(images, labels, batch_size=32, image_size=(128, 128), seed=0)),
+        ("PaddedSequence", lambda: PaddedSequence(labels, np.zeros(num_paths, np.int64), batch_size=32, seed=0)),
+    ]:
+        gc.collect()
+        before = _rss_bytes(os.getpid())
+        start = time.perf_counter()
+        seq = make()
+        len(seq)
+        seconds = time.perf_counter() - start
+        added = _rss_bytes(os.getpid()) - before
+        results[name] = {
+            "paths": num_paths,
+            "seconds": seconds,
+            "rss_mb": added / 2**20,
+            "pickle_mb": len(pickle.dumps(seq, protocol=pickle.HIGHEST_PROTOCOL)) / 2**20,
+        }
+        del seq
+    return results
+
+
 def run_bench(
     paths: list[str],
     labels: np.ndarray,
@@ -332,6 +380,7 @@ def run_bench(
     epochs: int = 4,
     workers: int = 2,
     only: list[str] | None = None,
+    scale_paths: int = 1_000_000,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Runs every candidate through `model.fit` on the same files and returns the measurements.
@@ -348,6 +397,9 @@ def run_bench(
             candidates; the decode limit counts `min(workers, cores)`
             cores. Defaults to 2.
         only: Names of candidates to run (default: all).
+        scale_paths: Also build both classes over this many made-up paths
+            and report time, memory and pickle size (0 to skip). Defaults
+            to 1,000,000.
         log: Where progress lines go. Defaults to `print`.
 
     Returns:
@@ -446,6 +498,10 @@ def run_bench(
         log(f"{name:<34} cold {result.cold:8,.0f}/s  steady {result.steady:8,.0f}/s  peak RSS {result.peak_rss_mb:6,.0f} MB")
 
     shutil.rmtree(cache_dir, ignore_errors=True)
+    scale = measure_construction(scale_paths) if scale_paths else {}
+    for name, m in scale.items():
+        log(f"{name} over {m['paths']:,} paths: built in {m['seconds']:.2f} s, +{m['rss_mb']:.0f} MB RSS, "
+            f"pickles to {m['pickle_mb']:.1f} MB, no file opened")  # fmt: skip
     single = decode_rate(paths, size)
     limit = single * cores
     log(f"{'decode limit':<34} {single:,.0f}/s on one core x {cores} cores = {limit:,.0f}/s")
@@ -462,6 +518,7 @@ def run_bench(
                      "workers": workers, "cores": os.cpu_count()},
         "decode_limit": {"single_core": single, "cores_used": cores, "images_per_second": limit},
         "results": [asdict(r) for r in results],
+        "construction": scale,
         "ratios": ratios,
     }  # fmt: skip
 
@@ -492,6 +549,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"{fmt(ratio['steady_vs_pipeline']):>10} {fmt(ratio['cold_vs_decode_limit']):>8} {r['peak_rss_mb']:9,.0f}"
         )
     lines.append(f"{'decode limit':<34} {limit:8,.0f} (decode + resize on one core x {report['decode_limit']['cores_used']})")
+    for name, m in report.get("construction", {}).items():
+        lines.append(
+            f"{name} over {m['paths']:,} paths: built in {m['seconds']:.2f} s, +{m['rss_mb']:.0f} MB RSS, "
+            f"pickled {m['pickle_mb']:.1f} MB"
+        )
     return "\n".join(lines)
 
 
@@ -520,7 +582,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     results = report["results"]
     names = [r["name"] for r in results]
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(names) + 1.6))
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(names) + 2.0))
     ax.barh(y - 0.2, [r["cold"] for r in results], height=0.4, label="first epoch (cold)", color="#8fb3d9")
     ax.barh(y + 0.2, [r["steady"] for r in results], height=0.4, label="later epochs (steady)", color="#2f6db5")
     limit = report["decode_limit"]["images_per_second"]
@@ -533,7 +595,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         f"{settings['samples']} images resized to {settings['image_size'][0]}x{settings['image_size'][1]}, "
         f"batch {settings['batch_size']}, {settings['cores']} cores"
     )
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -126,7 +126,8 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"resizing to {size[0]}x{size[1]}, batch {args.batch_size}, {epochs} epochs per candidate, "
           f"{args.workers} workers, {os.cpu_count()} cores")  # fmt: skip
     report = bench.run_bench(
-        paths, labels, image_size=size, batch_size=args.batch_size, epochs=epochs, workers=args.workers, only=args.only
+        paths, labels, image_size=size, batch_size=args.batch_size, epochs=epochs, workers=args.workers, only=args.only,
+        scale_paths=100_000 if args.quick else 1_000_000,
     )
     print()
     print(bench.format_report(report))
