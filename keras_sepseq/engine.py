@@ -60,15 +60,17 @@ def _init_process_worker(dataset: Any) -> None:
 
 
 def _load_chunk_in_process(indices: list[int]) -> list[Any]:
-    return [_WORKER_DATASET.load_item(i) for i in indices]
+    return [_WORKER_DATASET.try_load_item(i) for i in indices]
 
 
 class WorkerPool:
     """Loads the samples of batches with a persistent pool of threads or processes.
 
     Args:
-        dataset: An object with `load_item(index)`; it is copied into each
-            process worker once, when the pool starts.
+        dataset: An object with `try_load_item(index)` (which returns a
+            failure rather than raising it, so that one bad sample does not
+            take its chunk down); it is copied into each process worker
+            once, when the pool starts.
         workers: Number of threads or processes (at least 1).
         use_processes: Processes instead of threads.
         max_queue_size: How many batches to prefetch when batches are
@@ -105,7 +107,7 @@ class WorkerPool:
                 owner = ref()
                 if owner is None:
                     raise RuntimeError("the dataset was garbage-collected while loading")
-                return [owner.load_item(i) for i in chunk]
+                return [owner.try_load_item(i) for i in chunk]
 
             self._submit_chunk = lambda chunk: self._executor.submit(load_chunk, chunk)
         _LIVE_POOLS.add(self)
@@ -125,7 +127,8 @@ class WorkerPool:
                 next; up to `max_queue_size` batches are kept in flight.
 
         Returns:
-            `[load_item(i) for i in indices]`.
+            `[try_load_item(i) for i in indices]`: items, or `SampleError`s
+            for samples that failed.
 
         Raises:
             WorkerDiedError: If a worker process died.

@@ -56,3 +56,12 @@ class ShapeMismatchError(SampleError, ValueError):
 
     >>> raise ShapeMismatchError("images in one batch have different shapes: ...")  # doctest: +SKIP
     """
+
+
+class TooManyErrorsError(RuntimeError):
+    """More samples failed than `max_errors` allows, with `on_error="skip"`.
+
+    Example:
+
+    >>> raise TooManyErrorsError("12 of 100 samples failed, over max_errors=10")  # doctest: +SKIP
+    """

@@ -251,6 +251,7 @@ def decode_image(
     color_mode: str = "rgb",
     image_size: Sequence[int] | None = None,
     interpolation: str = "bilinear",
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Reads, color-converts and optionally resizes one image file.
 
@@ -261,6 +262,10 @@ def decode_image(
             to keep the file's size.
         interpolation: The resize filter, a key of `INTERPOLATIONS`.
             Defaults to `"bilinear"`.
+        max_pixels: Refuse, before decoding, an image whose header claims
+            more pixels than this (a decompression-bomb guard). `None` (the
+            default) uses Pillow's `PIL.Image.MAX_IMAGE_PIXELS`; Pillow's own
+            guard, which stops at twice that, stays on as well.
 
     Returns:
         Pixels of shape `(H, W, C)` in `uint8`, `uint16` (16-bit files) or
@@ -269,7 +274,7 @@ def decode_image(
     Raises:
         OSError: If the file is missing or cannot be decoded.
         ValueError: If the decoded array is not an image (see
-            `standardize_pixels`).
+            `standardize_pixels`), or claims more than `max_pixels`.
 
     Example:
 
@@ -284,8 +289,17 @@ def decode_image(
         image = Image.open(path)
     except UnidentifiedImageError:
         image = None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"the image is over the limit of Pillow's decompression-bomb guard: {e}") from e
     if image is not None:
         with image:
+            limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+            width, height = image.size
+            if limit is not None and width * height > limit:
+                raise ValueError(
+                    f"the image claims {width}x{height} = {width * height:,} pixels, over the limit of "
+                    f"{limit:,} (max_image_pixels, a decompression-bomb guard)"
+                )
             if image.mode in _PIL_8BIT:
                 return _decode_8bit(image, color_mode, image_size, interpolation)
     pixels = convert_color(standardize_pixels(read_image(path)), color_mode)

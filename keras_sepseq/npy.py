@@ -24,6 +24,10 @@ def load_npy(path: str) -> np.ndarray:
     >>> load_npy("label_001.npy")  # doctest: +SKIP
     array(3)
     """
+    with open(path, "rb") as f:
+        start = f.read(6)
+    if start != b"\x93NUMPY" and not start.startswith(b"PK"):
+        raise ValueError(f"not a .npy file: it starts with {start!r}, not the .npy magic string")
     value = np.load(path, allow_pickle=False)
     if not isinstance(value, np.ndarray):
         value.close()

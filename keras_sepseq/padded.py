@@ -78,6 +78,14 @@ class PaddedSequence(BaseSequence):
             sequence and label in RAM after the first epoch.
         cache_budget: The most bytes `cache="memory"` may hold, as an int or
             a string such as `"4GB"`. Defaults to 2 GiB.
+        on_error: `"raise"` (the default) or `"skip"`: see "Bad data" in
+            the README and `BaseSequence`. With `"skip"`, bad samples are
+            left out and listed in `seq.errors`, and batches gain a
+            `sample_weight`.
+        max_errors: With `"skip"`, stop once more samples failed than this
+            count (or fraction, a float below 1). Defaults to `None`.
+        retries: Read again after an `OSError`, this many times, with a
+            short backoff. Defaults to 0.
 
     Raises:
         ValueError: At construction, for empty input, lengths that differ,
@@ -117,6 +125,9 @@ class PaddedSequence(BaseSequence):
         max_queue_size: int = 10,
         cache: str | os.PathLike | None = None,
         cache_budget: int | str = DEFAULT_BUDGET,
+        on_error: str = "raise",
+        max_errors: int | float | None = None,
+        retries: int = 0,
     ) -> None:
         self.sequence_paths: PathArray | None = None
         self.sequences: list[np.ndarray] | None = None
@@ -164,6 +175,9 @@ class PaddedSequence(BaseSequence):
             max_queue_size=max_queue_size,
             cache=cache,
             cache_budget=cache_budget,
+            on_error=on_error,
+            max_errors=max_errors,
+            retries=retries,
         )
 
     # Hooks for custom formats.
@@ -424,6 +438,24 @@ class PaddedSequence(BaseSequence):
                 f"the {what} is 0-d (a scalar); a sequence needs a time axis first", path=paths[index], index=index
             )
         return value
+
+    def sample_path(self, index: int) -> str:
+        """The sequence file of sample `index`, or `sequences[index]` for in-memory data."""
+        return self.sequence_paths[index] if self.sequence_paths is not None else f"sequences[{index}]"
+
+    def item_signature(self, item: Any) -> Any:
+        """Trailing shapes: the time dimension may vary (and the labels' too, with `label_value`)."""
+        x, y = item
+        if y is None:
+            return (x.shape[1:], None)
+        return (x.shape[1:], y.shape[1:] if self.label_value is not None else y.shape)
+
+    def item_problem(self, index: int, item: Any) -> str | None:
+        """As in `BaseSequence`, plus: a per-timestep label must be as long as its sequence."""
+        x, y = item
+        if self.label_value is not None and len(x) != len(y):
+            return f"its label has {len(y)} steps but its sequence has {len(x)}"
+        return super().item_problem(index, item)
 
     @staticmethod
     def _name(paths: PathArray | None, argument: str):

@@ -69,6 +69,17 @@ class SeparatedSequence(BaseSequence):
         cache_budget: The most bytes `cache="memory"` may hold, as an int or
             a string such as `"4GB"`; a dataset that would not fit is
             refused with a message giving both sizes. Defaults to 2 GiB.
+        on_error: `"raise"` (the default) or `"skip"`: see "Bad data" in
+            the README and `BaseSequence`. With `"skip"`, bad samples are
+            left out and listed in `seq.errors`, and batches gain a
+            `sample_weight`.
+        max_errors: With `"skip"`, stop once more samples failed than this
+            count (or fraction, a float below 1). Defaults to `None`.
+        retries: Read again after an `OSError`, this many times, with a
+            short backoff. Defaults to 0.
+        max_image_pixels: Refuse images whose header claims more pixels
+            (a decompression-bomb guard). `None` (the default) uses Pillow's
+            `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million).
 
     Raises:
         ValueError: At construction, for empty inputs, lengths that differ,
@@ -105,6 +116,10 @@ class SeparatedSequence(BaseSequence):
         max_queue_size: int = 10,
         cache: str | os.PathLike | None = None,
         cache_budget: int | str = DEFAULT_BUDGET,
+        on_error: str = "raise",
+        max_errors: int | float | None = None,
+        retries: int = 0,
+        max_image_pixels: int | None = None,
     ) -> None:
         self.image_paths = check_paths("image_paths", image_paths)
         n = len(self.image_paths)
@@ -115,6 +130,7 @@ class SeparatedSequence(BaseSequence):
         self.color_mode = check_choice("color_mode", color_mode, tuple(COLOR_MODES))
         self.interpolation = check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
         self.dtype = check_choice("dtype", dtype, DTYPES)
+        self.max_image_pixels = None if max_image_pixels is None else check_int("max_image_pixels", max_image_pixels, minimum=1)
         if cache not in (None, "memory") and image_size is None and type(self).load_input is SeparatedSequence.load_input:
             raise ValueError(
                 "cache=<directory> needs `image_size`, so that every cached image has one shape. "
@@ -131,6 +147,9 @@ class SeparatedSequence(BaseSequence):
             max_queue_size=max_queue_size,
             cache=cache,
             cache_budget=cache_budget,
+            on_error=on_error,
+            max_errors=max_errors,
+            retries=retries,
         )
 
     def load_input(self, path: str) -> np.ndarray:
@@ -156,7 +175,11 @@ class SeparatedSequence(BaseSequence):
         ...         return np.load(path, allow_pickle=False)[..., None]
         """
         return decode_image(
-            path, color_mode=self.color_mode, image_size=self.image_size, interpolation=self.interpolation
+            path,
+            color_mode=self.color_mode,
+            image_size=self.image_size,
+            interpolation=self.interpolation,
+            max_pixels=self.max_image_pixels,
         )
 
     def load_target(self, path: str) -> np.ndarray:
@@ -181,6 +204,10 @@ class SeparatedSequence(BaseSequence):
         ...         return np.array(int(open(path).read()))
         """
         return load_npy(path)
+
+    def sample_path(self, index: int) -> str:
+        """The image file of sample `index`."""
+        return self.image_paths[index]
 
     def fixed_sample_shape(self) -> bool:
         """Whether every sample has one shape: true with `image_size` set."""

@@ -12,15 +12,19 @@ import math
 import numbers
 import os
 import sys
+import time
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 
 from keras_sepseq.cache import DEFAULT_BUDGET, DirectoryCache, MemoryCache, fingerprint, parse_bytes
 from keras_sepseq.engine import WorkerPool
-from keras_sepseq.errors import SampleError, ShapeMismatchError
+from keras_sepseq.errors import SampleError, ShapeMismatchError, TooManyErrorsError
 from keras_sepseq.paths import PathArray, is_path_sequence
 
 
@@ -97,6 +101,100 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}")
     return value
+
+
+ON_ERROR = ("raise", "skip")
+RETRY_DELAY = 0.05  # seconds before the first retry; doubles after each
+
+
+class BadSample(NamedTuple):
+    """A sample that failed: its index, its file and the reason, in words."""
+
+    index: int
+    path: str | None
+    reason: str
+
+
+@dataclass
+class ValidationReport:
+    """What `validate()` found.
+
+    Attributes:
+        num_samples: How many samples were checked.
+        bad: The bad samples, `(index, path, reason)`, by index.
+        input_shapes: How many samples had each input shape.
+        input_dtypes: ... each input dtype.
+        label_shapes: ... each label shape.
+        label_dtypes: ... each label dtype.
+        label_values: For integer scalar labels, how many samples had each
+            value (class counts).
+    """
+
+    num_samples: int
+    bad: list[BadSample] = field(default_factory=list)
+    input_shapes: Counter = field(default_factory=Counter)
+    input_dtypes: Counter = field(default_factory=Counter)
+    label_shapes: Counter = field(default_factory=Counter)
+    label_dtypes: Counter = field(default_factory=Counter)
+    label_values: Counter = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> bool:
+        """Whether no sample was bad."""
+        return not self.bad
+
+    def count(self, input_shape, input_dtype, label_shape, label_dtype, label_value) -> None:
+        """Adds one good sample's description to the counts."""
+        self.input_shapes[input_shape] += 1
+        self.input_dtypes[input_dtype] += 1
+        if label_shape is not None:
+            self.label_shapes[label_shape] += 1
+            self.label_dtypes[label_dtype] += 1
+        if label_value is not None:
+            self.label_values[label_value] += 1
+
+    def to_dict(self) -> dict:
+        """The report as plain JSON-friendly data."""
+        keyed = lambda c: {str(k): v for k, v in sorted(c.items(), key=lambda kv: -kv[1])}  # noqa: E731
+        return {
+            "num_samples": self.num_samples,
+            "ok": self.ok,
+            "bad": [b._asdict() for b in self.bad],
+            "input_shapes": keyed(self.input_shapes),
+            "input_dtypes": keyed(self.input_dtypes),
+            "label_shapes": keyed(self.label_shapes),
+            "label_dtypes": keyed(self.label_dtypes),
+            "label_values": {str(k): v for k, v in sorted(self.label_values.items())},
+        }
+
+    def __str__(self) -> str:
+        lines = [f"{self.num_samples:,} samples checked: {self.num_samples - len(self.bad):,} good, {len(self.bad):,} bad"]
+        for title, counter in [("input shapes", self.input_shapes), ("input dtypes", self.input_dtypes),
+                               ("label shapes", self.label_shapes), ("label dtypes", self.label_dtypes)]:  # fmt: skip
+            if counter:
+                shown = ", ".join(f"{k}: {v:,}" for k, v in counter.most_common(5))
+                more = f", ... {len(counter) - 5} more" if len(counter) > 5 else ""
+                lines.append(f"  {title}: {shown}{more}")
+        if self.label_values:
+            lines.append("  classes: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(self.label_values.items())[:20]))
+        for bad in self.bad[:20]:
+            lines.append(f"  bad sample {bad.index} {bad.path!r}: {bad.reason}")
+        if len(self.bad) > 20:
+            lines.append(f"  ... {len(self.bad) - 20} more bad samples")
+        return "\n".join(lines)
+
+
+def _check_max_errors(value: Any) -> int | float | None:
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        return value
+    raise ValueError(
+        "`max_errors` must be None, a count >= 0, or a fraction between 0 and 1. "
+        f"Received: max_errors={value!r}"
+    )
 
 
 def keras_request_order(dataset: Any, position: int) -> list[int] | None:
@@ -190,6 +288,21 @@ class BaseSequence(keras.utils.PyDataset):
             (see `keras_sepseq.cache`).
         cache_budget: The most bytes `cache="memory"` may hold, as an int
             or a string such as `"4GB"`. Defaults to 2 GiB.
+        on_error: `"raise"` (the default): a sample that cannot be loaded
+            raises a `SampleError` naming its file, index and reason.
+            `"skip"`: it is left out of its batch, recorded in `seq.errors`,
+            and summarised in one warning per epoch; batches then carry a
+            `sample_weight` (1 per real sample) so that a batch whose
+            samples all failed can still be served, as one placeholder of
+            weight 0. A sample whose shapes differ from those of the first
+            sample (in file order) that loads is bad too.
+        max_errors: With `on_error="skip"`, stop with a
+            `TooManyErrorsError` once more samples than this failed: a
+            count, or a fraction of the dataset (a float below 1). `None`
+            (the default) never stops.
+        retries: Read a file again this many times, after 50 ms, 100 ms,
+            ..., when reading it raised an `OSError` (say, a network file
+            system hiccup). Defaults to 0.
 
     Raises:
         ValueError: If an argument is out of range; the message names it.
@@ -220,6 +333,9 @@ class BaseSequence(keras.utils.PyDataset):
         max_queue_size: int = 10,
         cache: str | os.PathLike | None = None,
         cache_budget: int | str = DEFAULT_BUDGET,
+        on_error: str = "raise",
+        max_errors: int | float | None = None,
+        retries: int = 0,
     ) -> None:
         # Keras runs no workers of its own: it would start a pool per epoch (see keras_sepseq.engine).
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=check_int("max_queue_size", max_queue_size, minimum=1))
@@ -231,6 +347,12 @@ class BaseSequence(keras.utils.PyDataset):
         self.cache = cache if cache in (None, "memory") else os.fspath(cache)
         self.cache_budget = parse_bytes(cache_budget)
         self._cache: MemoryCache | DirectoryCache | None = None
+        self.on_error = check_choice("on_error", on_error, ON_ERROR)
+        self.max_errors = _check_max_errors(max_errors)
+        self.retries = check_int("retries", retries, minimum=0)
+        self._errors: dict[int, BadSample] = {}
+        self._skipped_this_epoch: list[int] = []
+        self._reference: tuple | None = None
         self._num_samples = check_int("num_samples", num_samples, minimum=1)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.drop_remainder = bool(drop_remainder)
@@ -309,6 +431,15 @@ class BaseSequence(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
         if self._cache is not None:
             self._cache.flush()
+        skipped, self._skipped_this_epoch = self._skipped_this_epoch, []
+        if skipped:
+            unique = sorted(set(skipped))
+            shown = ", ".join(f"{i} ({self._errors[i].path!r})" for i in unique[:3])
+            warnings.warn(
+                f"keras_sepseq skipped {len(unique)} bad sample(s) this epoch (first: {shown}); "
+                f"{len(self._errors)} in all so far, listed with reasons in seq.errors.",
+                stacklevel=2,
+            )
         self.order  # noqa: B018 (computes and caches it)
 
     def batch_position(self, index: int) -> int:
@@ -373,7 +504,7 @@ class BaseSequence(keras.utils.PyDataset):
             if stacked is not None:
                 batch = self.collate_stacked(indices, stacked, position)
                 if batch is not NotImplemented:
-                    return batch
+                    return batch if self.on_error == "raise" else batch + (np.ones(len(indices), np.float32),)
         items: list[Any] = [None] * len(indices)
         missing = []
         for k, i in enumerate(indices):
@@ -385,7 +516,7 @@ class BaseSequence(keras.utils.PyDataset):
         if missing:
             wanted = indices[missing]
             if not self.parallel:
-                loaded = [self.load_item(int(i)) for i in wanted]
+                loaded = [self.try_load_item(int(i)) for i in wanted]
             else:
                 if self._pool is None or self._pool.closed:
                     self._pool = WorkerPool(
@@ -401,9 +532,14 @@ class BaseSequence(keras.utils.PyDataset):
                 loaded = self._pool.load((self.epoch, position), wanted, upcoming)
             for k, item in zip(missing, loaded):
                 items[k] = item
-                if cache is not None:
+                if cache is not None and not isinstance(item, SampleError):
                     cache.put(int(indices[k]), item)
-        return self.collate(indices, items, position)
+        if self.on_error == "raise":
+            for item in items:
+                if isinstance(item, SampleError):
+                    raise item
+            return self.collate(indices, items, position)
+        return self._collate_skipping(indices, items, position)
 
     def sample_cache(self) -> MemoryCache | DirectoryCache | None:
         """The cache of loaded samples (created on first use), or `None` without `cache`.
@@ -452,6 +588,210 @@ class BaseSequence(keras.utils.PyDataset):
             NotImplementedError: In `BaseSequence` itself.
         """
         raise NotImplementedError("a directory cache needs cache_sources() to list each sample's file")
+
+    def _collate_skipping(self, indices: np.ndarray, items: list[Any], position: int) -> tuple:
+        keep = []
+        for k, (index, item) in enumerate(zip(indices, items)):
+            index = int(index)
+            if not isinstance(item, SampleError):
+                problem = self.item_problem(index, item)
+                if problem is None:
+                    keep.append(k)
+                    continue
+                item = SampleError(problem, path=self.sample_path(index), index=index)
+            self._record_error(item)
+        if keep:
+            batch = self.collate(indices[keep], [items[k] for k in keep], position)
+            weights = np.ones(len(keep), np.float32)
+        else:  # every sample failed: one placeholder that counts for nothing
+            first, item = self.reference_item()
+            batch = self.collate(np.array([first]), [item], position)
+            weights = np.zeros(1, np.float32)
+        if len(batch) == 3:
+            return batch[0], batch[1], batch[2] * weights.reshape((-1,) + (1,) * (batch[2].ndim - 1))
+        return batch + (weights,) if len(batch) == 2 else batch + (None, weights)
+
+    def _record_error(self, error: SampleError) -> None:
+        index = error.index
+        if index not in self._errors:
+            self._errors[index] = BadSample(index, error.path, error.reason)
+        self._skipped_this_epoch.append(index)
+        if self.max_errors is not None:
+            limit = self.max_errors if isinstance(self.max_errors, int) else self.max_errors * self.num_samples
+            if len(self._errors) > limit:
+                shown = "; ".join(f"sample {b.index} {b.path!r}: {b.reason}" for b in self.errors[:3])
+                raise TooManyErrorsError(
+                    f"{len(self._errors)} of {self.num_samples} samples failed, over max_errors={self.max_errors} "
+                    f"(first: {shown}). Run seq.validate() for the full list."
+                )
+
+    @property
+    def errors(self) -> list[BadSample]:
+        """The samples that failed so far with `on_error="skip"`: `(index, path, reason)`, by index.
+
+        Example:
+
+        >>> seq.errors  # doctest: +SKIP
+        [BadSample(index=17, path='data/img_17.png', reason='cannot load image: ...')]
+        """
+        return [self._errors[k] for k in sorted(self._errors)]
+
+    def validate(self, progress: bool = True, *, workers: int | None = None) -> ValidationReport:
+        """Loads every sample once, in parallel, and reports what it found; never raises for bad data.
+
+        Each sample is loaded with `load_item` (so custom hooks are checked
+        too) and judged as `on_error="skip"` would judge it: a sample that
+        fails, or whose shapes differ from the first loadable sample's, is
+        bad. Nothing is cached and `seq.errors` is not changed.
+
+        Args:
+            progress: Show a `keras.utils.Progbar`. Defaults to `True`.
+            workers: Threads to load with; defaults to the larger of
+                `workers` and the number of cores.
+
+        Returns:
+            A `ValidationReport`: bad samples with reasons, shape, dtype and
+            label counts. `print(report)` gives a summary.
+
+        Example:
+
+        >>> report = seq.validate()  # doctest: +SKIP
+        >>> report.ok, len(report.bad)  # doctest: +SKIP
+        (False, 3)
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = workers or max(self.num_workers, os.cpu_count() or 1)
+        bar = keras.utils.Progbar(self.num_samples, unit_name="sample") if progress else None
+        report = ValidationReport(self.num_samples)
+        reference = None
+        chunk = 256
+        with ThreadPoolExecutor(threads) as pool:
+            starts = range(0, self.num_samples, chunk)
+            for start, items in zip(starts, pool.map(lambda a: [self.try_load_item(i) for i in range(a, min(a + chunk, self.num_samples))], starts)):
+                for index, item in enumerate(items, start):
+                    if isinstance(item, SampleError):
+                        report.bad.append(BadSample(index, item.path, item.reason))
+                        continue
+                    signature = self.item_signature(item)
+                    if reference is None:
+                        reference = (index, signature)
+                    elif signature != reference[1]:
+                        report.bad.append(BadSample(
+                            index, self.sample_path(index),
+                            f"its shapes {signature} differ from {reference[1]}, those of sample {reference[0]} "
+                            f"({self.sample_path(reference[0])!r}), the first that loads",
+                        ))  # fmt: skip
+                    report.count(*self.describe_item(index, item))
+                if bar is not None:
+                    bar.update(min(start + chunk, self.num_samples))
+        return report
+
+    def describe_item(self, index: int, item: Any) -> tuple:
+        """`(input_shape, input_dtype, label_shape, label_dtype, label_value)` of a loaded sample, for reports.
+
+        Any entry may be `None`; `label_value` is set for integer scalar labels.
+        """
+        x, y = item if isinstance(item, tuple) else (item, None)
+        labels = getattr(self, "labels", None)
+        if y is None and isinstance(labels, np.ndarray):
+            y = labels[index]
+        y = None if y is None else np.asarray(y)
+        value = int(y) if y is not None and y.ndim == 0 and y.dtype.kind in "iub" else None
+        return (
+            np.shape(x), str(np.asarray(x).dtype),
+            None if y is None else y.shape, None if y is None else str(y.dtype), value,
+        )  # fmt: skip
+
+    def try_load_item(self, index: int) -> Any:
+        """`load_item(index)`, or the `SampleError` it raised (returned, not raised).
+
+        Workers call this, so that one bad sample does not take its
+        neighbours down, and the calling process decides what to do.
+
+        Args:
+            index: The sample index.
+
+        Returns:
+            The item, or a `SampleError` naming the file and reason.
+
+        Example:
+
+        >>> seq.try_load_item(3)  # doctest: +SKIP
+        """
+        try:
+            return self.load_item(index)
+        except SampleError as e:
+            return e
+        except MemoryError:
+            raise
+        except Exception as e:
+            error = SampleError(f"cannot load sample: {type(e).__name__}: {e}", path=self.sample_path(index), index=index)
+            error.__cause__ = e
+            return error
+
+    def sample_path(self, index: int) -> str | None:
+        """The file that names sample `index` in messages (its input file). Subclasses say.
+
+        Returns:
+            A path, or `None` in `BaseSequence`.
+        """
+        return None
+
+    def item_signature(self, item: Any) -> Any:
+        """What must be equal between samples for them to share a batch: by default, the arrays' shapes.
+
+        Args:
+            item: A loaded item.
+
+        Returns:
+            A comparable value.
+        """
+        return tuple(None if a is None else np.shape(a) for a in (item if isinstance(item, tuple) else (item,)))
+
+    def reference_item(self) -> tuple[int, Any]:
+        """The first sample, in file order, that loads: `(index, item)`. Computed once.
+
+        With `on_error="skip"`, samples whose `item_signature` differs from
+        this one's are bad, so the same file is judged the same way in every
+        batch and worker.
+
+        Returns:
+            `(index, item)`.
+
+        Raises:
+            TooManyErrorsError: If no sample loads at all.
+        """
+        if self._reference is None:
+            for index in range(self.num_samples):
+                item = self.try_load_item(index)
+                if not isinstance(item, SampleError):
+                    self._reference = (index, item, self.item_signature(item))
+                    break
+                self._record_error(item)
+            else:
+                raise TooManyErrorsError(f"none of the {self.num_samples} samples could be loaded: {self.errors[0].reason}")
+        return self._reference[0], self._reference[1]
+
+    def item_problem(self, index: int, item: Any) -> str | None:
+        """Why a loaded sample cannot join a batch, or `None`. Used with `on_error="skip"`.
+
+        Args:
+            index: The sample index.
+            item: Its loaded item.
+
+        Returns:
+            A reason in words, or `None`.
+        """
+        first, _ = self.reference_item()
+        expected = self._reference[2]
+        got = self.item_signature(item)
+        if got != expected:
+            return (
+                f"its shapes {got} differ from {expected}, those of sample {first} "
+                f"({self.sample_path(first)!r}), the first that loads"
+            )
+        return None
 
     def _upcoming_positions(self, position: int) -> list[int]:
         """The batches likely to be asked for next, to prefetch; empty when unknown.
@@ -558,12 +898,12 @@ class BaseSequence(keras.utils.PyDataset):
         state = self.__dict__.copy()
         state["_pool"] = None  # a pool belongs to the process that started it
         state["_cache"] = None  # workers never read the cache; it stays with the process that fills it
+        state["_errors"], state["_skipped_this_epoch"] = {}, []  # kept by the process that collates
         state.pop("_keras_cursor", None)
         return state
 
-    @staticmethod
-    def load_sample(loader: Callable[[str], Any], path: str, index: int, what: str) -> np.ndarray:
-        """Calls `loader(path)`, turning any failure into a `SampleError`.
+    def load_sample(self, loader: Callable[[str], Any], path: str, index: int, what: str) -> np.ndarray:
+        """Calls `loader(path)`, turning any failure into a `SampleError`; retries `OSError`s.
 
         Args:
             loader: A hook such as `load_input` or `load_target`.
@@ -580,14 +920,22 @@ class BaseSequence(keras.utils.PyDataset):
 
         Example:
 
-        >>> BaseSequence.load_sample(np.load, "y_0.npy", 0, "label")  # doctest: +SKIP
+        >>> seq.load_sample(np.load, "y_0.npy", 0, "label")  # doctest: +SKIP
         """
-        try:
-            value = loader(path)
-        except (SampleError, MemoryError):
-            raise
-        except Exception as e:
-            raise SampleError(f"cannot load {what}: {type(e).__name__}: {e}", path=path, index=index) from e
+        for attempt in range(self.retries + 1):
+            try:
+                value = loader(path)
+                break
+            except (SampleError, MemoryError):
+                raise
+            except OSError as e:
+                if attempt < self.retries:
+                    time.sleep(RETRY_DELAY * 2**attempt)
+                    continue
+                tried = f" (tried {attempt + 1} times)" if attempt else ""
+                raise SampleError(f"cannot load {what}{tried}: {type(e).__name__}: {e}", path=path, index=index) from e
+            except Exception as e:
+                raise SampleError(f"cannot load {what}: {type(e).__name__}: {e}", path=path, index=index) from e
         if not isinstance(value, np.ndarray):
             try:
                 value = np.asarray(value)
