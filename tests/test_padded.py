@@ -249,3 +249,21 @@ def test_a_missing_file_is_named_when_reading_lengths(tmp_path):
     (tmp_path / "seq_0001.npy").unlink()
     with pytest.raises(SampleError, match=r"sample 1, file '.*seq_0001.npy': cannot load sequence length: FileNotFoundError"):
         PaddedSequence(seqs, labels, bucket_by_length=True)[0]
+
+
+def test_skip_mode_leaves_out_bad_sequences_and_keeps_step_weights(tmp_path):
+    import os
+    import warnings
+
+    seqs, tags = write_sequences(tmp_path, [3, 2, 4, 1, 5], tags=True)
+    os.remove(seqs[2])
+    np.save(tags[4], np.zeros(2, np.int32))  # 2 tags for 5 steps
+    seq = PaddedSequence(seqs, tags, batch_size=5, shuffle=False, label_value=-1, on_error="skip")
+    x, y, w = seq[0]
+    assert x.shape[0] == 3 and w.shape == y.shape == (3, 3)
+    np.testing.assert_array_equal(w.sum(axis=1), [3, 2, 1])
+    assert [(e.index, "FileNotFoundError" in e.reason or "steps" in e.reason) for e in seq.errors] == [(2, True), (4, True)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seq.on_epoch_end()
+    assert "skipped 2 bad sample(s)" in str(caught[0].message)
