@@ -163,16 +163,33 @@ class WorkerPool:
                 items.extend(future.result())
             return items
         except BrokenProcessPool as e:
+            codes = self._exit_codes()
             self.close()
             raise WorkerDiedError(
                 "a keras_sepseq worker process died unexpectedly (killed, out of memory, or crashed in "
-                "native code); the pool was shut down. Run with use_multiprocessing=False or fewer "
-                "workers to find the cause."
+                f"native code; exit codes {codes}); the pool was shut down. Run with "
+                "use_multiprocessing=False or fewer workers to find the cause."
             ) from e
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+
+    def start(self) -> None:
+        """Starts the workers now (process pools start them on first use otherwise).
+
+        Starting process workers from the main thread, before training
+        threads are busy, is safer than forking from a generator thread in
+        the middle of an epoch.
+        """
+        if self.use_processes and self._executor is not None:
+            for future in [self._executor.submit(os.getpid) for _ in range(self.workers)]:
+                future.result()
+
+    def _exit_codes(self) -> list:
+        """Exit codes of the worker processes that ended (negative: killed by that signal)."""
+        processes = getattr(self._executor, "_processes", None) or {}
+        return sorted(p.exitcode for p in list(processes.values()) if p.exitcode is not None)
 
     @property
     def closed(self) -> bool:

@@ -463,6 +463,38 @@ class PaddedSequence(BaseSequence):
             return lambda i: f"{argument}[{i}]"
         return lambda i: repr(paths[i])
 
+    def output_signature(self) -> tuple:
+        """The `tf.TensorSpec`s of a batch; the time dimension is `None` unless `maxlen` is set.
+
+        Feature and label shapes are those of the first sample that loads.
+
+        Returns:
+            A tuple of `tf.TensorSpec`: `x`, then `y` (if any), then
+            `sample_weight` (per-timestep with `label_value`; per-sample with
+            `on_error="skip"`).
+
+        Example:
+
+        >>> seq.output_signature()  # doctest: +SKIP
+        (TensorSpec(shape=(None, None, 40), dtype=tf.float32, name=None), ...)
+        """
+        import tensorflow as tf
+
+        _, (x, y) = self.reference_item()
+        time = self.maxlen
+        specs = [tf.TensorSpec((None, time) + x.shape[1:], self.dtype)]
+        if self.label_value is not None:
+            specs.append(tf.TensorSpec((None, time) + y.shape[1:], y.dtype))
+            specs.append(tf.TensorSpec((None, time), tf.float32))
+            return tuple(specs)
+        if self.labels is not None:
+            specs.append(tf.TensorSpec((None,) + self.labels.shape[1:], self.labels.dtype))
+        elif self.label_paths is not None:
+            specs.append(tf.TensorSpec((None,) + y.shape, y.dtype))
+        if self.on_error == "skip" and len(specs) == 2:
+            specs.append(tf.TensorSpec((None,), tf.float32))
+        return tuple(specs)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.num_samples} sequences, batch_size={self.batch_size}, maxlen={self.maxlen}, "

@@ -292,6 +292,40 @@ class SeparatedSequence(BaseSequence):
             return x, self.labels[indices]
         return (x,) if labels is None else (x, labels)
 
+    def output_signature(self) -> tuple:
+        """The `tf.TensorSpec`s of a batch: `x`, then `y` (if any), then `sample_weight` with `on_error="skip"`.
+
+        Image height and width are `None` without `image_size`; the shapes
+        of a custom `load_input` and of label files are those of the first
+        sample that loads.
+
+        Returns:
+            A tuple of `tf.TensorSpec`.
+
+        Example:
+
+        >>> seq.output_signature()  # doctest: +SKIP
+        (TensorSpec(shape=(None, 128, 128, 3), dtype=tf.float32, name=None), ...)
+        """
+        import tensorflow as tf
+
+        channels = {"grayscale": 1, "rgb": 3, "rgba": 4}[self.color_mode]
+        if type(self).load_input is not SeparatedSequence.load_input:
+            x_shape = self.reference_item()[1][0].shape
+        elif self.image_size is not None:
+            x_shape = tuple(self.image_size) + (channels,)
+        else:
+            x_shape = (None, None, channels)
+        specs = [tf.TensorSpec((None,) + tuple(x_shape), self.dtype)]
+        if self.labels is not None:
+            specs.append(tf.TensorSpec((None,) + self.labels.shape[1:], self.labels.dtype))
+        elif self.label_paths is not None:
+            label = np.asarray(self.reference_item()[1][1])
+            specs.append(tf.TensorSpec((None,) + label.shape, label.dtype))
+        if self.on_error == "skip" and len(specs) == 2:
+            specs.append(tf.TensorSpec((None,), tf.float32))
+        return tuple(specs)
+
     def __repr__(self) -> str:
         labels = "None" if self.labels is None and self.label_paths is None else f"{self.num_samples} labels"
         return (

@@ -518,10 +518,7 @@ class BaseSequence(keras.utils.PyDataset):
             if not self.parallel:
                 loaded = [self.try_load_item(int(i)) for i in wanted]
             else:
-                if self._pool is None or self._pool.closed:
-                    self._pool = WorkerPool(
-                        self, workers=self.num_workers, use_processes=self.use_processes, max_queue_size=self.max_queue_size
-                    )
+                pool = self._worker_pool()
                 upcoming = []
                 for p in self._upcoming_positions(position):
                     ahead = self.batch_indices(p)
@@ -529,7 +526,7 @@ class BaseSequence(keras.utils.PyDataset):
                         ahead = ahead[~cache.filled_mask(ahead)]
                     if len(ahead):
                         upcoming.append(((self.epoch, p), ahead))
-                loaded = self._pool.load((self.epoch, position), wanted, upcoming)
+                loaded = pool.load((self.epoch, position), wanted, upcoming)
             for k, item in zip(missing, loaded):
                 items[k] = item
                 if cache is not None and not isinstance(item, SampleError):
@@ -589,6 +586,23 @@ class BaseSequence(keras.utils.PyDataset):
         """
         raise NotImplementedError("a directory cache needs cache_sources() to list each sample's file")
 
+    def _worker_pool(self) -> WorkerPool:
+        if self._pool is None or self._pool.closed:
+            self._pool = WorkerPool(
+                self, workers=self.num_workers, use_processes=self.use_processes, max_queue_size=self.max_queue_size
+            )
+            self._pool.start()
+        return self._pool
+
+    def on_epoch_begin(self) -> None:
+        """Starts the worker pool, if it is not running, from the thread Keras calls this in (the main one).
+
+        Process workers are then forked before the epoch's loading threads
+        are busy, rather than from inside one of them.
+        """
+        if self.parallel:
+            self._worker_pool()
+
     def _collate_skipping(self, indices: np.ndarray, items: list[Any], position: int) -> tuple:
         keep = []
         for k, (index, item) in enumerate(zip(indices, items)):
@@ -609,7 +623,8 @@ class BaseSequence(keras.utils.PyDataset):
             weights = np.zeros(1, np.float32)
         if len(batch) == 3:
             return batch[0], batch[1], batch[2] * weights.reshape((-1,) + (1,) * (batch[2].ndim - 1))
-        return batch + (weights,) if len(batch) == 2 else batch + (None, weights)
+        # Without labels (predict), there is no loss to weight: inputs only. Outputs then skip the bad samples.
+        return batch + (weights,) if len(batch) == 2 else batch
 
     def _record_error(self, error: SampleError) -> None:
         index = error.index
@@ -635,6 +650,51 @@ class BaseSequence(keras.utils.PyDataset):
         [BadSample(index=17, path='data/img_17.png', reason='cannot load image: ...')]
         """
         return [self._errors[k] for k in sorted(self._errors)]
+
+    def output_signature(self) -> tuple:
+        """The `tf.TensorSpec`s of a batch, `None` where sizes vary. Subclasses say.
+
+        Raises:
+            NotImplementedError: In `BaseSequence` itself.
+        """
+        raise NotImplementedError("subclasses of BaseSequence describe their batches in output_signature()")
+
+    def to_tf_dataset(self, prefetch: int = 2):
+        """This dataset as a `tf.data.Dataset` with an exact `output_signature`.
+
+        Each pass over the dataset is one epoch: batches in order (each
+        epoch's samples shuffled as usual), then `on_epoch_end`. Loading
+        still runs on keras_sepseq's workers; tf.data autotuning is turned
+        off on the generator, which avoids the epoch-start stall of Keras's
+        own generator-backed path. Use it to compose with tf.data,
+        `tf.distribute` or the tf.data service.
+
+        Args:
+            prefetch: Batches tf.data keeps ready ahead of the consumer.
+                Defaults to 2.
+
+        Returns:
+            A `tf.data.Dataset` of `(x, y)`, `(x, y, sample_weight)` or `(x,)`.
+
+        Example:
+
+        >>> ds = seq.to_tf_dataset()  # doctest: +SKIP
+        >>> model.fit(ds, epochs=10)  # doctest: +SKIP
+        """
+        import tensorflow as tf
+
+        signature = self.output_signature()
+
+        def one_epoch():
+            for position in range(len(self)):
+                yield self[position]
+            self.on_epoch_end()
+
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        dataset = tf.data.Dataset.from_generator(one_epoch, output_signature=signature).with_options(options)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
+        return dataset.prefetch(prefetch) if prefetch else dataset
 
     def validate(self, progress: bool = True, *, workers: int | None = None) -> ValidationReport:
         """Loads every sample once, in parallel, and reports what it found; never raises for bad data.

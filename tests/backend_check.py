@@ -1,0 +1,114 @@
+"""Run under one Keras backend (KERAS_BACKEND set by the caller): fit, evaluate and predict see every sample once.
+
+Prints one line per check and exits non-zero on the first failure. Used by
+test_backends.py, which runs it in a fresh process per backend.
+"""
+
+import os
+import sys
+import tempfile
+
+import keras
+import numpy as np
+from keras import ops
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import write_indexed_dataset  # noqa: E402
+
+from keras_sepseq import PaddedSequence, SeparatedSequence  # noqa: E402
+
+N, BATCH = 250, 10
+
+
+class DecodeIndex(keras.layers.Layer):
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(1)
+        self.dense.build((None, 3))
+
+    def call(self, x):
+        pixels = ops.round(x[:, 0, 0, :] * 255.0)
+        return (pixels[:, 0] + 256.0 * pixels[:, 1])[:, None] + 0.0 * self.dense(x[:, 0, 0, :])
+
+
+class LastValue(keras.layers.Layer):
+    """Reads the sample index from the first step of a padded sequence (every step holds it)."""
+
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(1)
+        self.dense.build((None, 1))
+
+    def call(self, x):
+        return x[:, 0, :] + 0.0 * self.dense(x[:, 0, :])
+
+
+class Seen(keras.metrics.Metric):
+    def __init__(self, **kwargs):
+        super().__init__(name="seen", **kwargs)
+        self.counts = self.add_variable(shape=(N,), initializer="zeros", name="counts")
+        self.wrong = self.add_variable(shape=(), initializer="zeros", name="wrong")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        # `.value`: jax no longer turns a variable into an array implicitly while tracing shapes.
+        self.counts.assign(self.counts.value + ops.sum(ops.one_hot(labels, N), axis=0))
+        mismatch = ops.abs(ops.reshape(y_pred, (-1,)) - ops.cast(ops.reshape(y_true, (-1,)), "float32")) > 0.5
+        self.wrong.assign(self.wrong.value + ops.sum(ops.cast(mismatch, "float32")))
+
+    def result(self):
+        return self.wrong.value
+
+
+class Check(keras.callbacks.Callback):
+    def __init__(self, metric, name):
+        super().__init__()
+        self.metric, self.name = metric, name
+
+    def on_epoch_end(self, epoch, logs=None):
+        counts = ops.convert_to_numpy(self.metric.counts)
+        wrong = float(ops.convert_to_numpy(self.metric.wrong))
+        if not (counts == 1).all() or wrong:
+            print(f"FAIL {self.name} epoch {epoch}: {int((counts == 0).sum())} never, {int((counts > 1).sum())} twice or more, {wrong:.0f} misaligned")
+            sys.exit(1)
+
+
+def run(name, seq, layer, input_shape):
+    metric = Seen()
+    model = keras.Sequential([keras.Input(input_shape), layer])  # built by fit: Keras pulls a batch first
+    model.compile(optimizer="sgd", loss="mse", metrics=[metric])
+    model.fit(seq, epochs=3, verbose=0, callbacks=[Check(metric, name)])
+    metric.reset_state()
+    model.evaluate(seq, verbose=0)
+    counts = ops.convert_to_numpy(metric.counts)
+    if not (counts == 1).all():
+        print(f"FAIL {name} evaluate: counts {np.bincount(counts.astype(int))}")
+        sys.exit(1)
+    ordered_args = {**seq._keras_sepseq_args, "shuffle": False}
+    ordered_args.pop("bucket_by_length", None)  # bucketing without shuffle sorts by length
+    ordered = type(seq)(**ordered_args)
+    predicted = np.rint(model.predict(ordered, verbose=0)[:, 0])
+    if not np.array_equal(predicted, np.arange(N)):
+        print(f"FAIL {name} predict: outputs do not line up with the inputs")
+        sys.exit(1)
+    seq.close()
+    ordered.close()
+    print(f"ok {name}")
+
+
+def main():
+    folder = tempfile.mkdtemp()
+    images, labels = write_indexed_dataset(folder, N)
+    sequences = [np.full((1 + i % 7, 1), i, np.float32) for i in range(N)]
+    for mode, options in [("threads", dict(workers=2)), ("processes", dict(workers=2, use_multiprocessing=True))]:
+        args = dict(image_paths=images, label_paths=labels, batch_size=BATCH, seed=1, **options)
+        seq = SeparatedSequence(**args)
+        seq._keras_sepseq_args = args
+        run(f"SeparatedSequence {mode}", seq, DecodeIndex(), (6, 5, 3))
+        args = dict(sequences=sequences, labels=np.arange(N), batch_size=BATCH, seed=1, bucket_by_length=True, **options)
+        seq = PaddedSequence(**args)
+        seq._keras_sepseq_args = args
+        run(f"PaddedSequence {mode}", seq, LastValue(), (None, 1))
+    print("backend", keras.backend.backend(), "all ok")
+
+
+if __name__ == "__main__":
+    main()
