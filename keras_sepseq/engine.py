@@ -31,6 +31,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -160,20 +161,37 @@ class WorkerPool:
         try:
             items: list[Any] = []
             for future in futures:
-                items.extend(future.result())
+                items.extend(self._result(future))
             return items
         except BrokenProcessPool as e:
-            codes = self._exit_codes()
-            self.close()
-            raise WorkerDiedError(
-                "a keras_sepseq worker process died unexpectedly (killed, out of memory, or crashed in "
-                f"native code; exit codes {codes}); the pool was shut down. Run with "
-                "use_multiprocessing=False or fewer workers to find the cause."
-            ) from e
+            raise self._died() from e
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+
+    def _result(self, future: Future) -> list[Any]:
+        """Waits for `future`, checking every second that no worker process died meanwhile.
+
+        The executor normally notices a dead worker and fails every pending
+        future; the check makes sure a wait cannot outlive its workers even
+        if that notice is lost.
+        """
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except FutureTimeout:
+                if self.use_processes and (self._exit_codes() or getattr(self._executor, "_broken", False)):
+                    raise self._died() from None
+
+    def _died(self) -> WorkerDiedError:
+        codes = self._exit_codes()
+        self.close()
+        return WorkerDiedError(
+            "a keras_sepseq worker process died unexpectedly (killed, out of memory, or crashed in "
+            f"native code; exit codes {codes}); the pool was shut down. Run with "
+            "use_multiprocessing=False or fewer workers to find the cause."
+        )
 
     def start(self) -> None:
         """Starts the workers now (process pools start them on first use otherwise).
@@ -188,7 +206,7 @@ class WorkerPool:
 
     def _exit_codes(self) -> list:
         """Exit codes of the worker processes that ended (negative: killed by that signal)."""
-        processes = getattr(self._executor, "_processes", None) or {}
+        processes = getattr(getattr(self, "_executor", None), "_processes", None) or {}
         return sorted(p.exitcode for p in list(processes.values()) if p.exitcode is not None)
 
     @property
