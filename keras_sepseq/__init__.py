@@ -29,6 +29,8 @@ _EXPORTS = {
     "write_pixels": "images",
     "default_key": "pairing",
     "pair_files": "pairing",
+    "match_files": "pairing",
+    "Matching": "pairing",
     "PathArray": "paths",
     "SeparatedSequence": "separated",
     "PaddedSequence": "padded",
@@ -44,7 +46,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from keras_sepseq.errors import SampleError, ShapeMismatchError
     from keras_sepseq.images import convert_color, decode_image, read_image, resize_image, write_pixels
-    from keras_sepseq.pairing import default_key, pair_files
+    from keras_sepseq.pairing import Matching, default_key, match_files, pair_files
     from keras_sepseq.paths import PathArray
     from keras_sepseq.npy import load_npy, npy_shape
     from keras_sepseq.padded import PaddedSequence
@@ -80,6 +82,8 @@ __all__ = [
     "decode_image",
     "default_key",
     "epoch_order",
+    "match_files",
+    "Matching",
     "load_npy",
     "npy_shape",
     "pad_batch",

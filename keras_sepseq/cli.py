@@ -84,7 +84,80 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="FILE.png", help="also write a bar chart (needs matplotlib)")
     bench.add_argument("--quick", action="store_true", help="a small, fast run: a smoke test, not a measurement")
     bench.set_defaults(handler=_bench)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="pair image and label files and check every pair",
+        description=(
+            "Pairs the files matched by IMAGE_GLOB and LABEL_GLOB (by the last number in each file name, "
+            "or --key), then loads every pair: prints counts, files without a partner, files that fail "
+            "to load with the reason, and image size, mode, format, label shape and class histograms. "
+            "Exit code 0 when every file paired and loaded, 1 when problems were found. Quote the globs."
+        ),
+    )
+    inspect.add_argument("image_glob", metavar="IMAGE_GLOB", help="e.g. 'data/image_*.png' (quoted)")
+    inspect.add_argument("label_glob", metavar="LABEL_GLOB", help="e.g. 'data/label_*.npy' (quoted)")
+    inspect.add_argument("--key", help="regular expression whose first group pairs the files (default: last number)")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
+    inspect.add_argument("--workers", type=_positive_int, default=None, help="threads (default: the number of cores)")
+    inspect.set_defaults(handler=_inspect)
+
+    preview = commands.add_parser(
+        "preview",
+        help="write a contact sheet of samples with their labels",
+        description="Writes a grid of random samples, each with its label and file name under it, to a PNG.",
+    )
+    preview.add_argument("image_glob", metavar="IMAGE_GLOB", help="e.g. 'data/image_*.png' (quoted)")
+    preview.add_argument("label_glob", metavar="LABEL_GLOB", help="e.g. 'data/label_*.npy' (quoted)")
+    preview.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
+    preview.add_argument("--n", type=_positive_int, default=16, help="samples to show (default: %(default)s)")
+    preview.add_argument("--seed", type=int, default=0, help="which samples: same seed, same sheet (default: %(default)s)")
+    preview.add_argument("--size", type=_positive_int, default=128, help="cell size in pixels (default: %(default)s)")
+    preview.add_argument("--key", help="regular expression whose first group pairs the files (default: last number)")
+    preview.set_defaults(handler=_preview)
     return parser
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from keras_sepseq.inspection import format_inspection, inspect_files
+
+    try:
+        result = inspect_files(args.image_glob, args.label_glob, key=args.key, progress=not args.json, workers=args.workers)
+    except ValueError as e:
+        print(f"keras-sepseq inspect: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_inspection(result))
+    return 0 if result["ok"] else 1
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from keras_sepseq.inspection import contact_sheet
+    from keras_sepseq.pairing import match_files
+
+    try:
+        matching = match_files(args.image_glob, args.label_glob, key=args.key)
+    except ValueError as e:
+        print(f"keras-sepseq preview: error: {e}", file=sys.stderr)
+        return 2
+    if not matching.image_paths:
+        print("keras-sepseq preview: error: no image has a label file with the same key", file=sys.stderr)
+        return 2
+    sheet, problems = contact_sheet(matching.image_paths, matching.label_paths, n=args.n, seed=args.seed, cell=args.size)
+    try:
+        sheet.save(args.out)
+    except (OSError, ValueError) as e:
+        print(f"keras-sepseq preview: error: cannot write {args.out!r}: {e}", file=sys.stderr)
+        return 2
+    shown = min(args.n, len(matching.image_paths))
+    print(f"wrote {args.out}: {shown} of {len(matching.image_paths)} pairs, {sheet.width}x{sheet.height} px")
+    for problem in problems:
+        print(f"unreadable: {problem}", file=sys.stderr)
+    unpaired = len(matching.orphan_images) + len(matching.orphan_labels)
+    if unpaired:
+        print(f"{unpaired} files have no partner (run keras-sepseq inspect)", file=sys.stderr)
+    return 1 if problems or not matching.ok else 0
 
 
 def _bench(args: argparse.Namespace) -> int:

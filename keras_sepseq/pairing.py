@@ -6,6 +6,7 @@ import glob
 import os
 import re
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Union
 
 Key = Union[Callable[[str], Hashable], str, None]
@@ -35,6 +36,75 @@ def default_key(path: str) -> Hashable:
     stem = os.path.splitext(os.path.basename(path))[0]
     match = _LAST_DIGITS.search(stem)
     return int(match.group(1)) if match else stem
+
+
+@dataclass
+class Matching:
+    """How the files of two patterns pair up: what `match_files` found.
+
+    Attributes:
+        image_paths: Paired input files, in sorted key order.
+        label_paths: Their label files, position by position.
+        orphan_images: Input files with no label file of the same key.
+        orphan_labels: Label files with no input file of the same key.
+        duplicate_images: Keys that several input files share, with them.
+        duplicate_labels: Keys that several label files share, with them.
+    """
+
+    image_paths: list[str]
+    label_paths: list[str]
+    orphan_images: list[str] = field(default_factory=list)
+    orphan_labels: list[str] = field(default_factory=list)
+    duplicate_images: dict = field(default_factory=dict)
+    duplicate_labels: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every file found exactly one partner."""
+        return not (self.orphan_images or self.orphan_labels or self.duplicate_images or self.duplicate_labels)
+
+
+def match_files(
+    image_pattern: str | os.PathLike,
+    label_pattern: str | os.PathLike,
+    *,
+    key: Key = None,
+) -> Matching:
+    """Globs images and labels and pairs them by key, reporting (not raising) orphans and duplicates.
+
+    Files that share a key on one side are left out of the pairs and listed
+    as duplicates. `pair_files` is the strict version.
+
+    Args:
+        image_pattern: A glob pattern for the input files.
+        label_pattern: A glob pattern for the label files.
+        key: As for `pair_files`.
+
+    Returns:
+        A `Matching`.
+
+    Raises:
+        ValueError: If a pattern matches no file, or `key` is malformed or
+            a regular-expression key does not match a file name.
+
+    Example:
+
+    >>> matching = match_files("data/image_*.png", "data/label_*.npy")  # doctest: +SKIP
+    >>> matching.ok, len(matching.image_paths), matching.orphan_labels  # doctest: +SKIP
+    (False, 998, ['data/label_1002.npy'])
+    """
+    key_fn = _key_function(key)
+    images, duplicate_images = _index("image_pattern", image_pattern, key_fn)
+    labels, duplicate_labels = _index("label_pattern", label_pattern, key_fn)
+    paired = sorted((k for k in images if k in labels), key=_sort_key)
+    return Matching(
+        image_paths=[images[k] for k in paired],
+        label_paths=[labels[k] for k in paired],
+        orphan_images=sorted(images[k] for k in images if k not in labels and k not in duplicate_labels),
+        orphan_labels=sorted(labels[k] for k in labels if k not in images and k not in duplicate_images),
+        duplicate_images=duplicate_images,
+        duplicate_labels=duplicate_labels,
+    )
 
 
 def pair_files(
@@ -73,21 +143,25 @@ def pair_files(
     >>> images[0], labels[0]  # doctest: +SKIP
     ('data/image_000.png', 'data/label_000.npy')
     """
-    key_fn = _key_function(key)
-    images = _index("image_pattern", image_pattern, key_fn)
-    labels = _index("label_pattern", label_pattern, key_fn)
+    m = match_files(image_pattern, label_pattern, key=key)
+    for name, clashes in (("image_pattern", m.duplicate_images), ("label_pattern", m.duplicate_labels)):
+        if clashes:
+            shown = "; ".join(f"key {k!r}: {_show(v)}" for k, v in sorted(clashes.items(), key=lambda kv: _sort_key(kv[0]))[:_SHOWN])
+            raise ValueError(
+                f"`{name}` matched several files with the same key ({len(clashes)} duplicate keys, "
+                f"first: {shown}). Pass `key=` to tell them apart."
+            )
     problems = []
-    for side, mine, other, partner in (("image", images, labels, "label"), ("label", labels, images, "image")):
-        orphans = [mine[k] for k in mine if k not in other]
+    total_images, total_labels = len(m.image_paths) + len(m.orphan_images), len(m.label_paths) + len(m.orphan_labels)
+    for side, orphans, total, partner in (("image", m.orphan_images, total_images, "label"), ("label", m.orphan_labels, total_labels, "image")):
         if orphans:
             problems.append(
-                f"{len(orphans)} of {len(mine)} {side} files have no {partner} file with the same key "
-                f"(first: {_show(sorted(orphans))})"
+                f"{len(orphans)} of {total} {side} files have no {partner} file with the same key "
+                f"(first: {_show(orphans)})"
             )
     if problems:
         raise ValueError("pair_files found unpaired files: " + "; ".join(problems) + ".")
-    ordered = sorted(images, key=_sort_key)
-    return [images[k] for k in ordered], [labels[k] for k in ordered]
+    return m.image_paths, m.label_paths
 
 
 def _key_function(key: Key) -> Callable[[str], Hashable]:
@@ -111,7 +185,7 @@ def _key_function(key: Key) -> Callable[[str], Hashable]:
     raise ValueError(f"`key` must be None, a callable or a regular expression string. Received: key={key!r}")
 
 
-def _index(name: str, pattern: str | os.PathLike, key_fn: Callable[[str], Hashable]) -> dict[Hashable, str]:
+def _index(name: str, pattern: str | os.PathLike, key_fn: Callable[[str], Hashable]) -> tuple[dict, dict]:
     pattern = os.fspath(pattern)
     files = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
     if not files:
@@ -120,13 +194,7 @@ def _index(name: str, pattern: str | os.PathLike, key_fn: Callable[[str], Hashab
     for path in files:
         by_key.setdefault(key_fn(path), []).append(path)
     clashes = {k: v for k, v in by_key.items() if len(v) > 1}
-    if clashes:
-        shown = "; ".join(f"key {k!r}: {_show(v)}" for k, v in sorted(clashes.items(), key=lambda kv: _sort_key(kv[0]))[:_SHOWN])
-        raise ValueError(
-            f"`{name}` matched several files with the same key ({len(clashes)} duplicate keys, "
-            f"first: {shown}). Pass `key=` to tell them apart."
-        )
-    return {k: v[0] for k, v in by_key.items()}
+    return {k: v[0] for k, v in by_key.items() if len(v) == 1}, clashes
 
 
 def _sort_key(key: Hashable) -> tuple:

@@ -115,3 +115,71 @@ def test_bench_quick_smoke_run(tmp_path, capsys):
 def test_bench_on_a_folder_without_images_is_a_usage_error(tmp_path, capsys):
     assert main(["bench", "--dir", str(tmp_path)]) == 2
     assert "`--dir` holds no image files" in capsys.readouterr().err
+
+
+def test_inspect_a_clean_dataset_exits_0(indexed_dataset, tmp_path, capsys):
+    indexed_dataset(12)
+    code = main(["inspect", str(tmp_path / "data" / "image_*.png"), str(tmp_path / "data" / "label_*.npy")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "pairs: 12" in out and "image sizes (width x height): 5x6: 12" in out
+    assert "classes: 0: 1, 1: 1" in out and out.rstrip().endswith("ok: every file paired and loaded")
+
+
+def test_inspect_reports_orphans_duplicates_and_broken_files(indexed_dataset, tmp_path, capsys):
+    images, labels = indexed_dataset(10)
+    os.remove(labels[4])
+    open(images[7], "wb").close()
+    (tmp_path / "data" / "image_0009b.png").write_bytes(open(images[9], "rb").read())  # a second file with key 9
+    code = main(["inspect", str(tmp_path / "data" / "image_*.png"), str(tmp_path / "data" / "label_*.npy"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert report["pairs"] == 8 and not report["ok"]
+    assert [os.path.basename(p) for p in report["orphan_images"]] == ["image_0004.png"]
+    assert sorted(os.path.basename(p) for p in report["duplicate_keys"]["images"]["9"]) == ["image_0009.png", "image_0009b.png"]
+    assert [os.path.basename(b["path"]) for b in report["bad"]] == ["image_0007.png"]
+    assert "the file is empty" in report["bad"][0]["reason"]
+
+
+def test_preview_writes_a_contact_sheet(indexed_dataset, tmp_path, capsys):
+    indexed_dataset(10)
+    out_path = tmp_path / "grid.png"
+    args = ["preview", str(tmp_path / "data" / "image_*.png"), str(tmp_path / "data" / "label_*.npy"), "--out", str(out_path)]
+    assert main(args + ["--n", "4", "--size", "64"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    sheet = Image.open(out_path)
+    assert sheet.size == (2 * (64 + 6) + 6, 2 * (64 + 32 + 6) + 6)
+    first = out_path.read_bytes()
+    assert main(args + ["--n", "4", "--size", "64"]) == 0 and out_path.read_bytes() == first  # same seed, same sheet
+
+
+def test_preview_marks_unreadable_images_and_exits_1(indexed_dataset, tmp_path, capsys):
+    images, _ = indexed_dataset(3)
+    open(images[1], "wb").close()
+    args = ["preview", str(tmp_path / "data" / "image_*.png"), str(tmp_path / "data" / "label_*.npy"), "--out", str(tmp_path / "g.png")]
+    assert main(args) == 1
+    assert "unreadable:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["inspect", "preview"])
+def test_inspect_and_preview_usage_errors_exit_2(tmp_path, command, capsys):
+    args = [command, str(tmp_path / "none_*.png"), str(tmp_path / "none_*.npy")] + (["--out", "x.png"] if command == "preview" else [])
+    assert main(args) == 2
+    assert "matched no files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "bench", "inspect", "preview"])
+def test_every_subcommand_has_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "usage: keras-sepseq " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "label, text",
+    [(np.array(7), "7"), (np.array(0.123456), "0.1235"), (np.array([0, 1, 0]), "class 1"), (np.arange(40.0), "[ 0.  1.  2. ... 37. 38. 39.]"[:21] + "…")],
+    ids=["int", "float", "one-hot", "long vector"],
+)
+def test_label_text(label, text):
+    from keras_sepseq.inspection import label_text
+
+    assert label_text(label) == text
