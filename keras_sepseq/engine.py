@@ -203,11 +203,13 @@ class WorkerPool:
         if self.use_processes and self._executor is not None:
             for future in [self._executor.submit(os.getpid) for _ in range(self.workers)]:
                 future.result()
+            self._processes = list(self._executor._processes.values())
 
     def _exit_codes(self) -> list:
         """Exit codes of the worker processes that ended (negative: killed by that signal)."""
-        processes = getattr(getattr(self, "_executor", None), "_processes", None) or {}
-        return sorted(p.exitcode for p in list(processes.values()) if p.exitcode is not None)
+        processes = list((getattr(getattr(self, "_executor", None), "_processes", None) or {}).values())
+        processes += [p for p in getattr(self, "_processes", []) if p not in processes]
+        return sorted(p.exitcode for p in processes if p.exitcode is not None)
 
     @property
     def closed(self) -> bool:
