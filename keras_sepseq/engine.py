@@ -231,6 +231,11 @@ class WorkerPool:
                 future.cancel()
         if executor is not None and os.getpid() == self._owner_pid:
             executor.shutdown(wait=True, cancel_futures=True)
+            for process in getattr(self, "_processes", []):
+                try:
+                    process.close()  # releases its sentinel descriptor now, not at garbage collection
+                except ValueError:  # still running: shutdown gave up on it
+                    pass
 
 
 @atexit.register
