@@ -822,7 +822,7 @@ class BaseSequence(keras.utils.PyDataset):
         Raises:
             TooManyErrorsError: If no sample loads at all.
         """
-        if self._reference is None:
+        if self._reference is None:  # unless set_reference() chose one
             for index in range(self.num_samples):
                 item = self.try_load_item(index)
                 if not isinstance(item, SampleError):
@@ -832,6 +832,30 @@ class BaseSequence(keras.utils.PyDataset):
             else:
                 raise TooManyErrorsError(f"none of the {self.num_samples} samples could be loaded: {self.errors[0].reason}")
         return self._reference[0], self._reference[1]
+
+    def set_reference(self, index: int) -> None:
+        """Makes sample `index` the one whose shapes every other sample must have (with `on_error="skip"`).
+
+        By default the reference is the first sample, in file order, that
+        loads; set it explicitly when that one is the odd one out.
+
+        Args:
+            index: A sample that loads.
+
+        Raises:
+            ValueError: If `index` is out of range.
+            SampleError: If that sample cannot be loaded.
+
+        Example:
+
+        >>> seq.set_reference(12)  # doctest: +SKIP
+        """
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < self.num_samples:
+            raise ValueError(f"`index` must be a sample index in 0..{self.num_samples - 1}. Received: index={index!r}")
+        item = self.try_load_item(int(index))
+        if isinstance(item, SampleError):
+            raise item
+        self._reference = (int(index), item, self.item_signature(item))
 
     def item_problem(self, index: int, item: Any) -> str | None:
         """Why a loaded sample cannot join a batch, or `None`. Used with `on_error="skip"`.

@@ -139,6 +139,17 @@ def test_a_label_of_another_shape_among_scalars(files):
     assert "differ from" in record.reason and "those of sample 0" in record.reason
 
 
+def test_the_reference_sample_can_be_given_explicitly(files):
+    images, labels = files
+    np.save(labels[0], np.zeros(3, np.int64))  # the first file is the odd one
+    seq = SeparatedSequence(images, labels, batch_size=N, shuffle=False, on_error="skip")
+    seq.set_reference(1)
+    x, y, w = seq[0]
+    assert [e.index for e in seq.errors] == [0] and y.shape == (N - 1,)
+    with pytest.raises(ValueError, match=r"`index` must be a sample index in 0..7. Received: index=8"):
+        seq.set_reference(8)
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 3, N])
 def test_the_same_file_is_judged_bad_in_every_batch_composition(files, batch_size):
     images, labels = files
@@ -265,7 +276,7 @@ def test_validate_shows_progress(files, capsys):
     shuffle=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
     bad_fraction=st.floats(0, 1),
-    mode=st.sampled_from(["main thread", "threads"]),
+    mode=st.sampled_from(["main thread", "threads", "processes"]),
 )
 def test_skip_serves_every_good_sample_once_and_reports_every_bad_one(tmp_path_factory, n, batch_size, drop_remainder, shuffle, seed, bad_fraction, mode):
     folder = tmp_path_factory.mktemp("prop")
@@ -281,7 +292,7 @@ def test_skip_serves_every_good_sample_once_and_reports_every_bad_one(tmp_path_f
         return
     seq = SeparatedSequence(
         images, labels, batch_size, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder, on_error="skip",
-        dtype="uint8", workers=2 if mode == "threads" else 1,
+        dtype="uint8", workers=1 if mode == "main thread" else 2, use_multiprocessing=mode == "processes",
     )  # fmt: skip
     try:
         reached = set()
