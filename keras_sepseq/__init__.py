@@ -41,6 +41,7 @@ _EXPORTS = {
     "npy_shape": "npy",
     "BaseSequence": "sequence",
     "epoch_order": "sequence",
+    "SequenceCheckpoint": "resume",
 }
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from keras_sepseq.padded import PaddedSequence
     from keras_sepseq.padding import bucketed_order, pad_batch, padding_weights
     from keras_sepseq.separated import SeparatedSequence
+    from keras_sepseq.resume import SequenceCheckpoint
     from keras_sepseq.sequence import BaseSequence, epoch_order
 
 
@@ -76,6 +78,7 @@ __all__ = [
     "PathArray",
     "SampleError",
     "SeparatedSequence",
+    "SequenceCheckpoint",
     "ShapeMismatchError",
     "bucketed_order",
     "convert_color",

@@ -86,6 +86,9 @@ class PaddedSequence(BaseSequence):
             count (or fraction, a float below 1). Defaults to `None`.
         retries: Read again after an `OSError`, this many times, with a
             short backoff. Defaults to 0.
+        num_shards, shard_index, shard: Multi-host sharding, see
+            `BaseSequence.shard_members`; `shard="auto"` reads them from
+            JAX or `TF_CONFIG`. Defaults: one shard.
 
     Raises:
         ValueError: At construction, for empty input, lengths that differ,
@@ -128,6 +131,9 @@ class PaddedSequence(BaseSequence):
         on_error: str = "raise",
         max_errors: int | float | None = None,
         retries: int = 0,
+        num_shards: int = 1,
+        shard_index: int = 0,
+        shard: str | None = None,
     ) -> None:
         self.sequence_paths: PathArray | None = None
         self.sequences: list[np.ndarray] | None = None
@@ -178,6 +184,9 @@ class PaddedSequence(BaseSequence):
             on_error=on_error,
             max_errors=max_errors,
             retries=retries,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            shard=shard,
         )
 
     # Hooks for custom formats.
@@ -301,12 +310,18 @@ class PaddedSequence(BaseSequence):
 
         >>> seq.order_for_epoch(0)  # doctest: +SKIP
         """
+        members = self.shard_members(epoch)
         if not self.bucket_by_length:
-            return super().order_for_epoch(epoch)
-        lengths = self.lengths()
+            return members
+        if not self.shuffle:
+            members = np.sort(members)
+        lengths = self.lengths()[members]
         if self.maxlen is not None:
             lengths = np.minimum(lengths, self.maxlen)
-        return bucketed_order(lengths, batch_size=self.batch_size, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        return members[bucketed_order(lengths, batch_size=self.batch_size, seed=self.seed, epoch=epoch, shuffle=self.shuffle)]
+
+    def _order_settings(self) -> dict:
+        return {**super()._order_settings(), "bucket_by_length": self.bucket_by_length, "maxlen": self.maxlen}
 
     def padding_efficiency(self) -> float:
         """Real time steps divided by padded time steps over the current epoch's batches.

@@ -77,6 +77,9 @@ class SeparatedSequence(BaseSequence):
             count (or fraction, a float below 1). Defaults to `None`.
         retries: Read again after an `OSError`, this many times, with a
             short backoff. Defaults to 0.
+        num_shards, shard_index, shard: Multi-host sharding, see
+            `BaseSequence.shard_members`; `shard="auto"` reads them from
+            JAX or `TF_CONFIG`. Defaults: one shard.
         max_image_pixels: Refuse images whose header claims more pixels
             (a decompression-bomb guard). `None` (the default) uses Pillow's
             `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million).
@@ -119,6 +122,9 @@ class SeparatedSequence(BaseSequence):
         on_error: str = "raise",
         max_errors: int | float | None = None,
         retries: int = 0,
+        num_shards: int = 1,
+        shard_index: int = 0,
+        shard: str | None = None,
         max_image_pixels: int | None = None,
     ) -> None:
         self.image_paths = check_paths("image_paths", image_paths)
@@ -150,6 +156,9 @@ class SeparatedSequence(BaseSequence):
             on_error=on_error,
             max_errors=max_errors,
             retries=retries,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            shard=shard,
         )
 
     def load_input(self, path: str) -> np.ndarray:

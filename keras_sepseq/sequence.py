@@ -197,6 +197,46 @@ def _check_max_errors(value: Any) -> int | float | None:
     )
 
 
+def detect_shard() -> tuple[int, int]:
+    """`(num_shards, shard_index)` of this process in a multi-host job, or `(1, 0)`.
+
+    Read from JAX (`jax.process_count()`, `jax.process_index()`) on the jax
+    backend, which `keras.distribution` uses across hosts; otherwise from
+    `TF_CONFIG` (the chief first, then the workers, as `tf.distribute`
+    numbers them).
+
+    Returns:
+        `(num_shards, shard_index)`.
+
+    Raises:
+        ValueError: If `TF_CONFIG` is set but malformed.
+
+    Example:
+
+    >>> detect_shard()  # one process, no TF_CONFIG  # doctest: +SKIP
+    (1, 0)
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.process_count() > 1:
+            return jax.process_count(), jax.process_index()
+    raw = os.environ.get("TF_CONFIG")
+    if raw:
+        import json
+
+        try:
+            config = json.loads(raw)
+            cluster, task = config.get("cluster", {}), config["task"]
+            members = [("chief", i) for i in range(len(cluster.get("chief", [])))]
+            members += [("worker", i) for i in range(len(cluster.get("worker", [])))]
+            if task["type"] in ("chief", "worker"):
+                return len(members), members.index((task["type"], int(task["index"])))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"TF_CONFIG is not a valid cluster description ({e}). Received: {raw!r}") from None
+    return 1, 0
+
+
 def keras_request_order(dataset: Any, position: int) -> list[int] | None:
     """Reads, from the calling Keras generator, which batches it will ask `dataset` for next.
 
@@ -303,6 +343,12 @@ class BaseSequence(keras.utils.PyDataset):
         retries: Read a file again this many times, after 50 ms, 100 ms,
             ..., when reading it raised an `OSError` (say, a network file
             system hiccup). Defaults to 0.
+        num_shards: Split each epoch across this many hosts (see
+            `shard_members`). Defaults to 1.
+        shard_index: This host's shard, `0 .. num_shards - 1`. Defaults to 0.
+        shard: `"auto"` reads `num_shards` and `shard_index` from JAX's
+            process count and index or from `TF_CONFIG` (see
+            `detect_shard`). Defaults to `None`.
 
     Raises:
         ValueError: If an argument is out of range; the message names it.
@@ -336,6 +382,9 @@ class BaseSequence(keras.utils.PyDataset):
         on_error: str = "raise",
         max_errors: int | float | None = None,
         retries: int = 0,
+        num_shards: int = 1,
+        shard_index: int = 0,
+        shard: str | None = None,
     ) -> None:
         # Keras runs no workers of its own: it would start a pool per epoch (see keras_sepseq.engine).
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=check_int("max_queue_size", max_queue_size, minimum=1))
@@ -356,10 +405,22 @@ class BaseSequence(keras.utils.PyDataset):
         self._num_samples = check_int("num_samples", num_samples, minimum=1)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.drop_remainder = bool(drop_remainder)
-        if self.drop_remainder and self.batch_size > self._num_samples:
+        if shard not in (None, "auto"):
+            raise ValueError(f"`shard` must be None or 'auto'. Received: shard={shard!r}")
+        if shard == "auto":
+            num_shards, shard_index = detect_shard()
+        self.num_shards = check_int("num_shards", num_shards, minimum=1)
+        self.shard_index = check_int("shard_index", shard_index, minimum=0)
+        if self.shard_index >= self.num_shards:
+            raise ValueError(
+                f"`shard_index` must be below `num_shards`. Received: shard_index={shard_index}, num_shards={num_shards}"
+            )
+        if self.num_shards > self._num_samples:
+            raise ValueError(f"`num_shards`={self.num_shards} is more than the {self._num_samples} samples.")
+        if self.drop_remainder and self.batch_size > self.shard_size:
             raise ValueError(
                 f"`drop_remainder=True` with batch_size={self.batch_size} and only "
-                f"{self._num_samples} samples leaves no batch at all."
+                f"{self.shard_size} samples{' per shard' if self.num_shards > 1 else ''} leaves no batch at all."
             )
         self.shuffle = bool(shuffle)
         if seed is None:
@@ -373,10 +434,19 @@ class BaseSequence(keras.utils.PyDataset):
         """How many samples the dataset holds."""
         return self._num_samples
 
+    @property
+    def shard_size(self) -> int:
+        """Samples this shard serves per epoch: the same on every shard (see `shard_members`)."""
+        if self.num_shards == 1:
+            return self._num_samples
+        if self.drop_remainder:
+            return self._num_samples // self.num_shards
+        return math.ceil(self._num_samples / self.num_shards)
+
     def __len__(self) -> int:
         if self.drop_remainder:
-            return self._num_samples // self.batch_size
-        return math.ceil(self._num_samples / self.batch_size)
+            return self.shard_size // self.batch_size
+        return math.ceil(self.shard_size / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Switches to the sample order of `epoch`.
@@ -419,7 +489,88 @@ class BaseSequence(keras.utils.PyDataset):
         >>> seq.order_for_epoch(3)  # doctest: +SKIP
         array([4, 0, 3, 1, 2])
         """
-        return epoch_order(self._num_samples, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        return self.shard_members(epoch)
+
+    def shard_members(self, epoch: int) -> np.ndarray:
+        """The samples this shard serves in `epoch`, in the epoch's order.
+
+        Every shard draws the same global order from `(seed, epoch)` and
+        takes every `num_shards`-th sample of it, starting at `shard_index`:
+        shards are disjoint, together cover the dataset, and reshuffle in
+        step. So that every shard has the same number of batches (unequal
+        counts deadlock collective training), the global order wraps around
+        to fill the last round, repeating at most `num_shards - 1` samples
+        per epoch; with `drop_remainder=True` the last round is dropped
+        instead (at most `num_shards - 1` samples left out per epoch).
+
+        Args:
+            epoch: The epoch number.
+
+        Returns:
+            `shard_size` sample indices.
+
+        Example:
+
+        >>> seq.shard_members(0)  # doctest: +SKIP
+        """
+        order = epoch_order(self._num_samples, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        if self.num_shards == 1:
+            return order
+        size = self.shard_size
+        if not self.drop_remainder:
+            order = np.concatenate([order, order[: size * self.num_shards - self._num_samples]])
+        return order[self.shard_index :: self.num_shards][:size]
+
+    def get_state(self) -> dict:
+        """A small, picklable (and JSON-friendly) record of where the dataset is: seed, epoch, shard.
+
+        Save it with your checkpoints; `set_state` in a new process restores
+        the same epoch order, so a job resumed at batch `k` serves exactly
+        the samples that batches `0 .. k-1` of that epoch did not.
+
+        Returns:
+            A dict.
+
+        Example:
+
+        >>> state = seq.get_state()  # doctest: +SKIP
+        >>> fresh.set_state(state)  # doctest: +SKIP
+        """
+        return {"format": 1, "seed": self.seed, "epoch": self.epoch, **self._order_settings()}
+
+    def set_state(self, state: dict) -> None:
+        """Restores what `get_state` returned: the seed and epoch, after checking the settings match.
+
+        Args:
+            state: A dict from `get_state`.
+
+        Raises:
+            ValueError: If `state` is not such a dict, or was saved with other
+                settings that decide the order (sample count, batch size,
+                shuffle, sharding...); the message lists them.
+
+        Example:
+
+        >>> seq.set_state({"format": 1, "seed": 3, "epoch": 7, ...})  # doctest: +SKIP
+        """
+        if not isinstance(state, dict) or state.get("format") != 1 or "seed" not in state or "epoch" not in state:
+            raise ValueError(f"`state` must be a dict returned by get_state(). Received: {state!r}")
+        mine = self._order_settings()
+        differ = [f"{k}: saved {state.get(k)!r}, here {v!r}" for k, v in mine.items() if state.get(k) != v]
+        if differ:
+            raise ValueError("`state` was saved with other settings that decide the order: " + "; ".join(differ))
+        self.seed = check_int("seed", state["seed"], minimum=0)
+        self.set_epoch(state["epoch"])
+
+    def _order_settings(self) -> dict:
+        return {
+            "num_samples": self._num_samples,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "drop_remainder": self.drop_remainder,
+            "num_shards": self.num_shards,
+            "shard_index": self.shard_index,
+        }
 
     def on_epoch_end(self) -> None:
         """Moves to the next epoch's order (Keras calls this between epochs).
