@@ -304,7 +304,7 @@ class PaddedSequence(BaseSequence):
             epoch: The epoch number.
 
         Returns:
-            An int64 permutation of the sample indices.
+            An int64 array of this shard's sample indices, each once.
 
         Example:
 

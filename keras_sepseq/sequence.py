@@ -475,14 +475,15 @@ class BaseSequence(keras.utils.PyDataset):
         """Computes the sample order of `epoch`. Override to change how samples are ordered.
 
         The result must depend only on the dataset's settings and `epoch`,
-        and hold each sample index exactly once; batch `i` is
+        and hold each of this shard's samples (`shard_members(epoch)`; all
+        samples with one shard) exactly once; batch `i` is
         `order[i * batch_size:(i + 1) * batch_size]`.
 
         Args:
             epoch: The epoch number.
 
         Returns:
-            An int64 permutation of `0 .. num_samples - 1`.
+            An int64 array of `shard_size` sample indices.
 
         Example:
 
