@@ -61,7 +61,7 @@ def _init_process_worker(dataset: Any) -> None:
 
 
 def _load_chunk_in_process(indices: list[int]) -> list[Any]:
-    return [_WORKER_DATASET.try_load_item(i) for i in indices]
+    return _WORKER_DATASET.try_load_items(indices)
 
 
 class WorkerPool:
@@ -108,7 +108,7 @@ class WorkerPool:
                 owner = ref()
                 if owner is None:
                     raise RuntimeError("the dataset was garbage-collected while loading")
-                return [owner.try_load_item(i) for i in chunk]
+                return owner.try_load_items(chunk)
 
             self._submit_chunk = lambda chunk: self._executor.submit(load_chunk, chunk)
         _LIVE_POOLS.add(self)

@@ -668,7 +668,7 @@ class BaseSequence(keras.utils.PyDataset):
         if missing:
             wanted = indices[missing]
             if not self.parallel:
-                loaded = [self.try_load_item(int(i)) for i in wanted]
+                loaded = self.try_load_items([int(i) for i in wanted])
             else:
                 pool = self._worker_pool()
                 upcoming = []
@@ -915,6 +915,17 @@ class BaseSequence(keras.utils.PyDataset):
             None if y is None else y.shape, None if y is None else str(y.dtype), value,
         )  # fmt: skip
 
+    def try_load_items(self, indices: list[int]) -> list[Any]:
+        """`try_load_item` for several samples: one worker chunk. Override to load a chunk at once.
+
+        Args:
+            indices: Sample indices.
+
+        Returns:
+            One item or `SampleError` per index, in order.
+        """
+        return [self.try_load_item(i) for i in indices]
+
     def try_load_item(self, index: int) -> Any:
         """`load_item(index)`, or the `SampleError` it raised (returned, not raised).
 
@@ -1135,6 +1146,8 @@ class BaseSequence(keras.utils.PyDataset):
         state["_pool"] = None  # a pool belongs to the process that started it
         state["_cache"] = None  # workers never read the cache; it stays with the process that fills it
         state["_errors"], state["_skipped_this_epoch"] = {}, []  # kept by the process that collates
+        if "_tf_decode" in state:
+            state["_tf_decode"] = None  # a tf.function is rebuilt where it is used
         state.pop("_keras_cursor", None)
         return state
 
