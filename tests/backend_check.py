@@ -14,20 +14,11 @@ from keras import ops
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import write_indexed_dataset  # noqa: E402
+from index_model import DecodeIndex  # noqa: E402
 
 from keras_sepseq import PaddedSequence, SeparatedSequence  # noqa: E402
 
 N, BATCH = 250, 10
-
-
-class DecodeIndex(keras.layers.Layer):
-    def build(self, input_shape):
-        self.dense = keras.layers.Dense(1)
-        self.dense.build((None, 3))
-
-    def call(self, x):
-        pixels = ops.round(x[:, 0, 0, :] * 255.0)
-        return (pixels[:, 0] + 256.0 * pixels[:, 1])[:, None] + 0.0 * self.dense(x[:, 0, 0, :])
 
 
 class LastValue(keras.layers.Layer):

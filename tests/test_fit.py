@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import write_indexed_dataset
+from index_model import DecodeIndex
 from keras import ops
 
 from keras_sepseq import SeparatedSequence
@@ -21,19 +22,6 @@ MODES = [
     pytest.param(dict(workers=2, use_multiprocessing=False), id="2 threads"),
     pytest.param(dict(workers=2, use_multiprocessing=True), id="2 processes"),
 ]
-
-
-class DecodeIndex(keras.layers.Layer):
-    """Reads back the index that `index_image` wrote into the red and green channels."""
-
-    def build(self, input_shape):
-        self.dense = keras.layers.Dense(1)
-        self.dense.build((None, 3))
-
-    def call(self, x):
-        pixels = ops.round(x[:, 0, 0, :] * 255.0)
-        index = pixels[:, 0] + 256.0 * pixels[:, 1]
-        return index[:, None] + 0.0 * self.dense(x[:, 0, 0, :])
 
 
 class SeenCounts(keras.metrics.Metric):
