@@ -465,8 +465,6 @@ def run_bench(
          lambda: _plain_pydataset(paths, labels, size, batch_size, workers), {}),
         (f"SeparatedSequence, {workers} threads", "",
          lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers), {}),
-        (f"SeparatedSequence, {workers} threads, TF decoder", "decoder='tensorflow': each chunk decoded by one tf.function",
-         lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers, decoder="tensorflow"), {}),
         (f"SeparatedSequence, {workers} processes", "",
          lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers, use_multiprocessing=True), {}),
         ("SeparatedSequence, cache='memory'", "threads; decoded uint8 samples kept in RAM after epoch 1",

@@ -27,6 +27,7 @@ import atexit
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -56,6 +57,9 @@ _WORKER_DATASET: Any = None
 def _init_process_worker(dataset: Any) -> None:
     global _WORKER_DATASET
     _WORKER_DATASET = dataset
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:  # OpenCV's thread pool does not survive fork(): run its parallel loops inline here
+        cv2.setNumThreads(0)
     # Ctrl-C goes to the whole process group: let the main process decide, workers just stop when told.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

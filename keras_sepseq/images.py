@@ -7,7 +7,9 @@ composes them. Pixels stay in their source precision (`uint8` or
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import warnings
 from collections.abc import Sequence
 
@@ -27,7 +29,13 @@ INTERPOLATIONS: dict[str, int] = {
     "hamming": Image.Resampling.HAMMING,
     "lanczos": Image.Resampling.LANCZOS,
 }
-"""Allowed `interpolation` values and the Pillow filter each uses."""
+"""Allowed `interpolation` values and the Pillow filter each uses with `antialias=True`."""
+
+# With antialias=False these filters run in OpenCV, sampling like tf.image.resize(antialias=False);
+# "area" averages whatever the flag says. The others always use Pillow's antialiased filters.
+_OPENCV_FILTERS = {"nearest": "INTER_NEAREST_EXACT", "bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "area": "INTER_AREA"}
+_OPENCV_DTYPES = frozenset({np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)})
+_PNG_END = b"IEND\xaeB`\x82"  # the last 8 bytes of a complete PNG
 
 DTYPES: tuple[str, ...] = ("float32", "float16", "uint8", "uint16")
 """Allowed batch `dtype` values."""
@@ -197,17 +205,30 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return ((weighted + 2**15) >> 16).astype(rgb.dtype)[:, :, None]
 
 
-def resize_image(pixels: np.ndarray, size: Sequence[int], *, interpolation: str = "bilinear") -> np.ndarray:
-    """Resizes `(H, W, C)` pixels to `size` with Pillow, keeping the dtype.
+def resize_image(
+    pixels: np.ndarray, size: Sequence[int], *, interpolation: str = "bilinear", antialias: bool = False
+) -> np.ndarray:
+    """Resizes `(H, W, C)` pixels to `size`, keeping the dtype.
 
-    `uint8` images with 1, 3 or 4 channels are resized in one Pillow call
-    (RGBA with premultiplied alpha); other dtypes are resized channel by
-    channel in float32 and rounded back.
+    With `antialias=False` (the default), `"nearest"`, `"bilinear"` and
+    `"bicubic"` sample the source at each output pixel's center, like
+    `tf.image.resize(..., antialias=False)` and
+    `keras.utils.image_dataset_from_directory`, and `"area"` averages the
+    source pixels each output pixel covers (OpenCV's `INTER_AREA`, which
+    is bilinear when enlarging); all four run in OpenCV, several times
+    faster than Pillow's filters. With `antialias=True`, and always for
+    `"box"`, `"hamming"` and `"lanczos"`, Pillow's filters widen with the
+    scale factor when shrinking, so that every source pixel counts (better
+    for large reductions, slower): `uint8` images with 1, 3 or 4 channels in
+    one Pillow call (RGBA with premultiplied alpha), other dtypes channel by
+    channel in float32, rounded back.
 
     Args:
         pixels: Standardized pixels (see `standardize_pixels`).
         size: The target `(height, width)`.
         interpolation: A key of `INTERPOLATIONS`. Defaults to `"bilinear"`.
+        antialias: Widen the filter when shrinking (Pillow). Defaults to
+            `False`.
 
     Returns:
         An array of shape `(height, width, C)` in the input's dtype; the
@@ -229,6 +250,11 @@ def resize_image(pixels: np.ndarray, size: Sequence[int], *, interpolation: str 
     height, width = size
     if pixels.shape[:2] == (height, width):
         return pixels
+    if not antialias and interpolation in _OPENCV_FILTERS and pixels.dtype in _OPENCV_DTYPES:
+        cv2 = _opencv()
+        flag = getattr(cv2, _OPENCV_FILTERS[interpolation])
+        out = cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=flag)
+        return out.reshape(height, width, pixels.shape[2])
     resample = INTERPOLATIONS[interpolation]
     channels = pixels.shape[2]
     if pixels.dtype == np.uint8 and channels in (1, 3, 4):
@@ -251,9 +277,20 @@ def decode_image(
     color_mode: str = "rgb",
     image_size: Sequence[int] | None = None,
     interpolation: str = "bilinear",
+    antialias: bool = False,
     max_pixels: int | None = None,
 ) -> np.ndarray:
     """Reads, color-converts and optionally resizes one image file.
+
+    Complete PNG files are decoded by OpenCV (libpng; 16-bit files keep
+    their 16 bits) and gray or color JPEGs by simplejpeg (libjpeg-turbo in
+    strict mode, EXIF orientation ignored as TensorFlow and Pillow do), both
+    outside the GIL. A JPEG being shrunk is decoded at the smallest DCT scale
+    (a multiple of 1/8) that keeps it at least `image_size`, which costs a
+    fraction of a full decode and reads as well. Every other file, and any
+    file these decoders refuse or that looks truncated, goes through Pillow
+    (then imageio), which reads it or names what is wrong. Colors are
+    converted as Pillow does (`convert_color`), whichever library decoded.
 
     Args:
         path: The image file.
@@ -262,6 +299,8 @@ def decode_image(
             to keep the file's size.
         interpolation: The resize filter, a key of `INTERPOLATIONS`.
             Defaults to `"bilinear"`.
+        antialias: Widen the resize filter when shrinking (see
+            `resize_image`). Defaults to `False`, like `tf.image.resize`.
         max_pixels: Refuse, before decoding, an image whose header claims
             more pixels than this (a decompression-bomb guard). `None` (the
             default) uses Pillow's `PIL.Image.MAX_IMAGE_PIXELS`; Pillow's own
@@ -285,31 +324,127 @@ def decode_image(
         convert_color(np.zeros((1, 1, 1), np.uint8), color_mode)
     if interpolation not in INTERPOLATIONS:
         resize_image(np.zeros((1, 1, 1), np.uint8), (1, 1), interpolation=interpolation)
+    with open(path, "rb") as f:
+        data = f.read()
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    header = _sniff(data)
+    if header is not None:
+        _check_pixels(header[1], header[2], limit)
+        pixels = _decode_fast(data, header, color_mode, image_size)
+        if pixels is not None:
+            if image_size is not None and pixels.shape[2] == COLOR_MODES[color_mode]:
+                return resize_image(pixels, image_size, interpolation=interpolation, antialias=antialias)
+            pixels = convert_color(pixels, color_mode)
+            if image_size is not None:
+                pixels = resize_image(pixels, image_size, interpolation=interpolation, antialias=antialias)
+            return pixels
     try:
-        image = Image.open(path)
+        image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         image = None
     except Image.DecompressionBombError as e:
         raise ValueError(f"the image is over the limit of Pillow's decompression-bomb guard: {e}") from e
     if image is not None:
         with image:
-            limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-            width, height = image.size
-            if limit is not None and width * height > limit:
-                raise ValueError(
-                    f"the image claims {width}x{height} = {width * height:,} pixels, over the limit of "
-                    f"{limit:,} (max_image_pixels, a decompression-bomb guard)"
-                )
+            _check_pixels(image.size[0], image.size[1], limit)
             if image.mode in _PIL_8BIT:
-                return _decode_8bit(image, color_mode, image_size, interpolation)
+                return _decode_8bit(image, color_mode, image_size, interpolation, antialias)
     pixels = convert_color(standardize_pixels(read_image(path)), color_mode)
     if image_size is not None:
-        pixels = resize_image(pixels, image_size, interpolation=interpolation)
+        pixels = resize_image(pixels, image_size, interpolation=interpolation, antialias=antialias)
     return pixels
 
 
-def _decode_8bit(image: Image.Image, color_mode: str, image_size, interpolation: str) -> np.ndarray:
-    """The fast path for 8-bit images: convert and resize inside Pillow, one array at the end.
+def _check_pixels(width: int, height: int, limit: int | None) -> None:
+    if limit is not None and width * height > limit:
+        raise ValueError(
+            f"the image claims {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{limit:,} (max_image_pixels, a decompression-bomb guard)"
+        )
+
+
+def _opencv():
+    import cv2
+
+    return cv2
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _sniff(data: bytes) -> tuple[str, int, int, bool] | None:
+    """Reads `(format, width, height, gray)` from the header of a complete PNG or a gray/color JPEG.
+
+    `None` for anything else: other formats, CMYK JPEGs, and PNGs whose
+    last bytes are not the IEND chunk (truncated), which Pillow then reads
+    or refuses by name.
+    """
+    if data.startswith(_PNG_SIGNATURE):
+        if data[12:16] != b"IHDR" or not data.endswith(_PNG_END):
+            return None
+        width, height = struct.unpack(">II", data[16:24])
+        return "PNG", width, height, data[25] in (0, 4)  # color types 0 and 4: gray, gray + alpha
+    if data.startswith(b"\xff\xd8"):
+        import simplejpeg
+
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            return None
+        if colorspace in ("Gray", "YCbCr", "RGB"):
+            return "JPEG", width, height, colorspace == "Gray"
+    return None
+
+
+def _decode_fast(data: bytes, header: tuple, color_mode: str, image_size) -> np.ndarray | None:
+    """Decodes a sniffed PNG (OpenCV) or JPEG (simplejpeg) into `(H, W, C)` pixels; `None` if the decoder refuses.
+
+    `rgb` asks the decoder for RGB directly (alpha dropped, gray repeated,
+    palettes expanded, as Pillow converts); `grayscale` of a gray file or of
+    a JPEG (its luma plane, as Pillow's JPEG `draft("L")` gives) for gray;
+    anything else comes back as stored, for `convert_color`. JPEGs are
+    decoded at the smallest DCT scale (a multiple of 1/8) that keeps them at
+    least `image_size`, and in libjpeg-turbo's strict mode, so that a
+    corrupt JPEG is left to Pillow to accept or refuse rather than decoded
+    into garbage.
+    """
+    fmt, width, height, gray = header
+    if fmt == "JPEG":
+        import simplejpeg
+
+        want_gray = gray or color_mode == "grayscale"
+        minimum = {} if image_size is None else {"min_height": image_size[0], "min_width": image_size[1]}
+        try:
+            pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if want_gray else "RGB", strict=True, **minimum)
+        except ValueError:
+            return None
+        return pixels if pixels.size else None
+    cv2 = _opencv()
+    if color_mode == "rgb":
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_ANYDEPTH
+    elif color_mode == "grayscale" and gray:
+        flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
+    else:
+        flags = cv2.IMREAD_UNCHANGED
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+    if pixels is None or pixels.dtype not in (np.uint8, np.uint16) or pixels.size == 0:
+        return None
+    if pixels.ndim == 2:
+        return pixels[:, :, None]
+    return _bgr_to_rgb(pixels) if flags == cv2.IMREAD_UNCHANGED else pixels
+
+
+def _bgr_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR and BGRA channel order to RGB and RGBA."""
+    order = [2, 1, 0] if pixels.shape[2] == 3 else [2, 1, 0, 3]
+    return np.ascontiguousarray(pixels[:, :, order])
+
+
+def _decode_8bit(image: Image.Image, color_mode: str, image_size, interpolation: str, antialias: bool) -> np.ndarray:
+    """Pillow's path for the 8-bit images OpenCV does not take: convert (and, antialiased, resize) inside Pillow.
 
     The results equal the generic path's (`convert_color` and `resize_image`
     use the same formulas and filters), except that JPEGs being shrunk to
@@ -324,10 +459,14 @@ def _decode_8bit(image: Image.Image, color_mode: str, image_size, interpolation:
         image = image.convert("RGBA" if has_alpha else "RGB")
     if image.mode != target:
         image = image.convert(target)
-    if image_size is not None and image.size != (image_size[1], image_size[0]):
+    pil_resize = antialias or interpolation not in _OPENCV_FILTERS
+    if pil_resize and image_size is not None and image.size != (image_size[1], image_size[0]):
         image = image.resize((image_size[1], image_size[0]), INTERPOLATIONS[interpolation])
     pixels = np.asarray(image)
-    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    if image_size is not None and not pil_resize:
+        pixels = resize_image(pixels, image_size, interpolation=interpolation, antialias=False)
+    return pixels
 
 
 def write_pixels(out: np.ndarray, pixels: np.ndarray) -> None:

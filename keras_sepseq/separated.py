@@ -47,6 +47,13 @@ class SeparatedSequence(BaseSequence):
         interpolation: Resize filter: `"bilinear"` (the default),
             `"nearest"`, `"bicubic"`, `"area"`, `"box"`, `"hamming"` or
             `"lanczos"`.
+        antialias: `False` (the default) samples the image at each output
+            pixel, like `tf.image.resize` and
+            `keras.utils.image_dataset_from_directory` (fast, in OpenCV);
+            `True` widens the filter when shrinking, so that every source
+            pixel counts (Pillow's filters: smoother for large reductions,
+            slower). `"area"` always averages; `"box"`, `"hamming"` and
+            `"lanczos"` are always antialiased. See `resize_image`.
         dtype: `"float32"` (the default) or `"float16"` scale pixels to
             [0, 1] like `tf.image.convert_image_dtype` (8-bit by 255, 16-bit
             by 65535); `"uint8"` keeps raw 8-bit pixels (16-bit ones are
@@ -84,16 +91,6 @@ class SeparatedSequence(BaseSequence):
         max_image_pixels: Refuse images whose header claims more pixels
             (a decompression-bomb guard). `None` (the default) uses Pillow's
             `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million).
-        decoder: `"pillow"` (the default: every format, antialiased
-            resizing, 16-bit precision kept) or `"tensorflow"`: each worker
-            chunk is decoded and resized by one TensorFlow function
-            (`decode_image` + `tf.image.resize`, not antialiased, like
-            `keras.utils.image_dataset_from_directory`), which runs outside
-            the GIL and costs less CPU. It needs `image_size`, applies to the
-            main thread and thread workers (process workers use Pillow:
-            TensorFlow must not run in forked children), reads 16-bit images
-            at 8 bits, and falls back to Pillow for a chunk with a file
-            TensorFlow cannot read, so bad files are still named.
 
     Raises:
         ValueError: At construction, for empty inputs, lengths that differ,
@@ -121,6 +118,7 @@ class SeparatedSequence(BaseSequence):
         image_size: tuple[int, int] | None = None,
         color_mode: str = "rgb",
         interpolation: str = "bilinear",
+        antialias: bool = False,
         dtype: str = "float32",
         shuffle: bool = True,
         seed: int | None = None,
@@ -137,7 +135,6 @@ class SeparatedSequence(BaseSequence):
         shard_index: int = 0,
         shard: str | None = None,
         max_image_pixels: int | None = None,
-        decoder: str = "pillow",
     ) -> None:
         self.image_paths = check_paths("image_paths", image_paths)
         n = len(self.image_paths)
@@ -147,18 +144,11 @@ class SeparatedSequence(BaseSequence):
         self.image_size = _check_image_size(image_size)
         self.color_mode = check_choice("color_mode", color_mode, tuple(COLOR_MODES))
         self.interpolation = check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
+        if not isinstance(antialias, (bool, np.bool_)):
+            raise TypeError(f"`antialias` must be True or False. Received: antialias={antialias!r}")
+        self.antialias = bool(antialias)
         self.dtype = check_choice("dtype", dtype, DTYPES)
         self.max_image_pixels = None if max_image_pixels is None else check_int("max_image_pixels", max_image_pixels, minimum=1)
-        self.decoder = check_choice("decoder", decoder, ("pillow", "tensorflow"))
-        if self.decoder == "tensorflow":
-            if image_size is None:
-                raise ValueError("decoder='tensorflow' needs `image_size`. Received: image_size=None")
-            if interpolation not in _TF_RESIZE:
-                raise ValueError(
-                    f"decoder='tensorflow' supports interpolation in {sorted(_TF_RESIZE)}. "
-                    f"Received: interpolation={interpolation!r}"
-                )
-        self._tf_decode = None
         if cache not in (None, "memory") and image_size is None and type(self).load_input is SeparatedSequence.load_input:
             raise ValueError(
                 "cache=<directory> needs `image_size`, so that every cached image has one shape. "
@@ -186,8 +176,9 @@ class SeparatedSequence(BaseSequence):
     def load_input(self, path: str) -> np.ndarray:
         """Loads one sample's input. Override for other formats.
 
-        The default decodes an image file with imageio and applies
-        `color_mode`, `image_size` and `interpolation`.
+        The default decodes an image file with `decode_image` (OpenCV for
+        PNG and JPEG, Pillow and imageio for the rest) and applies
+        `color_mode`, `image_size`, `interpolation` and `antialias`.
 
         Args:
             path: The sample's input file.
@@ -210,6 +201,7 @@ class SeparatedSequence(BaseSequence):
             color_mode=self.color_mode,
             image_size=self.image_size,
             interpolation=self.interpolation,
+            antialias=self.antialias,
             max_pixels=self.max_image_pixels,
         )
 
@@ -247,55 +239,13 @@ class SeparatedSequence(BaseSequence):
     def cache_key(self) -> tuple:
         """Settings and paths that decide what a directory cache holds."""
         labels = self.label_paths if self.label_paths is not None else ("in memory" if self.labels is not None else None,)
-        return super().cache_key() + (self.color_mode, self.image_size, self.interpolation, self.image_paths, labels)
+        return super().cache_key() + (
+            self.color_mode, self.image_size, self.interpolation, self.antialias, self.image_paths, labels
+        )
 
     def cache_sources(self) -> PathArray:
         """Each sample's image file: its size and mtime invalidate the cached copy."""
         return self.image_paths
-
-    def try_load_items(self, indices: list[int]) -> list:
-        """Loads a chunk of samples; with `decoder="tensorflow"`, decodes its images in one TensorFlow call."""
-        if (
-            self.decoder != "tensorflow"
-            or self.use_processes
-            or type(self).load_input is not SeparatedSequence.load_input
-            or len(indices) == 0
-        ):
-            return super().try_load_items(indices)
-        try:
-            pixels = self._tensorflow_decoder()([self.image_paths[i] for i in indices]).numpy()
-        except Exception:  # a file TensorFlow cannot read: Pillow names it
-            return super().try_load_items(indices)
-        items = []
-        for k, index in enumerate(indices):
-            if self.label_paths is None:
-                items.append((pixels[k], None))
-                continue
-            try:
-                items.append((pixels[k], self.load_sample(self.load_target, self.label_paths[index], index, "label")))
-            except SampleError as e:
-                items.append(e)
-        return items
-
-    def _tensorflow_decoder(self):
-        if self._tf_decode is None:
-            import tensorflow as tf
-
-            channels = COLOR_MODES[self.color_mode]
-            size = tuple(self.image_size)
-            method = _TF_RESIZE[self.interpolation]
-
-            def one(path):
-                image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-                image = tf.image.resize(image, size, method=method)
-                return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-            spec = tf.TensorSpec(size + (channels,), tf.uint8)
-            self._tf_decode = tf.function(
-                lambda paths: tf.map_fn(one, paths, fn_output_signature=spec, parallel_iterations=16),
-                input_signature=[tf.TensorSpec([None], tf.string)],
-            )
-        return self._tf_decode
 
     def load_item(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Loads sample `index`'s image and, from a file, its label. Runs in workers too.
@@ -408,9 +358,6 @@ class SeparatedSequence(BaseSequence):
             f"image_size={self.image_size}, color_mode={self.color_mode!r}, dtype={self.dtype!r}, "
             f"shuffle={self.shuffle}, seed={self.seed})"
         )
-
-
-_TF_RESIZE = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "area", "lanczos": "lanczos3"}
 
 
 def _check_image_size(image_size: Any) -> tuple[int, int] | None:

@@ -1146,8 +1146,6 @@ class BaseSequence(keras.utils.PyDataset):
         state["_pool"] = None  # a pool belongs to the process that started it
         state["_cache"] = None  # workers never read the cache; it stays with the process that fills it
         state["_errors"], state["_skipped_this_epoch"] = {}, []  # kept by the process that collates
-        if "_tf_decode" in state:
-            state["_tf_decode"] = None  # a tf.function is rebuilt where it is used
         state.pop("_keras_cursor", None)
         return state
 

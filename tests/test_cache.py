@@ -96,14 +96,19 @@ def test_directory_cache_reloads_a_changed_file(indexed_dataset, tmp_path):
     assert decode_index(SeparatedSequence(images, labels, **options)[0][0]).tolist() == [0, 1, 99, 3]
 
 
-def test_directory_cache_is_specific_to_the_decode_settings(indexed_dataset, tmp_path):
+@pytest.mark.parametrize(
+    "changed",
+    [dict(image_size=(4, 4)), dict(color_mode="grayscale"), dict(interpolation="area"), dict(antialias=True)],
+    ids=["image_size", "color_mode", "interpolation", "antialias"],
+)
+def test_directory_cache_is_specific_to_the_decode_settings(indexed_dataset, tmp_path, changed):
     images, labels = indexed_dataset(3)
     cache = str(tmp_path / "cache")
     first = SeparatedSequence(images, labels, batch_size=3, image_size=(6, 5), cache=cache)
     first[0]
     first.close()
-    seq = SeparatedSequence(images, labels, batch_size=3, image_size=(4, 4), cache=cache, color_mode="grayscale")
-    assert seq[0][0].shape == (3, 4, 4, 1)
+    seq = SeparatedSequence(images, labels, batch_size=3, cache=cache, **{"image_size": (6, 5), **changed})
+    seq[0]
     seq.close()
     assert len(os.listdir(cache)) == 2
 

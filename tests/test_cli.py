@@ -100,7 +100,7 @@ def test_bench_quick_smoke_run(tmp_path, capsys):
     names = [r["name"] for r in report["results"]]
     assert names == [
         "tf.data pipeline", "Python generator", "plain PyDataset, 2 threads", "SeparatedSequence, 2 threads",
-        "SeparatedSequence, 2 threads, TF decoder", "SeparatedSequence, 2 processes", "SeparatedSequence, cache='memory'", "SeparatedSequence, cache=<dir>",
+        "SeparatedSequence, 2 processes", "SeparatedSequence, cache='memory'", "SeparatedSequence, cache=<dir>",
         "numpy arrays in RAM",
     ]  # fmt: skip
     for result in report["results"]:

@@ -110,3 +110,21 @@ def test_close_gives_back_every_descriptor(tmp_path, processes):
             seq[i]
         seq.close()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_process_workers_decode_after_the_parent_started_opencvs_thread_pool(tmp_path):
+    # OpenCV's thread pool does not survive fork(); workers must not use the one they inherit.
+    body = """
+    import cv2
+    cv2.resize(np.zeros((3000, 3000, 3), np.uint8), (1000, 1000))  # big enough to start the pool
+    big = Slow(images, labels, batch_size=8, workers=2, use_multiprocessing=True, image_size=(300, 200), shuffle=False)
+    for epoch in range(2):
+        big.on_epoch_begin()
+        shapes = [big[i][0].shape for i in range(len(big))]
+        big.on_epoch_end()
+    print("DONE", len(shapes), shapes[0], cv2.getNumThreads() > 0, flush=True)
+    big.close()
+    """
+    process = run_script(body, tmp_path / "data")
+    out, err = process.communicate(timeout=120)
+    assert out.split() == ["DONE", "8", "(8,", "300,", "200,", "3)", "True"], out + err

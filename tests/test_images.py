@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from keras_sepseq.images import (
+    INTERPOLATIONS,
     convert_color,
     decode_image,
     read_image,
@@ -178,3 +179,105 @@ def test_jpeg_shrunk_in_draft_mode_stays_close_to_a_full_decode(tmp_path, color_
     assert fast.shape == (64, 64, channels) and fast.dtype == np.uint8
     full = generic_decode(path, color_mode, (64, 64))
     assert np.abs(fast.astype(int) - full.astype(int)).mean() < 2.0
+
+
+def photo(height=90, width=70, seed=0):
+    rng = np.random.default_rng(seed)
+    smooth = np.add.outer(np.arange(height), np.arange(width))[..., None] + rng.integers(0, 9, (height, width, 3))
+    return np.clip(smooth, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "suffix, decoder",
+    [(".png", "opencv"), (".jpg", "simplejpeg"), (".bmp", None), (".tif", None), (".webp", None)],
+    ids=["PNG", "JPEG", "BMP", "TIFF", "WebP"],
+)
+def test_png_and_jpeg_take_the_fast_decoders_and_others_pillow(tmp_path, monkeypatch, suffix, decoder):
+    import cv2
+    import simplejpeg
+
+    calls = []
+    real_imdecode, real_jpeg = cv2.imdecode, simplejpeg.decode_jpeg
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: calls.append("opencv") or real_imdecode(*a, **k))
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: calls.append("simplejpeg") or real_jpeg(*a, **k))
+    path = str(tmp_path / f"img{suffix}")
+    Image.fromarray(photo()).save(path)
+    pixels = decode_image(path, image_size=(30, 20))
+    assert pixels.shape == (30, 20, 3) and pixels.dtype == np.uint8
+    assert calls == ([decoder] if decoder else [])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"], ids=["PNG", "JPEG"])
+def test_corruption_inside_a_complete_file_is_refused(tmp_path, suffix):
+    path = str(tmp_path / f"img{suffix}")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle : middle + 40] = b"\xff" * 40  # end markers intact: only the decoder can tell
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(OSError, match="data stream"):  # Pillow's verdict: OpenCV or libjpeg-turbo alone would decode garbage
+        decode_image(path, image_size=(30, 20))
+
+
+def test_16_bit_color_png_keeps_its_precision(tmp_path):
+    import cv2
+
+    rgb = (np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000 + 7).astype(np.uint16)
+    path = str(tmp_path / "deep.png")
+    cv2.imwrite(path, rgb[:, :, ::-1])  # OpenCV writes BGR
+    pixels = decode_image(path)
+    assert pixels.dtype == np.uint16
+    np.testing.assert_array_equal(pixels, rgb)
+    np.testing.assert_array_equal(decode_image(path, color_mode="rgba")[..., 3], 65535)
+
+
+def test_exif_orientation_is_ignored_like_tensorflow_does(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display"
+    path = str(tmp_path / "rotated.jpg")
+    Image.fromarray(photo(40, 60)).save(path, exif=exif)
+    assert decode_image(path).shape == (40, 60, 3)
+
+
+def test_cmyk_jpeg_is_read_by_pillow_as_rgb(tmp_path):
+    path = str(tmp_path / "print.jpg")
+    Image.fromarray(photo()).convert("CMYK").save(path)
+    pixels = decode_image(path, image_size=(30, 20))
+    assert pixels.shape == (30, 20, 3)
+    expected = np.asarray(Image.open(path).convert("RGB").resize((20, 30), Image.Resampling.BILINEAR))
+    assert np.abs(pixels.astype(int) - expected.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize(
+    "method, size",
+    [(m, (30, 20)) for m in ("nearest", "bilinear", "bicubic", "area")] + [(m, (200, 150)) for m in ("nearest", "bilinear", "bicubic")],
+    ids=lambda v: v if isinstance(v, str) else ("shrink" if v[0] < 90 else "enlarge"),
+)
+def test_sampled_resize_matches_tensorflow(method, size):
+    import tensorflow as tf
+
+    pixels = np.random.default_rng(2).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    ours = resize_image(pixels, size, interpolation=method).astype(np.float32)
+    theirs = tf.image.resize(pixels.astype(np.float32), size, method=method, antialias=False).numpy()
+    if method == "nearest":
+        np.testing.assert_array_equal(ours, theirs)
+    elif method == "bicubic":  # OpenCV's cubic kernel (a = -0.75) is a little sharper than TensorFlow's (a = -0.5)
+        assert np.abs(ours - np.clip(theirs, 0, 255)).mean() < 6
+    else:
+        assert np.abs(ours - theirs).max() <= 1.0  # uint8 rounding
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"])
+def test_antialiased_resize_is_pillows_filter(interpolation):
+    pixels = np.random.default_rng(3).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(pixels).resize((20, 30), INTERPOLATIONS[interpolation]))
+    np.testing.assert_array_equal(resize_image(pixels, (30, 20), interpolation=interpolation, antialias=True), expected)
+
+
+def test_antialiasing_keeps_a_fine_pattern_gray_and_sampling_does_not():
+    stripes = np.zeros((96, 96, 1), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: shrunk 3x, the honest answer is uniform gray
+    smooth = resize_image(stripes, (32, 32), antialias=True)
+    sampled = resize_image(stripes, (32, 32), antialias=False)
+    assert smooth.std() < 15 and abs(float(smooth.mean()) - 127.5) < 1
+    assert set(np.unique(sampled)) == {0, 255}  # aliasing: every output pixel is one stripe or the other
