@@ -291,7 +291,7 @@ class SeparatedSequence(BaseSequence):
         hint = "" if self.image_size is not None else "Pass `image_size=(height, width)` to resize every image to one size."
         x = stack_arrays(
             [item[0] for item in items], lambda k: repr(self.image_paths[indices[k]]),
-            what="image", dtype=self.dtype, write=write_pixels, hint=hint,
+            what="image", dtype=self.dtype, write=write_pixels, hint=hint, empty=self.buffers.empty,
         )  # fmt: skip
         if self.labels is not None:
             return x, self.labels[indices]
@@ -311,7 +311,7 @@ class SeparatedSequence(BaseSequence):
             `(x, y)` or `(x,)`.
         """
         pixels, labels = stacked
-        x = np.empty(pixels.shape, dtype=self.dtype)
+        x = self.buffers.empty(pixels.shape, self.dtype)
         write_pixels(x, pixels)
         if self.labels is not None:
             return x, self.labels[indices]

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from keras_sepseq.cache import DEFAULT_BUDGET, DirectoryCache, MemoryCache, fingerprint, parse_bytes
-from keras_sepseq.engine import WorkerPool
+from keras_sepseq.engine import BatchBuffers, WorkerPool
 from keras_sepseq.errors import SampleError, ShapeMismatchError, TooManyErrorsError
 from keras_sepseq.paths import PathArray, is_path_sequence
 
@@ -391,6 +391,7 @@ class BaseSequence(keras.utils.PyDataset):
         self.num_workers = check_int("workers", workers, minimum=0)
         self.use_processes = bool(use_multiprocessing)
         self._pool: WorkerPool | None = None
+        self.buffers = BatchBuffers()  # batch arrays are recycled once nothing else holds them
         if cache is not None and not isinstance(cache, (str, os.PathLike)):
             raise ValueError(f"`cache` must be None, 'memory' or a directory path. Received: cache={cache!r}")
         self.cache = cache if cache in (None, "memory") else os.fspath(cache)
@@ -1314,6 +1315,7 @@ def stack_arrays(
     dtype: Any = None,
     write: Callable[[np.ndarray, np.ndarray], None] = copy_same_kind,
     hint: str = "",
+    empty: Callable[[tuple, Any], np.ndarray] = np.empty,
 ) -> np.ndarray:
     """Stacks per-sample arrays into one preallocated batch, converting each once.
 
@@ -1326,6 +1328,8 @@ def stack_arrays(
         write: `write(out, value)` copies one sample into its slot. Defaults
             to a copy that refuses casts across kinds (float into int, say).
         hint: A sentence appended to a shape-mismatch message.
+        empty: Allocates the batch, `np.empty` by default (a
+            `BatchBuffers.empty` recycles them).
 
     Returns:
         An array of shape `(len(values),) + sample_shape`.
@@ -1340,7 +1344,7 @@ def stack_arrays(
     (2, 2)
     """
     first = values[0]
-    batch = np.empty((len(values),) + first.shape, dtype=first.dtype if dtype is None else dtype)
+    batch = empty((len(values),) + first.shape, first.dtype if dtype is None else dtype)
     for k, value in enumerate(values):
         if value.shape != first.shape:
             message = (

@@ -10,7 +10,7 @@ import pytest
 from conftest import decode_index
 
 from keras_sepseq import SampleError, SeparatedSequence
-from keras_sepseq.engine import WorkerDiedError
+from keras_sepseq.engine import BatchBuffers, WorkerDiedError
 
 MODES = [
     pytest.param(False, id="threads"),
@@ -170,3 +170,63 @@ def test_request_order_is_unknown_outside_keras(dataset):
 
     seq = SeparatedSequence(*dataset, batch_size=2)
     assert keras_request_order(seq, 0) is None
+
+
+SHAPE = (8, 128, 128, 3)  # 1.5 MiB of float32: large enough to be recycled
+
+
+def test_a_released_batch_array_is_handed_out_again():
+    buffers = BatchBuffers()
+    first = buffers.empty(SHAPE, np.float32)
+    address = first.ctypes.data
+    del first
+    again = buffers.empty(SHAPE, np.float32)
+    assert again.ctypes.data == address and buffers.reused == 1
+
+
+@pytest.mark.parametrize(
+    "hold",
+    [lambda a: a, lambda a: a[0], lambda a: a.reshape(-1), lambda a: memoryview(a), lambda a: (a, "in a tuple")],
+    ids=["the array", "a view", "a reshaped view", "a memoryview", "a tuple holding it"],
+)
+def test_an_array_still_referred_to_is_never_handed_out(hold):
+    buffers = BatchBuffers()
+    array = buffers.empty(SHAPE, np.float32)
+    address = array.ctypes.data
+    kept = hold(array)
+    del array
+    other = buffers.empty(SHAPE, np.float32)
+    assert other.ctypes.data != address and buffers.reused == 0
+    assert kept is not None
+
+
+def test_small_or_differently_shaped_arrays_are_fresh_and_the_pool_is_bounded():
+    buffers = BatchBuffers(limit=2)
+    small = buffers.empty((4, 4), np.float32)
+    assert small.shape == (4, 4) and buffers._arrays == []
+    held = [buffers.empty(SHAPE, np.float32) for _ in range(5)]
+    assert len(buffers._arrays) == 2 and len({a.ctypes.data for a in held}) == 5
+    del held
+    assert buffers.empty(SHAPE[:1] + (64, 64, 3), np.float32).shape == (8, 64, 64, 3)  # replaces a free one
+    assert len(buffers._arrays) == 2
+    assert pickle.loads(pickle.dumps(buffers))._arrays == []
+
+
+@pytest.mark.parametrize("cache", [None, "memory"], ids=["decoded", "cached"])
+def test_batches_kept_by_the_caller_are_never_overwritten(tmp_path, cache):
+    from conftest import write_indexed_dataset
+
+    images, labels = write_indexed_dataset(tmp_path / "data", 40)
+    seq = SeparatedSequence(images, labels, batch_size=8, image_size=(128, 128), interpolation="nearest", seed=3, cache=cache)
+    for epoch in range(3):
+        kept = [seq[i] for i in range(len(seq))]
+        seen = np.concatenate([decode_index(x) for x, _ in kept])
+        assert sorted(seen.tolist()) == list(range(40))  # nothing overwritten by a later batch
+        for x, y in kept:
+            np.testing.assert_array_equal(decode_index(x), y)
+        del kept
+        for i in range(len(seq)):  # released at once: these batches reuse one array
+            x, y = seq[i]
+            np.testing.assert_array_equal(decode_index(x), y)
+        seq.on_epoch_end()
+    assert seq.buffers.reused > 0
