@@ -225,13 +225,14 @@ class Result:
 
     Attributes:
         name: The candidate.
-        cold: Images/s in the first epoch.
+        cold: Images/s in the first epoch (the median over rounds).
         steady: The median images/s of the later epochs (a median, because
             Keras's generator-backed tf.data sometimes stalls for about a
             second at an epoch's start, which a mean of short epochs would
-            let dominate).
-        peak_rss_mb: Peak resident memory of the process tree while it ran.
-        epochs: Images/s of each epoch.
+            let dominate), then the median over rounds.
+        peak_rss_mb: Peak resident memory of the process tree while it ran
+            (the highest over rounds).
+        epochs: Images/s of each epoch, one list per round.
         note: What it is, in words.
     """
 
@@ -239,7 +240,7 @@ class Result:
     cold: float
     steady: float
     peak_rss_mb: float
-    epochs: list[float] = field(default_factory=list)
+    epochs: list[list[float]] = field(default_factory=list)
     note: str = ""
 
 
@@ -381,6 +382,7 @@ def run_bench(
     workers: int = 2,
     only: list[str] | None = None,
     scale_paths: int = 1_000_000,
+    repeats: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Runs every candidate through `model.fit` on the same files and returns the measurements.
@@ -400,6 +402,10 @@ def run_bench(
         scale_paths: Also build both classes over this many made-up paths
             and report time, memory and pickle size (0 to skip). Defaults
             to 1,000,000.
+        repeats: Rounds over all candidates (and the decode limit), each
+            with fresh datasets and caches; the report gives medians. On a
+            shared machine whose speed drifts, interleaved rounds keep the
+            ratios fair. Defaults to 1.
         log: Where progress lines go. Defaults to `print`.
 
     Returns:
@@ -407,7 +413,7 @@ def run_bench(
         `ratios` and the settings.
 
     Raises:
-        ValueError: If `epochs < 2`.
+        ValueError: If `epochs < 2` or `repeats < 1`.
 
     Example:
 
@@ -419,6 +425,8 @@ def run_bench(
 
     if epochs < 2:
         raise ValueError(f"`epochs` must be >= 2 (one cold, then steady). Received: epochs={epochs}")
+    if repeats < 1:
+        raise ValueError(f"`repeats` must be >= 1. Received: repeats={repeats}")
     labels = np.asarray(labels, dtype=np.int64)
     size = tuple(image_size)
     cores = min(workers, os.cpu_count() or 1)
@@ -455,7 +463,7 @@ def run_bench(
             self.rates.append(samples / (time.perf_counter() - self.start))
 
     steps = -(-len(paths) // batch_size)
-    cache_dir = tempfile.mkdtemp(prefix="keras_sepseq_bench_cache_")
+    cache_dir = ""  # a fresh folder each round, so that every round's first epoch is cold
     candidates: list[tuple[str, str, Callable[[], Any], dict]] = [
         ("tf.data pipeline", "the classic recipe: from_tensor_slices, map(AUTOTUNE), shuffle, batch, prefetch",
          lambda: _tf_pipeline(paths, labels, size, batch_size, 0), {}),
@@ -476,33 +484,51 @@ def run_bench(
         ("numpy arrays in RAM", "fit(x, y) on float32 arrays decoded beforehand: the ceiling",
          None, {}),
     ]  # fmt: skip
-    results: list[Result] = []
-    for name, note, make, fit_kwargs in candidates:
-        if only and not any(o.lower() in name.lower() for o in only):
-            continue
-        timer = Timer()
-        with PeakMemory() as memory:
-            if make is None:
-                x = np.stack([_pil_load(p, size) for p in paths])
-                model.fit(x, labels, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[timer])
-                del x
-            else:
-                data = make()
-                shuffle = {"shuffle": False} if not hasattr(data, "num_batches") else {}  # tf.data, generator: own order
-                model.fit(data, epochs=epochs, verbose=0, callbacks=[timer], **shuffle, **fit_kwargs)
-                if hasattr(data, "close"):
-                    data.close()
-                del data
-        result = Result(name, timer.rates[0], float(np.median(timer.rates[1:])), memory.peak / 2**20, timer.rates, note)
-        results.append(result)
-        log(f"{name:<42} cold {result.cold:8,.0f}/s  steady {result.steady:8,.0f}/s  peak RSS {result.peak_rss_mb:6,.0f} MB")
+    runs: dict[str, list[tuple[list[float], float]]] = {}
+    singles = []
+    for round_index in range(repeats):
+        cache_dir = tempfile.mkdtemp(prefix="keras_sepseq_bench_cache_")
+        if repeats > 1:
+            log(f"round {round_index + 1} of {repeats}")
+        for name, note, make, fit_kwargs in candidates:
+            if only and not any(o.lower() in name.lower() for o in only):
+                continue
+            timer = Timer()
+            with PeakMemory() as memory:
+                if make is None:
+                    x = np.stack([_pil_load(p, size) for p in paths])
+                    model.fit(x, labels, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[timer])
+                    del x
+                else:
+                    data = make()
+                    shuffle = {"shuffle": False} if not hasattr(data, "num_batches") else {}  # tf.data, generator: own order
+                    model.fit(data, epochs=epochs, verbose=0, callbacks=[timer], **shuffle, **fit_kwargs)
+                    if hasattr(data, "close"):
+                        data.close()
+                    del data
+            runs.setdefault(name, []).append((timer.rates, memory.peak / 2**20))
+            log(f"{name:<42} cold {timer.rates[0]:8,.0f}/s  steady {float(np.median(timer.rates[1:])):8,.0f}/s  "
+                f"peak RSS {memory.peak / 2**20:6,.0f} MB")  # fmt: skip
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        singles.append(decode_rate(paths, size))
+    notes = {name: note for name, note, _, _ in candidates}
+    results = [
+        Result(
+            name,
+            float(np.median([rates[0] for rates, _ in rounds])),
+            float(np.median([np.median(rates[1:]) for rates, _ in rounds])),
+            max(peak for _, peak in rounds),
+            [rates for rates, _ in rounds],
+            notes[name],
+        )
+        for name, rounds in runs.items()
+    ]
 
-    shutil.rmtree(cache_dir, ignore_errors=True)
     scale = measure_construction(scale_paths) if scale_paths else {}
     for name, m in scale.items():
         log(f"{name} over {m['paths']:,} paths: built in {m['seconds']:.2f} s, +{m['rss_mb']:.0f} MB RSS, "
             f"pickles to {m['pickle_mb']:.1f} MB, no file opened")  # fmt: skip
-    single = decode_rate(paths, size)
+    single = float(np.median(singles))
     limit = single * cores
     log(f"{'decode limit':<42} {single:,.0f}/s on one core x {cores} cores = {limit:,.0f}/s")
     reference = next((r for r in results if r.name == "tf.data pipeline"), None)
@@ -515,7 +541,7 @@ def run_bench(
         }
     return {
         "settings": {"samples": len(paths), "image_size": list(size), "batch_size": batch_size, "epochs": epochs,
-                     "workers": workers, "cores": os.cpu_count()},
+                     "workers": workers, "cores": os.cpu_count(), "repeats": repeats},
         "decode_limit": {"single_core": single, "cores_used": cores, "images_per_second": limit},
         "results": [asdict(r) for r in results],
         "construction": scale,

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: %(default)s)")
     bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs per candidate, first one cold (default: 4; 2 with --quick)")
     bench.add_argument("--workers", type=_positive_int, default=2, help="workers of the parallel candidates (default: %(default)s)")
+    bench.add_argument("--repeats", type=_positive_int, default=1, help="rounds over all candidates, medians reported (default: %(default)s)")
     bench.add_argument("--only", action="append", metavar="NAME", help="run only candidates whose name contains NAME (repeatable)")
     bench.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="also write a bar chart (needs matplotlib)")
@@ -200,7 +201,7 @@ def _bench(args: argparse.Namespace) -> int:
           f"{args.workers} workers, {os.cpu_count()} cores")  # fmt: skip
     report = bench.run_bench(
         paths, labels, image_size=size, batch_size=args.batch_size, epochs=epochs, workers=args.workers, only=args.only,
-        scale_paths=100_000 if args.quick else 1_000_000,
+        scale_paths=100_000 if args.quick else 1_000_000, repeats=args.repeats,
     )
     print()
     print(bench.format_report(report))

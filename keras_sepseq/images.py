@@ -13,8 +13,10 @@ import struct
 import warnings
 from collections.abc import Sequence
 
+import cv2
 import imageio.v3 as iio
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 COLOR_MODES: dict[str, int] = {"grayscale": 1, "rgb": 3, "rgba": 4}
@@ -251,7 +253,6 @@ def resize_image(
     if pixels.shape[:2] == (height, width):
         return pixels
     if not antialias and interpolation in _OPENCV_FILTERS and pixels.dtype in _OPENCV_DTYPES:
-        cv2 = _opencv()
         flag = getattr(cv2, _OPENCV_FILTERS[interpolation])
         out = cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=flag)
         return out.reshape(height, width, pixels.shape[2])
@@ -363,12 +364,6 @@ def _check_pixels(width: int, height: int, limit: int | None) -> None:
         )
 
 
-def _opencv():
-    import cv2
-
-    return cv2
-
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -385,8 +380,6 @@ def _sniff(data: bytes) -> tuple[str, int, int, bool] | None:
         width, height = struct.unpack(">II", data[16:24])
         return "PNG", width, height, data[25] in (0, 4)  # color types 0 and 4: gray, gray + alpha
     if data.startswith(b"\xff\xd8"):
-        import simplejpeg
-
         try:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         except ValueError:
@@ -410,8 +403,6 @@ def _decode_fast(data: bytes, header: tuple, color_mode: str, image_size) -> np.
     """
     fmt, width, height, gray = header
     if fmt == "JPEG":
-        import simplejpeg
-
         want_gray = gray or color_mode == "grayscale"
         minimum = {} if image_size is None else {"min_height": image_size[0], "min_width": image_size[1]}
         try:
@@ -419,7 +410,6 @@ def _decode_fast(data: bytes, header: tuple, color_mode: str, image_size) -> np.
         except ValueError:
             return None
         return pixels if pixels.size else None
-    cv2 = _opencv()
     if color_mode == "rgb":
         flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_ANYDEPTH
     elif color_mode == "grayscale" and gray:
