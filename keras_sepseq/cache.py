@@ -114,16 +114,22 @@ class MemoryCache:
         """Which of `indices` are in the cache."""
         return self.filled[indices]
 
-    def get_stacked(self, indices: np.ndarray) -> tuple | None:
-        """The items of `indices` already stacked, one array per item slot, when all are in one array.
+    def slabs_for(self, indices: np.ndarray) -> tuple | None:
+        """The cache's own arrays, one per item slot (row `i` holds sample `i`), if all of `indices` are in them.
+
+        Reading the rows of a batch straight from these (rather than
+        gathering them into a new array first) saves a copy per batch.
+
+        Args:
+            indices: Sample indices.
 
         Returns:
-            A tuple of arrays (or `None` slots), or `None` if any sample is
-            missing or kept apart.
+            A tuple of arrays (or `None` slots) not to be written to, or
+            `None` if any sample is missing or kept apart.
         """
         if self.slabs is None or self.loose or not self.filled[indices].all():
             return None
-        return tuple(None if slab is None else slab[indices] for slab in self.slabs)
+        return tuple(self.slabs)
 
     def get(self, index: int) -> tuple | None:
         """The cached item of sample `index`, or `None`."""
@@ -229,11 +235,15 @@ class DirectoryCache:
         """Which of `indices` were cached (their source files are checked only on `get`)."""
         return self.state["filled"][indices].astype(bool)
 
-    def get_stacked(self, indices: np.ndarray) -> tuple | None:
-        """The items of `indices` stacked, one array per item slot, if all are cached and unchanged.
+    def slabs_for(self, indices: np.ndarray) -> tuple | None:
+        """The memory-mapped arrays, one per item slot, if all of `indices` are cached and unchanged.
+
+        Args:
+            indices: Sample indices.
 
         Returns:
-            A tuple of arrays (or `None` slots), or `None`.
+            A tuple of arrays (or `None` slots) not to be written to, or
+            `None`.
         """
         if self.slabs is None:
             return None
@@ -246,7 +256,7 @@ class DirectoryCache:
             return None
         if any(stat != (int(r["size"]), int(r["mtime_ns"])) for stat, r in zip(stats, records)):
             return None
-        return tuple(None if slab is None else slab[indices] for slab in self.slabs)
+        return tuple(self.slabs)
 
     def get(self, index: int) -> tuple | None:
         """The cached item of sample `index`, or `None` if absent or its source file changed."""

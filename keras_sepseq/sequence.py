@@ -653,9 +653,9 @@ class BaseSequence(keras.utils.PyDataset):
         indices = self.batch_indices(position)
         cache = self.sample_cache()
         if cache is not None:
-            stacked = cache.get_stacked(indices)
-            if stacked is not None:
-                batch = self.collate_stacked(indices, stacked, position)
+            slabs = cache.slabs_for(indices)
+            if slabs is not None:
+                batch = self.collate_cached(indices, slabs, position)
                 if batch is not NotImplemented:
                     return batch if self.on_error == "raise" else batch + (np.ones(len(indices), np.float32),)
         items: list[Any] = [None] * len(indices)
@@ -1088,15 +1088,17 @@ class BaseSequence(keras.utils.PyDataset):
         """
         raise NotImplementedError("subclasses of BaseSequence implement collate(indices, items, position)")
 
-    def collate_stacked(self, indices: np.ndarray, stacked: tuple, position: int | None = None):
-        """Assembles a batch from items a cache already stacked (one array per item slot).
+    def collate_cached(self, indices: np.ndarray, slabs: tuple, position: int | None = None):
+        """Assembles a batch straight from a cache's arrays, when every sample of it is cached.
 
-        Optional: return `NotImplemented` (the default) to have the items
-        passed to `collate` one by one instead.
+        Optional: return `NotImplemented` (the default) to have the cached
+        items passed to `collate` one by one instead.
 
         Args:
             indices: Sample indices, in batch order.
-            stacked: For each item slot, the stacked arrays of `indices`.
+            slabs: For each item slot, the cache's array whose row `i` holds
+                sample `i` (or `None`); read the rows at `indices`, never
+                write.
             position: As for `collate`.
 
         Returns:

@@ -109,6 +109,9 @@ def test_bench_quick_smoke_run(tmp_path, capsys):
         assert result["cold"] == pytest.approx(sum(rates[0] for rates in result["epochs"]) / 2)  # the median of two
         assert report["ratios"][result["name"]]["cold_vs_pipeline"] > 0
     assert report["ratios"]["tf.data pipeline"]["cold_vs_pipeline"] == 1.0
+    assert report["ratios"]["numpy arrays in RAM"]["steady_vs_numpy"] == 1.0
+    for result in report["results"]:
+        assert result["best"] == max(max(rates[1:]) for rates in result["epochs"])
     assert report["decode_limit"]["images_per_second"] > 0
     assert "cold vs" in out and "decode limit" in out and "round 2 of 2" in out
     assert report["settings"]["repeats"] == 2
