@@ -150,15 +150,20 @@ def images_in(directory: str) -> list[str]:
 # Measurement helpers.
 
 
-def _rss_bytes(pid: int) -> int:
+def _proc_kib(path: str, key: str) -> int | None:
+    """The value of a `key: N kB` line of a /proc file, in bytes; `None` if unreadable."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def _rss_bytes(pid: int) -> int:
+    return _proc_kib(f"/proc/{pid}/status", "VmRSS:") or 0
 
 
 def _children(pid: int) -> list[int]:
@@ -170,17 +175,6 @@ def _children(pid: int) -> list[int]:
         except OSError:
             pass
     return found
-
-
-def _pss_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def process_tree_rss() -> int:
@@ -201,7 +195,7 @@ def process_tree_rss() -> int:
     """
     total = 0
     for pid in [os.getpid(), *_children(os.getpid())]:
-        pss = _pss_bytes(pid)
+        pss = _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
         total += _rss_bytes(pid) if pss is None else pss
     return total
 
