@@ -59,3 +59,26 @@ def test_fit_through_the_tf_dataset(indexed_dataset):
     model.compile("sgd", "mse")
     assert len(model.fit(seq.to_tf_dataset(), epochs=3, verbose=0).history["loss"]) == 3
     seq.close()
+
+
+def test_the_tf_dataset_keras_builds_from_ours_has_autotuning_off(indexed_dataset):
+    import keras
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    from keras_sepseq import sequence
+
+    class Plain(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return np.zeros((2, 3), np.float32), np.zeros(2, np.float32)
+
+    images, labels = indexed_dataset(8)
+    ours = PyDatasetAdapter(SeparatedSequence(images, labels, batch_size=4), shuffle=True).get_tf_dataset()
+    theirs = PyDatasetAdapter(Plain(), shuffle=True).get_tf_dataset()
+    assert ours.options().autotune.enabled is False  # no epoch-start stall (see _without_tf_data_autotune)
+    assert theirs.options().autotune.enabled is not False  # other datasets left alone
+    wrapped = PyDatasetAdapter.get_tf_dataset
+    sequence._adjust_keras_adapter()  # installing twice wraps once
+    assert PyDatasetAdapter.get_tf_dataset is wrapped and wrapped.keras_sepseq_wrapped
