@@ -26,6 +26,7 @@ machine, at one time: compare them, not absolute rates across machines.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import shutil
@@ -343,6 +344,99 @@ def decode_rate(paths: list[str], size: tuple[int, int], seconds: float = 3.0) -
     return done / (time.perf_counter() - start)
 
 
+class _GrainIndices:
+    """Grain data source: sample indices (module level, so that Grain's spawned workers can unpickle it)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+if importlib.util.find_spec("grain") is not None:  # optional: only `bench` compares with Grain
+    import grain.python as _grain
+
+    class _GrainDecode(_grain.MapTransform):
+        """Grain map transform: the same `decode_image` call SeparatedSequence makes."""
+
+        def __init__(self, paths: list[str], size: tuple[int, int]) -> None:
+            self.paths, self.size = list(paths), size
+
+        def map(self, index: int) -> dict[str, np.ndarray]:
+            from keras_sepseq.images import decode_image
+
+            return {"x": decode_image(self.paths[index], image_size=self.size), "index": np.int64(index)}
+
+
+def loader_rates(paths: list[str], size: tuple[int, int], batch_size: int, workers: int, epochs: int = 3) -> dict[str, list[float]]:
+    """Images/s of the loaders alone (no model), per epoch: keras_sepseq's workers, and Grain's if installed.
+
+    Each loader yields float32 batches in [0, 1], as `fit` would get them;
+    the first epoch includes starting the workers. Grain
+    (`pip install grain`) is the engine the performance issue names as an
+    alternative for process workers: its `DataLoader` spawns workers and
+    moves batches through shared memory. Here it runs the same
+    `decode_image` per sample and transfers uint8 batches.
+
+    Args:
+        paths: Image files.
+        size: `(height, width)`.
+        batch_size: Samples per batch.
+        workers: Threads or processes.
+        epochs: Epochs per loader. Defaults to 3: after the first, Grain's
+            workers have decoded ahead into the second; the last is fair.
+
+    Returns:
+        `{name: [images/s per epoch]}`; Grain is missing when not installed.
+
+    Example:
+
+    >>> loader_rates(paths, (128, 128), 32, 2)  # doctest: +SKIP
+    """
+    from keras_sepseq.separated import SeparatedSequence
+
+    labels = np.zeros(len(paths), np.int64)
+    rates: dict[str, list[float]] = {}
+    for name, processes in [(f"SeparatedSequence, {workers} threads", False), (f"SeparatedSequence, {workers} processes", True)]:
+        seq = SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers, use_multiprocessing=processes)
+        rates[name] = []
+        for _ in range(epochs):
+            start = time.perf_counter()
+            seq.on_epoch_begin()
+            for position in range(len(seq)):
+                seq[position]
+            seq.on_epoch_end()
+            rates[name].append(len(paths) / (time.perf_counter() - start))
+        seq.close()
+    if "_GrainDecode" not in globals():
+        return rates
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; a plain script never parses them
+    sampler = _grain.IndexSampler(
+        num_records=len(paths), num_epochs=epochs, shard_options=_grain.NoSharding(), shuffle=True, seed=0
+    )
+    loader = _grain.DataLoader(
+        data_source=_GrainIndices(len(paths)), sampler=sampler,
+        operations=[_GrainDecode(paths, size), _grain.Batch(batch_size)], worker_count=workers, worker_buffer_size=2,
+    )  # fmt: skip
+    name, seen, start = f"Grain DataLoader, {workers} processes", 0, time.perf_counter()
+    rates[name] = []
+    for batch in loader:
+        np.multiply(batch["x"], np.float32(1 / 255), dtype=np.float32)
+        seen += len(batch["x"])
+        if seen >= len(paths) * (len(rates[name]) + 1):
+            now = time.perf_counter()
+            rates[name].append(len(paths) / (now - start))
+            start = now
+    return rates
+
+
 def measure_construction(num_paths: int = 1_000_000) -> dict[str, dict[str, float]]:
     """Builds `SeparatedSequence` and `PaddedSequence` over `num_paths` made-up paths, and measures it.
 
@@ -429,7 +523,8 @@ def run_bench(
 
     Returns:
         A dict with `results` (a list of `Result` dicts), `decode_limit`,
-        `ratios` and the settings.
+        `ratios`, `loaders` (see `loader_rates`), `construction` and the
+        settings.
 
     Raises:
         ValueError: If `epochs < 2` or `repeats < 1`.
@@ -544,6 +639,9 @@ def run_bench(
         for name, rounds in runs.items()
     ]
 
+    loaders = loader_rates(paths, size, batch_size, workers)
+    for name, rates in loaders.items():
+        log(f"{name + ', loader only':<42} " + "  ".join(f"epoch {k + 1} {r:8,.0f}/s" for k, r in enumerate(rates)))
     scale = measure_construction(scale_paths) if scale_paths else {}
     for name, m in scale.items():
         log(f"{name} over {m['paths']:,} paths: built in {m['seconds']:.2f} s, +{m['rss_mb']:.0f} MB RSS, "
@@ -568,6 +666,7 @@ def run_bench(
         "decode_limit": {"single_core": single, "cores_used": cores, "images_per_second": limit},
         "results": [asdict(r) for r in results],
         "construction": scale,
+        "loaders": loaders,
         "ratios": ratios,
     }  # fmt: skip
 
@@ -601,6 +700,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"{fmt(ratio.get('best_vs_numpy')):>8} {r['peak_rss_mb']:8,.0f}"
         )
     lines.append(f"{'decode limit':<42} {limit:8,.0f} (decode + resize on one core x {report['decode_limit']['cores_used']})")
+    for name, rates in report.get("loaders", {}).items():
+        lines.append(
+            f"{name + ', loader only (no model)':<52} epoch 1 {rates[0]:7,.0f}/s, then {rates[-1]:7,.0f}/s "
+            f"= {rates[-1] / limit:.2f}x decode limit"
+        )
     for name, m in report.get("construction", {}).items():
         lines.append(
             f"{name} over {m['paths']:,} paths: built in {m['seconds']:.2f} s, +{m['rss_mb']:.0f} MB RSS, "

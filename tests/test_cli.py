@@ -115,6 +115,10 @@ def test_bench_quick_smoke_run(tmp_path, capsys):
     assert report["decode_limit"]["images_per_second"] > 0
     assert "cold vs" in out and "decode limit" in out and "round 2 of 2" in out
     assert report["settings"]["repeats"] == 2
+    loaders = report["loaders"]
+    assert {"SeparatedSequence, 2 threads", "SeparatedSequence, 2 processes"} <= set(loaders)
+    assert all(len(rates) == 3 and min(rates) > 0 for rates in loaders.values())  # Grain too, where installed
+    assert "loader only (no model)" in out
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
