@@ -3,6 +3,11 @@
 They work on their own, without a dataset object; `SeparatedSequence`
 composes them. Pixels stay in their source precision (`uint8` or
 `uint16`) until `write_pixels` converts them once, into the batch array.
+
+Which library does what (see "Dependencies" in the README for the
+measurements): OpenCV decodes PNG and does the sampled resizes,
+simplejpeg decodes JPEG, Pillow decodes everything else and does the
+antialiased resizes, and imageio reads what Pillow cannot.
 """
 
 from __future__ import annotations
