@@ -261,18 +261,11 @@ def keras_request_order(dataset: Any, position: int) -> list[int] | None:
     >>> keras_request_order(seq, 0) is None  # not called from Keras
     True
     """
-    frame = sys._getframe(1)
-    for _ in range(3):  # __getitem__ and this module's own frames come first
-        frame = frame.f_back
-        if frame is None:
-            return None
-        if frame.f_code.co_name == "_finite_generator":
-            break
-    else:
+    frame = keras_frame(dataset, "_finite_generator")
+    if frame is None:
         return None
-    adapter = frame.f_locals.get("self")
     indices = frame.f_locals.get("indices")
-    if getattr(adapter, "py_dataset", None) is not dataset or not isinstance(indices, (list, range)):
+    if not isinstance(indices, (list, range)):
         return None
     cursor = getattr(dataset, "_keras_cursor", None)
     if cursor is None or cursor[0] is not indices or cursor[1] >= len(indices) or indices[cursor[1]] != position:
@@ -284,6 +277,32 @@ def keras_request_order(dataset: Any, position: int) -> list[int] | None:
         where = cursor[1]
     dataset._keras_cursor = (indices, where + 1)
     return list(indices[where + 1 : where + 1 + dataset.max_queue_size])
+
+
+def keras_frame(dataset: Any, function: str, depth: int = 8) -> Any:
+    """The frame of a Keras adapter's `function` working on `dataset`, among the callers; else `None`.
+
+    Args:
+        dataset: The dataset being indexed.
+        function: A `PyDatasetAdapter` method name, e.g. `"get_tf_dataset"`.
+        depth: How many frames up to look. Defaults to 8.
+
+    Returns:
+        The frame, or `None`.
+
+    Example:
+
+    >>> keras_frame(seq, "get_tf_dataset") is None  # not called from Keras
+    True
+    """
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        frame = frame.f_back
+        if frame is None:
+            return None
+        if frame.f_code.co_name == function:
+            return frame if getattr(frame.f_locals.get("self"), "py_dataset", None) is dataset else None
+    return None
 
 
 def copy_same_kind(out: np.ndarray, value: np.ndarray) -> None:
@@ -1048,9 +1067,14 @@ class BaseSequence(keras.utils.PyDataset):
         Batches asked for in order are followed by the next ones. When Keras's
         PyDataset generator is asking, its own (possibly shuffled) batch order
         is read from the generator, so that `fit(shuffle=True)` prefetches too.
+        Nothing is prefetched for Keras's signature read (`seq[0]`, `seq[1]`
+        before training): Keras moves to the next epoch's order right after
+        it, so those batches would be decoded for nothing.
         """
         previous, self._last_position = getattr(self, "_last_position", None), position
         limit = self.max_queue_size
+        if keras_frame(self, "get_tf_dataset") is not None:
+            return []
         order = keras_request_order(self, position)
         if order is not None:
             return order[:limit]

@@ -230,3 +230,15 @@ def test_batches_kept_by_the_caller_are_never_overwritten(tmp_path, cache):
             np.testing.assert_array_equal(decode_index(x), y)
         seq.on_epoch_end()
     assert seq.buffers.reused > 0
+
+
+def test_nothing_is_prefetched_for_the_batches_keras_reads_for_its_signature(dataset):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    images, labels = dataset
+    seq = SeparatedSequence(images, labels, batch_size=4, workers=2, seed=0)
+    PyDatasetAdapter(seq, shuffle=True).get_tf_dataset()  # reads seq[0] and seq[1]
+    assert seq._pool is not None and len(seq._pool._pending) == 0
+    seq[0]  # any other caller asking in order gets the next batches prefetched
+    assert len(seq._pool._pending) > 0
+    seq.close()
