@@ -244,11 +244,10 @@ class WorkerPool:
 
 
 def _free_refcount() -> int:
-    """`sys.getrefcount` of a list element seen from a loop over the list, with no other reference."""
+    """`sys.getrefcount` of a list element bound to one local name, with no other reference."""
     probe = [object()]
-    for item in probe:
-        return sys.getrefcount(item)
-    raise AssertionError("unreachable")
+    item = probe[0]  # the same references as in BatchBuffers.empty: the list's and one name's
+    return sys.getrefcount(item)
 
 
 class BatchBuffers:
@@ -299,18 +298,19 @@ class BatchBuffers:
         if math.prod(shape) * dtype.itemsize < self.min_bytes:
             return np.empty(shape, dtype)
         with self._lock:
-            spare = None
-            for array in self._arrays:
+            spare = None  # where a free array of another shape (a last, shorter batch, say) can make room
+            for k in range(len(self._arrays)):
+                array = self._arrays[k]  # held by the list and this name only, when nobody else has it
                 if sys.getrefcount(array) <= self._FREE:
                     if array.shape == shape and array.dtype == dtype:
                         self.reused += 1
                         return array
-                    spare = array
+                    spare = k
             array = np.empty(shape, dtype)
             if len(self._arrays) < self.limit:
                 self._arrays.append(array)
-            elif spare is not None:  # a free array of another shape (a last, shorter batch, say) makes room
-                self._arrays[next(k for k, a in enumerate(self._arrays) if a is spare)] = array
+            elif spare is not None:
+                self._arrays[spare] = array
             return array
 
     def __getstate__(self) -> dict:

@@ -171,7 +171,8 @@ def convert_color(pixels: np.ndarray, color_mode: str) -> np.ndarray:
         color_mode: One of `"grayscale"`, `"rgb"`, `"rgba"`.
 
     Returns:
-        An array of shape `(H, W, 1 | 3 | 4)` in the input's dtype.
+        An array of shape `(H, W, 1 | 3 | 4)` in the input's dtype: the
+        input itself when it already has the channels of `color_mode`.
 
     Raises:
         ValueError: If `color_mode` is unknown.
@@ -186,6 +187,8 @@ def convert_color(pixels: np.ndarray, color_mode: str) -> np.ndarray:
             f"`color_mode` must be one of {sorted(COLOR_MODES)}. Received: color_mode={color_mode!r}"
         )
     channels = pixels.shape[2]
+    if channels == COLOR_MODES[color_mode]:  # gray to grayscale, RGB to rgb, RGBA to rgba: nothing to do
+        return pixels
     if channels == 2:
         gray, alpha = pixels[:, :, :1], pixels[:, :, 1:]
     elif channels in (1, 3):
@@ -336,26 +339,21 @@ def decode_image(
     header = _sniff(data)
     if header is not None:
         _check_pixels(header[1], header[2], limit)
-        pixels = _decode_fast(data, header, color_mode, image_size)
-        if pixels is not None:
-            if image_size is not None and pixels.shape[2] == COLOR_MODES[color_mode]:
-                return resize_image(pixels, image_size, interpolation=interpolation, antialias=antialias)
-            pixels = convert_color(pixels, color_mode)
-            if image_size is not None:
-                pixels = resize_image(pixels, image_size, interpolation=interpolation, antialias=antialias)
-            return pixels
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        image = None
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"the image is over the limit of Pillow's decompression-bomb guard: {e}") from e
-    if image is not None:
-        with image:
-            _check_pixels(image.size[0], image.size[1], limit)
-            if image.mode in _PIL_8BIT:
-                return _decode_8bit(image, color_mode, image_size, interpolation, antialias)
-    pixels = convert_color(standardize_pixels(read_image(path)), color_mode)
+    pixels = None if header is None else _decode_fast(data, header, color_mode, image_size)
+    if pixels is None:
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            image = None
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"the image is over the limit of Pillow's decompression-bomb guard: {e}") from e
+        if image is not None:
+            with image:
+                _check_pixels(image.size[0], image.size[1], limit)
+                if image.mode in _PIL_8BIT:
+                    return _decode_8bit(image, color_mode, image_size, interpolation, antialias)
+        pixels = standardize_pixels(read_image(path))
+    pixels = convert_color(pixels, color_mode)
     if image_size is not None:
         pixels = resize_image(pixels, image_size, interpolation=interpolation, antialias=antialias)
     return pixels

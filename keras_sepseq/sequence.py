@@ -1073,11 +1073,11 @@ class BaseSequence(keras.utils.PyDataset):
         """
         previous, self._last_position = getattr(self, "_last_position", None), position
         limit = self.max_queue_size
-        if keras_frame(self, "get_tf_dataset") is not None:
-            return []
-        order = keras_request_order(self, position)
+        order = keras_request_order(self, position)  # what fit asks for: the common case, checked first
         if order is not None:
             return order[:limit]
+        if keras_frame(self, "get_tf_dataset") is not None:
+            return []
         if previous is None or position in (0, previous + 1):
             return list(range(position + 1, min(len(self), position + 1 + limit)))
         return []
