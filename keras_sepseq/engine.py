@@ -93,7 +93,7 @@ class WorkerPool:
         self.use_processes = bool(use_processes)
         self.max_queue_size = max(0, int(max_queue_size))
         self._lock = threading.Lock()
-        self._pending: OrderedDict[Any, list[Future]] = OrderedDict()
+        self._pending: OrderedDict[Any, list[tuple[list[int], Future]]] = OrderedDict()  # key -> (chunk, future)s
         self.hits = 0  # batches that were prefetched by the time they were asked for
         self.misses = 0
         self._owner_pid = os.getpid()
@@ -118,12 +118,52 @@ class WorkerPool:
             self._submit_chunk = lambda chunk: self._executor.submit(load_chunk, chunk)
         _LIVE_POOLS.add(self)
 
-    def _submit(self, indices: np.ndarray) -> list[Future]:
+    def _submit(self, indices: np.ndarray) -> list[tuple[list[int], Future]]:
         chunks = np.array_split(np.asarray(indices, dtype=np.int64), min(self.workers, len(indices)))
-        return [self._submit_chunk(chunk.tolist()) for chunk in chunks if len(chunk)]
+        return [(chunk, self._submit_chunk(chunk)) for chunk in (c.tolist() for c in chunks) if chunk]
+
+    def _check_usable(self) -> None:
+        if self._executor is None:
+            raise RuntimeError("this WorkerPool was closed")
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError("a WorkerPool cannot be used from a forked child process")
+
+    def _drop_other_epochs(self, epoch: Any) -> None:
+        for stale in [k for k in self._pending if k[0] != epoch]:
+            for _, future in self._pending.pop(stale):
+                future.cancel()
+
+    def _enqueue(self, upcoming: list[tuple[tuple, np.ndarray]]) -> None:
+        """Submits `upcoming` batches not yet in flight, up to `max_queue_size` in flight."""
+        for next_key, next_indices in upcoming:
+            if len(self._pending) >= self.max_queue_size:
+                break
+            if next_key not in self._pending:
+                self._pending[next_key] = self._submit(next_indices)
+
+    def prefetch(self, upcoming: list[tuple[tuple, np.ndarray]]) -> None:
+        """Starts loading batches expected soon, without waiting for them.
+
+        Args:
+            upcoming: `(key, indices)` of the batches, most likely first;
+                keys are `(epoch, position)` as for `load`.
+
+        Example:
+
+        >>> pool.prefetch([((1, 4), seq.batch_indices(4))])  # doctest: +SKIP
+        """
+        if not upcoming:
+            return
+        with self._lock:
+            self._check_usable()
+            self._drop_other_epochs(upcoming[0][0][0])
+            self._enqueue(upcoming)
 
     def load(self, key: tuple, indices: np.ndarray, upcoming: list[tuple[tuple, np.ndarray]]) -> list[Any]:
         """Returns the items of one batch, loading them or collecting what was prefetched.
+
+        A batch that was not prefetched goes ahead of prefetched work that
+        no worker has started yet, so a wrong guess costs no waiting.
 
         Args:
             key: `(epoch, position)` of the batch; prefetched batches of
@@ -145,33 +185,27 @@ class WorkerPool:
         >>> pool.load((0, 0), np.array([3, 1]), [])  # doctest: +SKIP
         """
         with self._lock:
-            if self._executor is None:
-                raise RuntimeError("this WorkerPool was closed")
-            if os.getpid() != self._owner_pid:
-                raise RuntimeError("a WorkerPool cannot be used from a forked child process")
-            futures = self._pending.pop(key, None)
-            for stale in [k for k in self._pending if k[0] != key[0]]:
-                for future in self._pending.pop(stale):
-                    future.cancel()
-            if futures is None:
+            self._check_usable()
+            jobs = self._pending.pop(key, None)
+            self._drop_other_epochs(key[0])
+            if jobs is None:
                 self.misses += 1
-                futures = self._submit(indices)
+                waiting = [(k, j, chunk) for k, batch in self._pending.items() for j, (chunk, f) in enumerate(batch) if f.cancel()]
+                jobs = self._submit(indices)
+                for k, j, chunk in waiting:  # back in the queue, behind this batch
+                    self._pending[k][j] = (chunk, self._submit_chunk(chunk))
             else:
                 self.hits += 1
-            for next_key, next_indices in upcoming:
-                if len(self._pending) >= self.max_queue_size:
-                    break
-                if next_key not in self._pending:
-                    self._pending[next_key] = self._submit(next_indices)
+            self._enqueue(upcoming)
         try:
             items: list[Any] = []
-            for future in futures:
+            for _, future in jobs:
                 items.extend(self._result(future))
             return items
         except BrokenProcessPool as e:
             raise self._died() from e
         except BaseException:
-            for future in futures:
+            for _, future in jobs:
                 future.cancel()
             raise
 
@@ -231,8 +265,8 @@ class WorkerPool:
         with self._lock:
             executor, self._executor = getattr(self, "_executor", None), None
             pending, self._pending = getattr(self, "_pending", {}), OrderedDict()
-        for futures in pending.values():
-            for future in futures:
+        for jobs in pending.values():
+            for _, future in jobs:
                 future.cancel()
         if executor is not None and os.getpid() == self._owner_pid:
             executor.shutdown(wait=True, cancel_futures=True)

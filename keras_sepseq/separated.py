@@ -289,9 +289,10 @@ class SeparatedSequence(BaseSequence):
         >>> x, y = seq.collate(indices, [seq.load_item(i) for i in indices])  # doctest: +SKIP
         """
         hint = "" if self.image_size is not None else "Pass `image_size=(height, width)` to resize every image to one size."
+        pixels = [item[0] for item in items]
         x = stack_arrays(
-            [item[0] for item in items], lambda k: repr(self.image_paths[indices[k]]),
-            what="image", dtype=self.dtype, write=write_pixels, hint=hint, empty=self.buffers.empty,
+            pixels, lambda k: repr(self.image_paths[indices[k]]),
+            what="image", dtype=self._pixel_dtype(pixels), write=write_pixels, hint=hint, empty=self.buffers.empty,
         )  # fmt: skip
         if self.labels is not None:
             return x, self.labels[indices]
@@ -317,12 +318,35 @@ class SeparatedSequence(BaseSequence):
             `(x, y)` or `(x,)`.
         """
         pixels, labels = slabs
-        x = self.buffers.empty((len(indices),) + pixels.shape[1:], self.dtype)
+        x = self.buffers.empty((len(indices),) + pixels.shape[1:], self._pixel_dtype([pixels]))
         for k, index in enumerate(indices):
             write_pixels(x[k], pixels[index])
         if self.labels is not None:
             return x, self.labels[indices]
         return (x,) if labels is None else (x, labels[indices])
+
+    def deferred_scaling(self) -> dict[int, float]:
+        """With a float `dtype`, 8-bit images may reach a TensorFlow graph as `uint8`, scaled by 1/255 there.
+
+        See `BaseSequence.deferred_scaling`. Batches from `seq[i]` are not
+        affected; a batch holding a 16-bit image, or a float one from a
+        custom `load_input`, crosses in `dtype` as usual.
+
+        Returns:
+            `{0: 1 / 255}` for `float32` and `float16`, else `{}`.
+
+        Example:
+
+        >>> SeparatedSequence(["a.png"], [0], dtype="uint8").deferred_scaling()
+        {}
+        """
+        return {0: 1.0 / 255} if self.dtype in ("float32", "float16") else {}
+
+    def _pixel_dtype(self, pixels: list[np.ndarray]) -> str:
+        """`uint8` when the batch goes to a graph that scales it and every image is 8-bit, else `dtype`."""
+        if self.scaling_deferred and all(p.dtype == np.uint8 for p in pixels):
+            return "uint8"
+        return self.dtype
 
     def output_signature(self) -> tuple:
         """The `tf.TensorSpec`s of a batch: `x`, then `y` (if any), then `sample_weight` with `on_error="skip"`.

@@ -12,10 +12,12 @@ import functools
 import math
 import numbers
 import os
+import random
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -300,9 +302,41 @@ def keras_frame(dataset: Any, function: str, depth: int = 8) -> Any:
         frame = frame.f_back
         if frame is None:
             return None
-        if frame.f_code.co_name == function:
-            return frame if getattr(frame.f_locals.get("self"), "py_dataset", None) is dataset else None
+        if frame.f_code.co_name == function and getattr(frame.f_locals.get("self"), "py_dataset", None) is dataset:
+            return frame
     return None
+
+
+def keras_next_order(dataset: Any) -> list[int] | None:
+    """Predicts, when Keras starts an epoch, the batch order its generator will ask `dataset` for.
+
+    Called from `on_epoch_begin` under Keras's `PyDatasetAdapter`: the
+    adapter's generator asks for batches in order, or, with
+    `fit(shuffle=True)`, in the order `random.shuffle` gives when it starts,
+    which a copy of the `random` module's state predicts (nothing draws
+    from it in between). Like `keras_request_order`, it only guides
+    prefetching: a wrong guess costs nothing but the guess.
+
+    Args:
+        dataset: The dataset whose epoch begins.
+
+    Returns:
+        The predicted batch positions, or `None` when not called from Keras.
+
+    Example:
+
+    >>> keras_next_order(seq) is None  # not called from Keras
+    True
+    """
+    frame = keras_frame(dataset, "on_epoch_begin")
+    if frame is None:
+        return None
+    order = list(range(len(dataset)))
+    if getattr(frame.f_locals["self"], "shuffle", False):
+        generator = random.Random()
+        generator.setstate(random.getstate())
+        generator.shuffle(order)
+    return order
 
 
 def copy_same_kind(out: np.ndarray, value: np.ndarray) -> None:
@@ -692,14 +726,7 @@ class BaseSequence(keras.utils.PyDataset):
                 loaded = self.try_load_items([int(i) for i in wanted])
             else:
                 pool = self._worker_pool()
-                upcoming = []
-                for p in self._upcoming_positions(position):
-                    ahead = self.batch_indices(p)
-                    if cache is not None:
-                        ahead = ahead[~cache.filled_mask(ahead)]
-                    if len(ahead):
-                        upcoming.append(((self.epoch, p), ahead))
-                loaded = pool.load((self.epoch, position), wanted, upcoming)
+                loaded = pool.load((self.epoch, position), wanted, self._to_load(self._upcoming_positions(position)))
             for k, item in zip(missing, loaded):
                 items[k] = item
                 if cache is not None and not isinstance(item, SampleError):
@@ -768,13 +795,32 @@ class BaseSequence(keras.utils.PyDataset):
         return self._pool
 
     def on_epoch_begin(self) -> None:
-        """Starts the worker pool, if it is not running, from the thread Keras calls this in (the main one).
+        """Starts the worker pool, if it is not running, and the epoch's first batches loading.
 
-        Process workers are then forked before the epoch's loading threads
-        are busy, rather than from inside one of them.
+        Keras calls this from the main thread, so process workers are
+        forked before the epoch's loading threads are busy, rather than
+        from inside one of them. Under Keras, the batches its generator
+        will ask for first (see `keras_next_order`) start loading now,
+        while Keras sets up the epoch, instead of when the first is asked
+        for.
         """
         if self.parallel:
-            self._worker_pool()
+            pool = self._worker_pool()
+            order = keras_next_order(self)
+            if order:
+                pool.prefetch(self._to_load(order[: self.max_queue_size]))
+
+    def _to_load(self, positions: list[int]) -> list[tuple[tuple, np.ndarray]]:
+        """`((epoch, position), indices)` of the batches at `positions`, without samples the cache holds."""
+        cache = self.sample_cache()
+        batches = []
+        for p in positions:
+            indices = self.batch_indices(p)
+            if cache is not None:
+                indices = indices[~cache.filled_mask(indices)]
+            if len(indices):
+                batches.append(((self.epoch, p), indices))
+        return batches
 
     def _collate_skipping(self, indices: np.ndarray, items: list[Any], position: int) -> tuple:
         keep = []
@@ -824,6 +870,35 @@ class BaseSequence(keras.utils.PyDataset):
         """
         return [self._errors[k] for k in sorted(self._errors)]
 
+    def deferred_scaling(self) -> dict[int, float]:
+        """The batch elements that may reach a TensorFlow graph as `uint8`, to be scaled there. Subclasses say.
+
+        When Keras trains on the TensorFlow backend, or through
+        `to_tf_dataset()`, a batch goes from Python into a tf.data graph.
+        An image batch crosses as `uint8` in a quarter of the bytes of
+        `float32`, and the graph then computes `float32(pixels) * scale`
+        (cast to the element's dtype) in C++, outside the Python lock: the
+        same numbers `collate` would have produced, at lower cost to the
+        Python threads that also decode. While such a batch is assembled,
+        `scaling_deferred` is `True` and `collate` may return these
+        elements as unscaled `uint8`; whatever it returns in another dtype
+        is passed through unchanged.
+
+        Returns:
+            `{element index: scale}`; `{}` (the default) defers nothing.
+
+        Example:
+
+        >>> seq.deferred_scaling()  # doctest: +SKIP
+        {0: 0.00392156862745098}
+        """
+        return {}
+
+    @property
+    def scaling_deferred(self) -> bool:
+        """Whether the batch being assembled in this thread goes to a graph that applies `deferred_scaling()`."""
+        return getattr(_DEFERRING, "dataset", None) is self
+
     def output_signature(self) -> tuple:
         """The `tf.TensorSpec`s of a batch, `None` where sizes vary. Subclasses say.
 
@@ -865,7 +940,7 @@ class BaseSequence(keras.utils.PyDataset):
 
         options = tf.data.Options()
         options.autotune.enabled = False
-        dataset = tf.data.Dataset.from_generator(one_epoch, output_signature=signature).with_options(options)
+        dataset = batches_dataset(self, one_epoch, signature).with_options(options)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
         return dataset.prefetch(prefetch) if prefetch else dataset
 
@@ -1389,8 +1464,86 @@ def stack_arrays(
     return batch
 
 
+_DEFERRING = threading.local()  # .dataset: the sequence whose batch this thread assembles for batches_dataset
+
+
+def _deferrable(dataset: BaseSequence, signature: Any) -> dict[int, float]:
+    """The part of `dataset.deferred_scaling()` that applies to a flat tuple `signature` of floating tensors."""
+    import tensorflow as tf
+
+    if not isinstance(signature, tuple) or not all(isinstance(s, tf.TensorSpec) for s in signature):
+        return {}
+    plan = dataset.deferred_scaling()
+    return {k: float(v) for k, v in plan.items() if 0 <= k < len(signature) and signature[k].dtype.is_floating}
+
+
+def batches_dataset(dataset: BaseSequence, batches: Callable[[], Iterator], signature: tuple):
+    """A `tf.data.Dataset` of the batches `batches()` yields, the elements of `deferred_scaling()` scaled in the graph.
+
+    While `batches()` assembles a batch (in TensorFlow's generator thread),
+    `dataset.scaling_deferred` is `True`; each deferred element then crosses
+    as the `uint8` array `collate` returned, or, if `collate` returned
+    another dtype, as that array in a second, otherwise empty slot. The
+    graph multiplies the `uint8` one by the scale in float32 and casts it
+    to the signature's dtype, which gives the bits `write_pixels` gives.
+
+    Args:
+        dataset: The sequence the batches come from.
+        batches: Returns a fresh iterator of batches (tuples) per pass.
+        signature: The `tf.TensorSpec` of each batch element, as delivered.
+
+    Returns:
+        A `tf.data.Dataset` whose `element_spec` matches `signature`.
+
+    Example:
+
+    >>> ds = batches_dataset(seq, lambda: (seq[i] for i in range(len(seq))), seq.output_signature())  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    plan = _deferrable(dataset, signature)
+    if not plan:
+        return tf.data.Dataset.from_generator(batches, output_signature=signature)
+    crossing = tuple(
+        (tf.TensorSpec(spec.shape, tf.uint8), spec) if k in plan else spec for k, spec in enumerate(signature)
+    )  # fmt: skip
+
+    def split(value: Any, spec: Any) -> tuple[np.ndarray, np.ndarray]:
+        value = np.asarray(value)
+        if value.dtype == np.uint8:
+            return value, np.empty((0,) + value.shape[1:], spec.dtype.as_numpy_dtype)
+        return np.empty((0,) + value.shape[1:], np.uint8), value
+
+    def generate():
+        iterator = iter(batches())
+        while True:
+            _DEFERRING.dataset = dataset
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                _DEFERRING.dataset = None
+            yield tuple(split(value, signature[k]) if k in plan else value for k, value in enumerate(batch))
+
+    def scale(*elements):
+        out = list(elements)
+        for k, factor in plan.items():
+            raw, ready = elements[k]
+            dtype = signature[k].dtype
+            out[k] = tf.cond(
+                tf.shape(ready)[0] > 0,
+                lambda ready=ready: ready,
+                lambda raw=raw, factor=factor, dtype=dtype: tf.cast(tf.cast(raw, tf.float32) * np.float32(factor), dtype),
+            )  # fmt: skip
+        return tuple(out)
+
+    return tf.data.Dataset.from_generator(generate, output_signature=crossing).map(scale)
+
+
 def _without_tf_data_autotune(get_tf_dataset: Callable) -> Callable:
-    """Wraps Keras's `PyDatasetAdapter.get_tf_dataset` so that, for keras_sepseq datasets only, tf.data autotuning is off.
+    """Wraps Keras's `PyDatasetAdapter.get_tf_dataset` so that, for keras_sepseq datasets only, tf.data autotuning is off
+    and images cross into the graph as `uint8` (see `BaseSequence.deferred_scaling`).
 
     Keras wraps a PyDataset that runs no workers of its own (ours tell it
     `workers=1`) in `from_generator(...).prefetch(AUTOTUNE)` with autotuning
@@ -1405,9 +1558,15 @@ def _without_tf_data_autotune(get_tf_dataset: Callable) -> Callable:
     @functools.wraps(get_tf_dataset)
     def wrapped(adapter):
         dataset = get_tf_dataset(adapter)
-        if isinstance(getattr(adapter, "py_dataset", None), BaseSequence) and getattr(adapter, "enqueuer", None) is None:
+        sequence = getattr(adapter, "py_dataset", None)
+        if isinstance(sequence, BaseSequence) and getattr(adapter, "enqueuer", None) is None:
             import tensorflow as tf
 
+            signature = getattr(adapter, "_output_signature", None)
+            batches = getattr(adapter, "_get_iterator", None)
+            if callable(batches) and _deferrable(sequence, signature):
+                # The same generator Keras built (its batch order, its epochs), with images crossing as uint8.
+                dataset = batches_dataset(sequence, batches, signature).prefetch(tf.data.AUTOTUNE)
             options = tf.data.Options()
             options.autotune.enabled = False
             dataset = dataset.with_options(options)

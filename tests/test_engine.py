@@ -10,7 +10,7 @@ import pytest
 from conftest import decode_index
 
 from keras_sepseq import SampleError, SeparatedSequence
-from keras_sepseq.engine import BatchBuffers, WorkerDiedError
+from keras_sepseq.engine import BatchBuffers, WorkerDiedError, WorkerPool
 
 MODES = [
     pytest.param(False, id="threads"),
@@ -69,8 +69,9 @@ def test_workers_persist_across_epochs(dataset, processes):
 def test_each_batch_is_split_across_the_workers(dataset, batch_size, workers, chunks):
     seq = SeparatedSequence(*dataset, batch_size=batch_size, workers=workers)
     seq[0]
-    futures = seq._pool._submit(seq.batch_indices(0))
-    assert [len(f.result()) for f in futures] == chunks
+    jobs = seq._pool._submit(seq.batch_indices(0))
+    assert [len(chunk) for chunk, _ in jobs] == chunks
+    assert [len(f.result()) for _, f in jobs] == chunks
     seq.close()
 
 
@@ -163,6 +164,50 @@ def test_batches_are_prefetched_in_the_order_keras_asks(dataset, shuffle):
     # Only the first batch of each epoch was not prefetched: Keras's own order was followed.
     assert (seq._pool.hits, seq._pool.misses) == (22, 2)
     seq.close()
+
+
+@pytest.mark.parametrize("processes", MODES)
+@pytest.mark.parametrize("shuffle", [False, True], ids=["fit in order", "fit shuffles batches"])
+def test_the_first_batches_of_each_epoch_load_while_keras_starts_it(dataset, processes, shuffle):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    seq = SeparatedSequence(*dataset, batch_size=2, workers=2, max_queue_size=4, seed=3, dtype="uint8",
+                            use_multiprocessing=processes)  # fmt: skip
+    adapter = PyDatasetAdapter(seq, shuffle=shuffle)
+    for epoch in range(3):
+        adapter.on_epoch_begin()  # as Keras does: predicts its order, prefetches the first batches
+        assert [key[0] for key in seq._pool._pending] == [epoch] * 4
+        served = []
+        for x, y in adapter.get_numpy_iterator():
+            np.testing.assert_array_equal(decode_index(x), y)
+            served.append(y)
+        adapter.on_epoch_end()
+        assert sorted(np.concatenate(served).tolist()) == list(range(24))
+    # Every batch, the first of each epoch included, was loading before Keras asked for it.
+    assert (seq._pool.hits, seq._pool.misses) == (36, 0)
+    seq.close()
+
+
+def test_a_batch_that_was_not_prefetched_goes_ahead_of_queued_prefetches(dataset):
+    loaded = []
+
+    class Logged(SeparatedSequence):
+        def load_item(self, index):
+            loaded.append(index)
+            time.sleep(0.02)
+            return super().load_item(index)
+
+    seq = Logged(*dataset, batch_size=1, shuffle=False)
+    pool = WorkerPool(seq, workers=1, use_processes=False, max_queue_size=8)
+    pool.prefetch([((0, p), seq.batch_indices(p)) for p in range(8)])  # a wrong guess: batches 0..7
+    items = pool.load((0, 20), seq.batch_indices(20), [])
+    assert [int(label) for _, label in items] == [20]
+    assert loaded.index(20) <= 1  # at most the one prefetch already running went first
+    for p in range(8):  # the guessed batches still load, after it, and are served from the queue
+        assert [int(label) for _, label in pool.load((0, p), seq.batch_indices(p), [])] == [p]
+    assert sorted(loaded) == sorted(list(range(8)) + [20])
+    assert (pool.hits, pool.misses) == (8, 1)
+    pool.close()
 
 
 def test_request_order_is_unknown_outside_keras(dataset):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import decode_index
+from PIL import Image
 
 from keras_sepseq import PaddedSequence, SeparatedSequence
 
@@ -82,3 +83,95 @@ def test_the_tf_dataset_keras_builds_from_ours_has_autotuning_off(indexed_datase
     wrapped = PyDatasetAdapter.get_tf_dataset
     sequence._adjust_keras_adapter()  # installing twice wraps once
     assert PyDatasetAdapter.get_tf_dataset is wrapped and wrapped.keras_sepseq_wrapped
+
+
+def keras_batches(seq, shuffle=False):
+    """The batches Keras's TensorFlow path delivers for `seq` in one epoch, as numpy."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    dataset = PyDatasetAdapter(seq, shuffle=shuffle).get_tf_dataset()
+    return dataset.element_spec, [tuple(t.numpy() for t in batch) for batch in dataset]
+
+
+def same_bits(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param(dict(), id="threads"),
+        pytest.param(dict(use_multiprocessing=True), id="processes"),
+        pytest.param(dict(cache="memory"), id="memory cache"),
+        pytest.param(dict(on_error="skip"), id="skip mode"),
+    ],
+)
+def test_images_cross_into_the_graph_as_uint8_and_arrive_as_collate_makes_them(tmp_path, dtype, kwargs):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(10):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(paths[-1])
+    seq = SeparatedSequence(paths, np.arange(10), batch_size=4, shuffle=False, dtype=dtype, workers=2, **kwargs)
+    assert seq.deferred_scaling() == {0: 1 / 255}
+    for _ in range(2):  # the second pass reads the memory cache
+        spec, batches = keras_batches(seq)
+        assert spec[0] == tf.TensorSpec((None, 9, 7, 3), dtype)
+        assert len(batches) == 3
+        for position, batch in enumerate(batches):
+            expected = seq[position]
+            assert expected[0].dtype == dtype  # outside the graph, batches are scaled as always
+            assert len(batch) == len(expected)
+            for got, want in zip(batch, expected):
+                same_bits(got, want)
+    via_tf_dataset = [batch[0] for batch in seq.to_tf_dataset().as_numpy_iterator()]
+    seq.set_epoch(0)
+    same_bits(np.concatenate(via_tf_dataset), np.concatenate([seq[p][0] for p in range(3)]))
+    seq.close()
+
+
+def test_a_batch_with_a_16_bit_image_crosses_scaled_and_keeps_its_precision(tmp_path):
+    import cv2
+
+    deep = (np.arange(9 * 7 * 3, dtype=np.uint16).reshape(9, 7, 3) * 300 + 5).astype(np.uint16)
+    paths = [str(tmp_path / f"{i}.png") for i in range(4)]
+    for i, path in enumerate(paths):
+        if i == 1:
+            cv2.imwrite(path, deep)  # grey-free 16-bit colour; channel order does not matter here
+        else:
+            Image.fromarray(np.full((9, 7, 3), 10 * i, np.uint8)).save(path)
+    seq = SeparatedSequence(paths, np.arange(4), batch_size=2, shuffle=False)
+    _, batches = keras_batches(seq)
+    for position, (x, y) in enumerate(batches):
+        same_bits(x, seq[position][0])
+    levels = np.unique(np.rint(batches[0][0][1].astype(np.float64) * 65535))
+    np.testing.assert_array_equal(levels, np.unique(deep))  # 16-bit steps survived: not squeezed into 256 levels
+
+
+def test_nothing_is_deferred_for_integer_batches_or_padded_sequences(tmp_path):
+    paths = [str(tmp_path / f"{i}.png") for i in range(2)]
+    for path in paths:
+        Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(path)
+    assert SeparatedSequence(paths, [0, 1], dtype="uint8").deferred_scaling() == {}
+    padded = PaddedSequence([np.ones((2, 1), np.float32)] * 2, np.zeros(2), batch_size=2)
+    assert padded.deferred_scaling() == {}
+    spec, batches = keras_batches(padded)
+    assert spec[0].dtype == tf.float32 and batches[0][0].dtype == np.float32
+
+
+def test_only_the_graph_path_sees_deferred_batches(tmp_path):
+    paths = [str(tmp_path / f"{i}.png") for i in range(4)]
+    for path in paths:
+        Image.fromarray(np.full((3, 3, 3), 51, np.uint8)).save(path)
+    seq = SeparatedSequence(paths, np.arange(4), batch_size=2, shuffle=False)
+    keras_batches(seq)
+    assert not seq.scaling_deferred
+    x, _ = seq[0]
+    assert x.dtype == np.float32 and np.allclose(x, 0.2)
+    model = keras.Sequential([keras.Input((3, 3, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(seq, epochs=1, verbose=0)
+    assert model.predict(seq, verbose=0).shape == (4, 1)
+    assert seq[1][0].dtype == np.float32
