@@ -70,8 +70,8 @@ def test_each_batch_is_split_across_the_workers(dataset, batch_size, workers, ch
     seq = SeparatedSequence(*dataset, batch_size=batch_size, workers=workers)
     seq[0]
     jobs = seq._pool._submit(seq.batch_indices(0))
-    assert [len(chunk) for chunk, _ in jobs] == chunks
-    assert [len(f.result()) for _, f in jobs] == chunks
+    assert [len(job.chunk) for job in jobs] == chunks
+    assert [len(job.future.result()) for job in jobs] == chunks
     seq.close()
 
 
@@ -130,8 +130,64 @@ def test_a_killed_worker_process_fails_fast(dataset):
         for i in range(len(seq)):
             seq[i]
     assert time.monotonic() - start < 10
+    assert seq._pool is None or seq._pool.closed  # and its shared memory released
     x, _ = seq[0]  # a fresh pool starts on the next batch
     assert x.shape[0] == 4
+    seq.close()
+
+
+def shared_blocks():
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_process_workers_return_arrays_through_shared_memory(dataset):
+    before = shared_blocks()
+    seq = SeparatedSequence(*dataset, batch_size=4, workers=2, use_multiprocessing=True, shuffle=False, dtype="uint8")
+    reference = SeparatedSequence(*dataset, batch_size=4, shuffle=False, dtype="uint8")
+    kept = []
+    for epoch in range(3):
+        for p in range(len(seq)):
+            x, y = seq[p]
+            kept.append((x, y, reference[p]))
+    pool = seq._pool
+    assert pool._slots is not None and pool._slots.slot_bytes >= 2 * 2 * 6 * 5 * 3  # twice a chunk of two images
+    # Every chunk of epochs 2 and 3 (the slots are sized by the first chunk; batches queued before, through the pipe).
+    assert pool.through_shared_memory >= 2 * 2 * len(seq)
+    for x, y, (x_ref, y_ref) in kept:  # slots were reused many times: nothing kept was overwritten
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(decode_index(x), y)
+    name = pool._slots.memory.name.lstrip("/")
+    assert name in shared_blocks() - before
+    seq.close()
+    assert name not in shared_blocks()  # unlinked when the pool stops
+
+
+def test_chunks_too_big_for_a_slot_come_through_the_pipe(tmp_path):
+    from PIL import Image
+
+    sizes = [(4, 4)] * 8 + [(60, 50)] * 2 + [(4, 4)] * 2  # the first chunks size the slots; two images do not fit
+    paths = []
+    for i, size in enumerate(sizes):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.full(size + (3,), i, np.uint8)).save(paths[-1])
+    seq = SeparatedSequence(paths, np.arange(12), batch_size=1, workers=2, use_multiprocessing=True, shuffle=False, dtype="uint8")
+    for i, size in enumerate(sizes):
+        x, y = seq[i]
+        assert x.shape == (1,) + size + (3,) and (x == i).all() and y.tolist() == [i]
+    assert 0 < seq._pool.through_shared_memory < len(sizes)
+    seq.close()
+
+
+def test_without_room_for_shared_memory_results_use_the_pipe(dataset, monkeypatch):
+    from keras_sepseq import engine
+
+    monkeypatch.setattr(engine, "SHARED_MEMORY_LIMIT", 1024)  # not even one slot per worker
+    seq = SeparatedSequence(*dataset, batch_size=4, workers=2, use_multiprocessing=True, dtype="uint8")
+    for p in range(len(seq)):
+        x, y = seq[p]
+        np.testing.assert_array_equal(decode_index(x), y)
+    assert seq._pool._slots is None and seq._pool.through_shared_memory == 0
     seq.close()
 
 
