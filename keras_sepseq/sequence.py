@@ -1526,6 +1526,7 @@ def batches_dataset(dataset: BaseSequence, batches: Callable[[], Iterator], sign
                 _DEFERRING.dataset = None
             yield tuple(split(value, signature[k]) if k in plan else value for k, value in enumerate(batch))
 
+    @tf.autograph.experimental.do_not_convert  # plain graph code: nothing for AutoGraph to rewrite
     def scale(*elements):
         out = list(elements)
         for k, factor in plan.items():
