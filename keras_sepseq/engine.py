@@ -193,7 +193,10 @@ class SharedSlots:
         """Releases and unlinks the block. Safe to call twice."""
         memory, self.memory = getattr(self, "memory", None), None
         if memory is not None:
-            memory.close()
+            try:
+                memory.close()
+            except BufferError:  # a view still exported (say, held by a traceback): the mapping goes with it
+                pass
             try:
                 memory.unlink()
             except FileNotFoundError:

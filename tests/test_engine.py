@@ -120,9 +120,15 @@ def test_a_broken_file_in_a_worker_is_named(dataset, processes):
         seq.close()
 
 
+def shared_blocks():
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
 def test_a_killed_worker_process_fails_fast(dataset):
+    before = shared_blocks()
     seq = SeparatedSequence(*dataset, batch_size=4, workers=2, use_multiprocessing=True, max_queue_size=1)
     seq[0]
+    assert seq._pool._slots is not None
     for pid in list(seq._pool._executor._processes):
         os.kill(pid, signal.SIGKILL)
     start = time.monotonic()
@@ -130,14 +136,11 @@ def test_a_killed_worker_process_fails_fast(dataset):
         for i in range(len(seq)):
             seq[i]
     assert time.monotonic() - start < 10
-    assert seq._pool is None or seq._pool.closed  # and its shared memory released
+    assert seq._pool is None or seq._pool.closed
+    assert shared_blocks() <= before  # its shared memory was unlinked
     x, _ = seq[0]  # a fresh pool starts on the next batch
     assert x.shape[0] == 4
     seq.close()
-
-
-def shared_blocks():
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
 def test_process_workers_return_arrays_through_shared_memory(dataset):
