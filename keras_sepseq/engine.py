@@ -318,6 +318,12 @@ class WorkerPool:
             self._slots = SharedSlots(count, slot_bytes)
         except OSError:
             self._slots = None
+            return
+        with self._lock:  # chunks queued before the slots existed and not started yet: into slots too
+            for batch in self._pending.values():
+                for j, job in enumerate(batch):
+                    if job.slot is None and job.future.cancel():
+                        batch[j] = self._start(job.chunk)
 
     def _check_usable(self) -> None:
         if self._executor is None:

@@ -154,7 +154,7 @@ def test_process_workers_return_arrays_through_shared_memory(dataset):
             kept.append((x, y, reference[p]))
     pool = seq._pool
     assert pool._slots is not None and pool._slots.slot_bytes >= 2 * 2 * 6 * 5 * 3  # twice a chunk of two images
-    # Every chunk of epochs 2 and 3 (the slots are sized by the first chunk; batches queued before, through the pipe).
+    # The slots are sized by the first chunk; chunks a worker had already started by then use the pipe, none after.
     assert pool.through_shared_memory >= 2 * 2 * len(seq)
     for x, y, (x_ref, y_ref) in kept:  # slots were reused many times: nothing kept was overwritten
         np.testing.assert_array_equal(x, x_ref)
