@@ -215,6 +215,7 @@ class DirectoryCache:
         else:
             self.state = np.lib.format.open_memmap(state_path, mode="w+", dtype=self._STATE, shape=(self.num_samples,))
         self.slabs: list[np.ndarray | None] | None = self._open_slabs()
+        self._views: tuple | None = None  # the slabs as plain arrays, made on first use
 
     def _open_slabs(self):
         layout_path = os.path.join(self.root, "layout.json")
@@ -251,12 +252,14 @@ class DirectoryCache:
         if not records["filled"].all():
             return None
         try:
-            stats = [self._stat(int(i)) for i in indices]
+            stats = np.array([self._stat(int(i)) for i in indices], dtype=np.int64).reshape(-1, 2)
         except OSError:
             return None
-        if any(stat != (int(r["size"]), int(r["mtime_ns"])) for stat, r in zip(stats, records)):
+        if not (np.array_equal(stats[:, 0], records["size"]) and np.array_equal(stats[:, 1], records["mtime_ns"])):
             return None
-        return tuple(self.slabs)
+        if self._views is None:  # plain arrays over the maps: reading a row of a np.memmap costs more Python
+            self._views = tuple(None if slab is None else slab.view(np.ndarray) for slab in self.slabs)
+        return self._views
 
     def get(self, index: int) -> tuple | None:
         """The cached item of sample `index`, or `None` if absent or its source file changed."""
@@ -287,7 +290,7 @@ class DirectoryCache:
                     ).flush()
             with open(os.path.join(self.root, "layout.json"), "w") as f:
                 json.dump(layout, f)
-            self.slabs = self._open_slabs()
+            self.slabs, self._views = self._open_slabs(), None
         for k, (slab, a) in enumerate(zip(self.slabs, arrays)):
             if (slab is None) != (a is None) or (a is not None and (slab.shape[1:] != a.shape or slab.dtype != a.dtype)):
                 raise ValueError(
