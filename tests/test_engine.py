@@ -346,3 +346,37 @@ def test_nothing_is_prefetched_for_the_batches_keras_reads_for_its_signature(dat
     seq[0]  # any other caller asking in order gets the next batches prefetched
     assert len(seq._pool._pending) > 0
     seq.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_shared_memory_works_with_every_start_method_and_leaks_nothing(dataset, method, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    images, labels = dataset
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, os
+        import numpy as np
+        from keras_sepseq import SeparatedSequence
+
+        if __name__ == "__main__":
+            multiprocessing.set_start_method({method!r})
+            images, labels = {list(images)!r}, {list(labels)!r}
+            seq = SeparatedSequence(images, labels, batch_size=4, workers=2, use_multiprocessing=True, shuffle=False)
+            reference = SeparatedSequence(images, labels, batch_size=4, shuffle=False)
+            for _ in range(2):
+                for p in range(len(seq)):
+                    for got, want in zip(seq[p], reference[p]):
+                        assert got.tobytes() == want.tobytes()
+            assert seq._pool.through_shared_memory > 0
+            name = seq._pool._slots.memory.name.lstrip("/")
+            seq.close()
+            assert name not in (os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else [])
+            print("ok")
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
+    assert "resource_tracker" not in done.stderr and "leaked" not in done.stderr
