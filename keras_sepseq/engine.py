@@ -37,6 +37,7 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -100,11 +101,13 @@ def _load_chunk_in_process(indices: list[int], slot: tuple[str, int, int] | None
     if slot is None:
         return items
     name, offset, size = slot
+    if _nbytes(items) > size:
+        return items  # does not fit: through the pipe, as without shared memory
     buffers: list[pickle.PickleBuffer] = []
     payload = pickle.dumps(items, protocol=5, buffer_callback=buffers.append)
     views = [b.raw() for b in buffers]
-    if sum(_aligned(v.nbytes) for v in views) > size:
-        return items  # does not fit: through the pipe, as without shared memory
+    if sum(_aligned(v.nbytes) for v in views) > size:  # arrays `_nbytes` does not see (in a dict, say)
+        return items
     if name not in _ATTACHED:
         for old in _ATTACHED.values():
             old.close()
@@ -320,10 +323,20 @@ class WorkerPool:
             self._slots = None
             return
         with self._lock:  # chunks queued before the slots existed and not started yet: into slots too
-            for batch in self._pending.values():
-                for j, job in enumerate(batch):
-                    if job.slot is None and job.future.cancel():
-                        batch[j] = self._start(job.chunk)
+            for batch, j, job in self._take_back(lambda job: job.slot is None):
+                batch[j] = self._start(job.chunk)
+
+    def _take_back(self, which: Callable[[_Job], bool] = lambda job: True) -> list[tuple[list[_Job], int, _Job]]:
+        """Cancels the queued jobs (those `which` accepts) no worker has started; returns `(batch, place, job)` of each.
+
+        The caller resubmits them, which puts them at the back of the queue.
+        """
+        return [
+            (batch, j, job)
+            for batch in self._pending.values()
+            for j, job in enumerate(batch)
+            if which(job) and job.future.cancel()
+        ]
 
     def _check_usable(self) -> None:
         if self._executor is None:
@@ -393,10 +406,10 @@ class WorkerPool:
             self._drop_other_epochs(key[0])
             if jobs is None:
                 self.misses += 1
-                waiting = [(k, j, job) for k, batch in self._pending.items() for j, job in enumerate(batch) if job.future.cancel()]
+                waiting = self._take_back()
                 jobs = self._submit(indices)
-                for k, j, job in waiting:  # back in the queue, behind this batch, in the same slot
-                    self._pending[k][j] = self._start(job.chunk, job.slot)
+                for batch, j, job in waiting:  # back in the queue, behind this batch, in the same slot
+                    batch[j] = self._start(job.chunk, job.slot)
             else:
                 self.hits += 1
             self._enqueue(upcoming)

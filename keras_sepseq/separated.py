@@ -9,8 +9,6 @@ from typing import Any, Union
 import numpy as np
 
 from keras_sepseq.cache import DEFAULT_BUDGET
-
-from keras_sepseq.errors import SampleError
 from keras_sepseq.images import COLOR_MODES, DTYPES, INTERPOLATIONS, decode_image, write_pixels
 from keras_sepseq.npy import load_npy
 from keras_sepseq.paths import PathArray, PathLike

@@ -1542,9 +1542,9 @@ def batches_dataset(dataset: BaseSequence, batches: Callable[[], Iterator], sign
     return tf.data.Dataset.from_generator(generate, output_signature=crossing).map(scale)
 
 
-def _without_tf_data_autotune(get_tf_dataset: Callable) -> Callable:
-    """Wraps Keras's `PyDatasetAdapter.get_tf_dataset` so that, for keras_sepseq datasets only, tf.data autotuning is off
-    and images cross into the graph as `uint8` (see `BaseSequence.deferred_scaling`).
+def _ours_in_keras_tf_dataset(get_tf_dataset: Callable) -> Callable:
+    """Wraps Keras's `PyDatasetAdapter.get_tf_dataset`: for keras_sepseq datasets only, tf.data autotuning is off and
+    images cross into the graph as `uint8` (see `BaseSequence.deferred_scaling`).
 
     Keras wraps a PyDataset that runs no workers of its own (ours tell it
     `workers=1`) in `from_generator(...).prefetch(AUTOTUNE)` with autotuning
@@ -1578,14 +1578,14 @@ def _without_tf_data_autotune(get_tf_dataset: Callable) -> Callable:
 
 
 def _adjust_keras_adapter() -> None:
-    """Installs `_without_tf_data_autotune` once; a Keras without that adapter method is left as it is."""
+    """Installs `_ours_in_keras_tf_dataset` once; a Keras without that adapter method is left as it is."""
     try:
         from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
     except ImportError:
         return
     original = getattr(PyDatasetAdapter, "get_tf_dataset", None)
     if callable(original) and not getattr(original, "keras_sepseq_wrapped", False):
-        PyDatasetAdapter.get_tf_dataset = _without_tf_data_autotune(original)
+        PyDatasetAdapter.get_tf_dataset = _ours_in_keras_tf_dataset(original)
 
 
 _adjust_keras_adapter()

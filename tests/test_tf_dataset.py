@@ -78,7 +78,7 @@ def test_the_tf_dataset_keras_builds_from_ours_has_autotuning_off(indexed_datase
     images, labels = indexed_dataset(8)
     ours = PyDatasetAdapter(SeparatedSequence(images, labels, batch_size=4), shuffle=True).get_tf_dataset()
     theirs = PyDatasetAdapter(Plain(), shuffle=True).get_tf_dataset()
-    assert ours.options().autotune.enabled is False  # no epoch-start stall (see _without_tf_data_autotune)
+    assert ours.options().autotune.enabled is False  # no epoch-start stall (see _ours_in_keras_tf_dataset)
     assert theirs.options().autotune.enabled is not False  # other datasets left alone
     wrapped = PyDatasetAdapter.get_tf_dataset
     sequence._adjust_keras_adapter()  # installing twice wraps once
