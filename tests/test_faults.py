@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from multiprocessing import resource_tracker
 
 import pytest
 from conftest import write_indexed_dataset
@@ -14,8 +15,9 @@ from keras_sepseq import SeparatedSequence
 
 SCRIPT_HEAD = textwrap.dedent(
     """
-    import os, sys, time
+    import faulthandler, os, signal, sys, time
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # finish() asks for the stacks of a hung run
     sys.path.insert(0, {tests!r})
     import keras, numpy as np
     from conftest import write_indexed_dataset
@@ -37,6 +39,18 @@ SCRIPT_HEAD = textwrap.dedent(
 def run_script(body, folder, **kwargs):
     code = SCRIPT_HEAD.format(tests=os.path.dirname(__file__), folder=str(folder)) + textwrap.dedent(body)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def finish(process, timeout):
+    """`process.communicate(timeout)`; a run still going by then fails the test with every thread's stack."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"the run hung for {timeout} s; its threads:\n{err[-8000:]}\nstdout:\n{out}")
 
 
 def alive(pid):
@@ -64,7 +78,7 @@ def test_a_worker_killed_mid_epoch_fails_fit_within_seconds(tmp_path):
     os._exit(0)
     """
     process = run_script(body, tmp_path / "data")
-    out, err = process.communicate(timeout=120)
+    out, err = finish(process, 120)
     assert out.startswith("RAISED"), out + err
     assert "WorkerDiedError: a keras_sepseq worker process died unexpectedly" in out
     assert float(out.split()[2]) < 30  # seconds from the start of fit, kill included
@@ -90,7 +104,7 @@ def test_ctrl_c_mid_epoch_leaves_no_worker_behind(tmp_path):
     assert workers and all(alive(p) for p in workers)
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    out, err = finish(process, 60)
     assert process.returncode == 130, out + err
     assert "INTERRUPTED" in out
     deadline = time.monotonic() + 10
@@ -103,6 +117,10 @@ def test_ctrl_c_mid_epoch_leaves_no_worker_behind(tmp_path):
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_close_gives_back_every_descriptor(tmp_path, processes):
     images, labels = write_indexed_dataset(tmp_path, 16)
+    # Process pools start multiprocessing's resource tracker, once per interpreter, and keep its
+    # pipe open for the next pool (it unlinks shared memory a dead worker left); start it first so
+    # that this test does not depend on whether an earlier test already did.
+    resource_tracker.ensure_running()
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
         seq = SeparatedSequence(images, labels, batch_size=4, workers=2, use_multiprocessing=processes)
@@ -126,5 +144,5 @@ def test_process_workers_decode_after_the_parent_started_opencvs_thread_pool(tmp
     big.close()
     """
     process = run_script(body, tmp_path / "data")
-    out, err = process.communicate(timeout=120)
+    out, err = finish(process, 120)
     assert out.split() == ["DONE", "8", "(8,", "300,", "200,", "3)", "True"], out + err
