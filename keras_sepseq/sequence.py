@@ -927,7 +927,7 @@ class BaseSequence(keras.utils.PyDataset):
         Example:
 
         >>> ds = seq.to_tf_dataset()  # doctest: +SKIP
-        >>> model.fit(ds, epochs=10)  # doctest: +SKIP
+        >>> model.fit(ds, epochs=10, shuffle=False)  # the dataset orders itself  # doctest: +SKIP
         """
         import tensorflow as tf
 

@@ -50,7 +50,7 @@ def test_padded_signature_and_training_with_varying_lengths():
     assert fixed.output_signature() == (spec((None, 7, 3), tf.float32), spec((None,), tf.float64))
     model = keras.Sequential([keras.Input((None, 3)), keras.layers.Masking(0.0), keras.layers.Dense(2, activation="softmax")])
     model.compile("sgd", "sparse_categorical_crossentropy")
-    history = model.fit(seq.to_tf_dataset(), epochs=2, verbose=0)
+    history = model.fit(seq.to_tf_dataset(), epochs=2, verbose=0, shuffle=False)
     assert len(history.history["loss"]) == 2
 
 
@@ -58,7 +58,7 @@ def test_fit_through_the_tf_dataset(indexed_dataset):
     seq = SeparatedSequence(*indexed_dataset(20), batch_size=4, image_size=(6, 5), workers=2, use_multiprocessing=True)
     model = keras.Sequential([keras.Input((6, 5, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
-    assert len(model.fit(seq.to_tf_dataset(), epochs=3, verbose=0).history["loss"]) == 3
+    assert len(model.fit(seq.to_tf_dataset(), epochs=3, verbose=0, shuffle=False).history["loss"]) == 3
     seq.close()
 
 
