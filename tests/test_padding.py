@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_sepseq import bucketed_order, npy_shape, pad_batch, padding_weights
+from keras_sepseq import npy
 from keras_sepseq.npy import load_npy
 
 SIDES = ["pre", "post"]
@@ -184,3 +185,61 @@ def test_load_npy_from_many_threads_at_once(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         for _ in range(20):
             assert [int(a[0]) for a in pool.map(load_npy, paths)] == list(range(64))
+
+
+@pytest.fixture
+def fresh_header_cache(monkeypatch):
+    monkeypatch.setattr(npy, "_PARSED", {})
+    return npy
+
+
+def _count_parses(monkeypatch):
+    calls = []
+    for name in ("read_array_header_1_0", "read_array_header_2_0"):
+        real = getattr(np.lib.format, name)
+        monkeypatch.setattr(np.lib.format, name, lambda f, *a, _real=real, **k: calls.append(1) or _real(f, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)], ids=["version 1", "version 2"])
+def test_load_npy_parses_a_header_once_per_distinct_header(tmp_path, monkeypatch, fresh_header_cache, version):
+    calls = _count_parses(monkeypatch)
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"{i}.npy"))
+        with open(paths[-1], "wb") as f:
+            np.lib.format.write_array(f, np.full((2, 3), i, np.int64), version=version)
+    other = str(tmp_path / "other.npy")
+    np.save(other, np.arange(4, dtype=np.float32))
+    loaded = [load_npy(p) for p in paths] + [load_npy(other), load_npy(paths[0])]
+    for i in range(5):
+        np.testing.assert_array_equal(loaded[i], np.full((2, 3), i))
+        assert loaded[i].dtype == np.int64
+    np.testing.assert_array_equal(loaded[5], np.arange(4, dtype=np.float32))
+    assert loaded[5].dtype == np.float32 and loaded[6].shape == (2, 3)
+    assert len(calls) == 2  # one per distinct header: the five same-shape files share one parse
+    assert npy_shape(paths[3]) == (2, 3) and len(calls) == 2
+
+
+def test_load_npy_header_cache_is_bounded(tmp_path, monkeypatch, fresh_header_cache):
+    monkeypatch.setattr(npy, "_MAX_PARSED", 3)
+    for n in range(1, 8):
+        path = str(tmp_path / f"{n}.npy")
+        np.save(path, np.arange(n))
+        for _ in range(2):  # the second read of each comes from the cache or, past the bound, a fresh parse
+            np.testing.assert_array_equal(load_npy(path), np.arange(n))
+    assert len(npy._PARSED) == 3
+
+
+def test_load_npy_still_refuses_a_bad_header_after_a_good_one(tmp_path, fresh_header_cache):
+    good, bad = str(tmp_path / "good.npy"), str(tmp_path / "bad.npy")
+    np.save(good, np.zeros(3))
+    load_npy(good)
+    data = bytearray(open(good, "rb").read())
+    header_end = data.index(b"}") + 1
+    data[10:header_end] = data[10:header_end].replace(b"'shape': (3,)", b"'shape': (x,)")
+    open(bad, "wb").write(bytes(data))
+    with pytest.raises(ValueError, match="the .npy header cannot be read: malformed node"):
+        load_npy(bad)
+    with pytest.raises(ValueError, match="the .npy header cannot be read"):
+        load_npy(bad)  # refused again: a header that failed to parse is never kept
