@@ -8,6 +8,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from keras_sepseq import images
 from keras_sepseq.cache import DEFAULT_BUDGET
 from keras_sepseq.images import COLOR_MODES, DTYPES, INTERPOLATIONS, decode_image, write_pixels
 from keras_sepseq.npy import load_npy
@@ -238,7 +239,8 @@ class SeparatedSequence(BaseSequence):
         """Settings and paths that decide what a directory cache holds."""
         labels = self.label_paths if self.label_paths is not None else ("in memory" if self.labels is not None else None,)
         return super().cache_key() + (
-            self.color_mode, self.image_size, self.interpolation, self.antialias, self.image_paths, labels
+            self.color_mode, self.image_size, self.interpolation, self.antialias, self.image_paths, labels,
+            ("decoder revision", images.DECODER_REVISION),
         )
 
     def cache_sources(self) -> PathArray:

@@ -113,6 +113,20 @@ def test_directory_cache_is_specific_to_the_decode_settings(indexed_dataset, tmp
     assert len(os.listdir(cache)) == 2
 
 
+def test_directory_cache_of_an_earlier_decoder_revision_is_not_reused(indexed_dataset, tmp_path, monkeypatch):
+    from keras_sepseq import images as images_module
+
+    images, labels = indexed_dataset(3)
+    cache = str(tmp_path / "cache")
+    for revision in (images_module.DECODER_REVISION, images_module.DECODER_REVISION + 1):
+        monkeypatch.setattr(images_module, "DECODER_REVISION", revision)
+        seq = SeparatedSequence(images, labels, batch_size=3, image_size=(6, 5), cache=cache)
+        seq[0]
+        seq.close()
+        assert seq.cache_key()[-1] == ("decoder revision", revision)
+    assert len(os.listdir(cache)) == 2
+
+
 def test_directory_cache_needs_image_size(indexed_dataset, tmp_path):
     images, labels = indexed_dataset(2)
     with pytest.raises(ValueError, match=r"cache=<directory> needs `image_size`.*Received: cache='.*', image_size=None"):

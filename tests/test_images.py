@@ -281,3 +281,26 @@ def test_antialiasing_keeps_a_fine_pattern_gray_and_sampling_does_not():
     sampled = resize_image(stripes, (32, 32), antialias=False)
     assert smooth.std() < 15 and abs(float(smooth.mean()) - 127.5) < 1
     assert set(np.unique(sampled)) == {0, 255}  # aliasing: every output pixel is one stripe or the other
+
+
+@pytest.mark.parametrize(
+    "file_size, image_size, decoded",
+    [
+        pytest.param((300, 280), (64, 64), (75, 70), id="300x280 to 64: a quarter"),
+        pytest.param((300, 280), (150, 140), (150, 140), id="300x280 to 150x140: a half, exactly"),
+        pytest.param((240, 320), (128, 128), (240, 320), id="240x320 to 128: full size, not 5/8"),
+        pytest.param((1000, 900), (64, 64), (125, 113), id="1000x900 to 64: an eighth at most"),
+        pytest.param((90, 70), (128, 128), (90, 70), id="enlarging: full size"),
+    ],
+)
+def test_jpeg_being_shrunk_is_decoded_at_a_power_of_two_reduction(tmp_path, monkeypatch, file_size, image_size, decoded):
+    import simplejpeg
+
+    shapes = []
+    real = simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: shapes.append(real(*a, **k).shape[:2]) or real(*a, **k))
+    path = str(tmp_path / "photo.jpg")
+    Image.fromarray(photo(*file_size)).save(path)
+    pixels = decode_image(path, image_size=image_size)
+    assert pixels.shape == (*image_size, 3) and pixels.dtype == np.uint8
+    assert shapes == [decoded]
