@@ -10,11 +10,17 @@ import numpy as np
 import pytest
 
 from keras_sepseq import SeparatedSequence
-from keras_sepseq.bench import process_tree_rss
+from keras_sepseq.bench import _children, _proc_kib, process_tree_rss
 
 
 def open_fds():
     return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+
+def per_process(key="Pss_Anon:"):
+    """`{pid: MB}` of this process and its children, for failure messages."""
+    pids = [os.getpid(), *_children(os.getpid())]
+    return {pid: round((_proc_kib(f"/proc/{pid}/smaps_rollup", key) or 0) / 2**20, 1) for pid in pids}
 
 
 def soak(files, epochs, processes):
@@ -25,7 +31,10 @@ def soak(files, epochs, processes):
 
     class Sample(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            samples.append((process_tree_rss(), open_fds()))
+            # Anonymous and shared-memory pages only: where a leak grows, and unlike library pages
+            # not shared with unrelated processes (another TensorFlow program starting moved the
+            # tree's full PSS from 755 to 537 MB in the middle of a run).
+            samples.append((process_tree_rss(anonymous=True), open_fds(), per_process()))
 
     model.fit(seq, epochs=epochs, verbose=0, callbacks=[Sample()])
     seq.close()
@@ -40,8 +49,18 @@ def soak(files, epochs, processes):
 def test_memory_and_descriptors_stay_flat(indexed_dataset, epochs, processes):
     files = indexed_dataset(64)
     samples = soak(files, epochs, processes)
-    warm_rss, warm_fds = samples[4]  # after the pool started and everything was touched once
-    last_rss, last_fds = samples[-1]
+    warm_rss, warm_fds, warm_by_pid = samples[4]  # after the pool started and everything was touched once
+    last_rss, last_fds, last_by_pid = samples[-1]
+    growth = f"from {warm_rss / 2**20:.0f} MB ({warm_by_pid}) to {last_rss / 2**20:.0f} MB ({last_by_pid})"
     assert last_fds <= warm_fds
-    assert last_rss <= warm_rss * 1.05, f"RSS grew from {warm_rss / 2**20:.0f} MB to {last_rss / 2**20:.0f} MB"
-    assert np.std([rss for rss, _ in samples[4:]]) / warm_rss < 0.05
+    # A leak adds memory every epoch: the run's trend (the median slope over all pairs of epochs,
+    # Theil-Sen) times its length stays under 5% of the warm figure (0.09 MB an epoch over 200).
+    # TensorFlow's own one-time steps (the parent's anonymous memory once went from 124 to 191 MB
+    # between epochs 20 and 40 of 200, then stayed there) and the allocator's sawtooth move a
+    # minority of the pairs, not the median; the last figure may exceed the warm one by such a
+    # step, not by half again.
+    rss = np.array([rss for rss, _, _ in samples[4:]], dtype=np.float64)
+    i, j = np.triu_indices(len(rss), k=1)
+    per_epoch = np.median((rss[j] - rss[i]) / (j - i))
+    assert per_epoch * len(samples) <= 0.05 * warm_rss, f"{per_epoch / 2**10:.0f} KB an epoch, {growth}"
+    assert last_rss <= warm_rss * 1.5, f"anonymous memory grew {growth}"
