@@ -61,6 +61,12 @@ _PIL_AS_IS = frozenset({"1", "L", "LA", "RGB", "RGBA", "I", "F"})
 _PIL_8BIT = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "La", "CMYK", "YCbCr", "LAB", "HSV"})
 _PIL_TARGET = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
 _MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
+PIXEL_SCALE: dict[np.dtype, float] = {dtype: 1.0 / top for dtype, top in _MAX.items()}
+"""What `write_pixels` multiplies 8- and 16-bit pixels by (in float32) to bring them to [0, 1].
+
+A graph that scales deferred `uint8` batches (`deferred_scaling`) uses the
+same factor, so that its results equal `write_pixels`' bit for bit.
+"""
 # ITU-R 601-2 luma in Pillow's fixed point: (R*19595 + G*38470 + B*7471 + 2**15) >> 16.
 _LUMA = np.array([19595, 38470, 7471], dtype=np.uint64)
 
@@ -525,7 +531,7 @@ def write_pixels(out: np.ndarray, pixels: np.ndarray) -> None:
     if src == dst:
         out[...] = pixels
     elif src in _MAX and dst.kind == "f":
-        np.multiply(pixels, np.float32(1.0 / _MAX[src]), out=out, casting="unsafe")
+        np.multiply(pixels, np.float32(PIXEL_SCALE[src]), out=out, casting="unsafe")
     elif src == np.uint16 and dst == np.uint8:
         np.right_shift(pixels, 8, out=out, casting="unsafe")
     elif src == np.uint8 and dst == np.uint16:

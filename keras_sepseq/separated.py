@@ -340,7 +340,7 @@ class SeparatedSequence(BaseSequence):
         >>> SeparatedSequence(["a.png"], [0], dtype="uint8").deferred_scaling()
         {}
         """
-        return {0: 1.0 / 255} if self.dtype in ("float32", "float16") else {}
+        return {0: images.PIXEL_SCALE[np.dtype(np.uint8)]} if self.dtype in ("float32", "float16") else {}
 
     def _pixel_dtype(self, pixels: list[np.ndarray]) -> str:
         """`uint8` when the batch goes to a graph that scales it and every image is 8-bit, else `dtype`."""
