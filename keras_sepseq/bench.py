@@ -178,8 +178,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def process_tree_rss(*, anonymous: bool = False) -> int:
-    """Memory of this process and its children, in bytes (Linux; 0 elsewhere).
+def process_tree_memory(*, anonymous: bool = False) -> dict[int, int]:
+    """Memory of this process and of each of its children, in bytes, by pid (Linux; empty elsewhere).
 
     Each process counts its proportional share of the pages it shares
     (PSS, from `/proc/<pid>/smaps_rollup`): forked workers share most of
@@ -196,19 +196,33 @@ def process_tree_rss(*, anonymous: bool = False) -> int:
             `False`.
 
     Returns:
-        The sum of PSS (or `VmRSS`) over the process tree.
+        `{pid: bytes}`, this process first.
 
     Example:
 
-    >>> process_tree_rss() >= process_tree_rss(anonymous=True) >= 0
+    >>> os.getpid() in process_tree_memory()
     True
     """
     keys = ("Pss_Anon:", "Pss_Shmem:") if anonymous else ("Pss:",)
-    total = 0
+    memory = {}
     for pid in [os.getpid(), *_children(os.getpid())]:
         parts = [_proc_kib(f"/proc/{pid}/smaps_rollup", key) for key in keys]
-        total += _rss_bytes(pid) if None in parts else sum(parts)
-    return total
+        memory[pid] = _rss_bytes(pid) if None in parts else sum(parts)
+    return memory
+
+
+def process_tree_rss() -> int:
+    """The sum of `process_tree_memory()` over this process and its children, in bytes.
+
+    Returns:
+        Bytes; 0 where `/proc` is missing.
+
+    Example:
+
+    >>> process_tree_rss() >= sum(process_tree_memory(anonymous=True).values()) >= 0
+    True
+    """
+    return sum(process_tree_memory().values())
 
 
 class PeakMemory:

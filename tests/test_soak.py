@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 
 from keras_sepseq import SeparatedSequence
-from keras_sepseq.bench import _children, _proc_kib, process_tree_rss
+from keras_sepseq.bench import process_tree_memory
 
 
 def open_fds():
     return len(os.listdir(f"/proc/{os.getpid()}/fd"))
-
-
-def per_process(key="Pss_Anon:"):
-    """`{pid: MB}` of this process and its children, for failure messages."""
-    pids = [os.getpid(), *_children(os.getpid())]
-    return {pid: round((_proc_kib(f"/proc/{pid}/smaps_rollup", key) or 0) / 2**20, 1) for pid in pids}
 
 
 def soak(files, epochs, processes):
@@ -34,7 +28,9 @@ def soak(files, epochs, processes):
             # Anonymous and shared-memory pages only: where a leak grows, and unlike library pages
             # not shared with unrelated processes (another TensorFlow program starting moved the
             # tree's full PSS from 755 to 537 MB in the middle of a run).
-            samples.append((process_tree_rss(anonymous=True), open_fds(), per_process()))
+            memory = process_tree_memory(anonymous=True)
+            by_pid = {pid: round(b / 2**20, 1) for pid, b in memory.items()}  # MB, for failure messages
+            samples.append((sum(memory.values()), open_fds(), by_pid))
 
     model.fit(seq, epochs=epochs, verbose=0, callbacks=[Sample()])
     seq.close()
