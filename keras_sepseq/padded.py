@@ -67,7 +67,8 @@ class PaddedSequence(BaseSequence):
             epoch, epochs still differ. Lengths are read from the `.npy`
             headers, once, on first use. Defaults to `False`.
         shuffle: Reshuffle at every epoch end. Defaults to `True`.
-        seed: Non-negative integer; `None` (the default) draws one.
+        seed: Non-negative integer; `None` (the default) draws one (0 in a
+            sharded job: see `BaseSequence`).
         drop_remainder: Leave out the last, smaller batch. Defaults to
             `False`.
         workers: As for `keras.utils.PyDataset`. Defaults to 1.

@@ -59,7 +59,8 @@ class SeparatedSequence(BaseSequence):
             shifted right by 8); `"uint16"` keeps 16-bit pixels.
         shuffle: Reshuffle at every epoch end. Defaults to `True`.
         seed: Non-negative integer; the same seed gives the same sequence of
-            epoch orders. `None` (the default) draws one, kept in `seq.seed`.
+            epoch orders. `None` (the default) draws one, kept in `seq.seed`
+            (0 in a sharded job: see `BaseSequence`).
         drop_remainder: Leave out the last, smaller batch. Defaults to
             `False`.
         workers: Worker count, as for `keras.utils.PyDataset`. Defaults to 1.

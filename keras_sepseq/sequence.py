@@ -8,11 +8,9 @@ agree), batch index arithmetic, and wrapping of loader failures into a
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import os
-import random
 import sys
 import threading
 import time
@@ -28,6 +26,17 @@ import numpy as np
 from keras_sepseq.cache import DEFAULT_BUDGET, DirectoryCache, MemoryCache, fingerprint, parse_bytes
 from keras_sepseq.engine import BatchBuffers, WorkerPool
 from keras_sepseq.errors import SampleError, ShapeMismatchError, TooManyErrorsError
+from keras_sepseq.keras_integration import (
+    adapter_batches,
+    adapter_signature,
+    distribution_data_shards,
+    keras_adapter_shards,
+    keras_frame,
+    keras_next_order,
+    keras_request_order,
+    keras_shards_py_datasets,
+    wrap_get_tf_dataset,
+)
 from keras_sepseq.paths import PathArray, is_path_sequence
 
 
@@ -201,12 +210,21 @@ def _check_max_errors(value: Any) -> int | float | None:
 
 
 def detect_shard() -> tuple[int, int]:
-    """`(num_shards, shard_index)` of this process in a multi-host job, or `(1, 0)`.
+    """`(num_shards, shard_index)` this process should serve in a multi-host job, or `(1, 0)`.
 
-    Read from JAX (`jax.process_count()`, `jax.process_index()`) on the jax
-    backend, which `keras.distribution` uses across hosts; otherwise from
-    `TF_CONFIG` (the chief first, then the workers, as `tf.distribute`
-    numbers them).
+    In order:
+
+    - Under a multi-process `keras.distribution` (the JAX backend across
+      hosts): `(1, 0)` when Keras splits a PyDataset's batches across
+      processes itself (Keras 3.16 and later, with `auto_shard_dataset=True`,
+      the default of `DataParallel`); otherwise the distribution's data
+      shards (`min(num_model_replicas, num_processes)` and this process's
+      shard, so processes holding parts of one model replica read the same
+      data).
+    - On the JAX backend without a distribution: `jax.process_count()` and
+      `jax.process_index()`.
+    - Otherwise from `TF_CONFIG` (the chief first, then the workers, as
+      `tf.distribute` numbers them).
 
     Returns:
         `(num_shards, shard_index)`.
@@ -219,6 +237,9 @@ def detect_shard() -> tuple[int, int]:
     >>> detect_shard()  # one process, no TF_CONFIG  # doctest: +SKIP
     (1, 0)
     """
+    shards = distribution_data_shards()
+    if shards is not None:
+        return (1, 0) if keras_shards_py_datasets() is not None else shards
     if keras.backend.backend() == "jax":
         import jax
 
@@ -240,103 +261,13 @@ def detect_shard() -> tuple[int, int]:
     return 1, 0
 
 
-def keras_request_order(dataset: Any, position: int) -> list[int] | None:
-    """Reads, from the calling Keras generator, which batches it will ask `dataset` for next.
-
-    Keras's `PyDatasetAdapter._finite_generator` shuffles a list of batch
-    indices (for `fit(shuffle=True)`) and asks for them one by one. When
-    `dataset[position]` is called from that generator, this returns the
-    indices after `position` in its list, so that they can be prefetched;
-    otherwise (another caller, or a Keras whose generator looks different)
-    `None`. It only guides prefetching: what each batch holds never depends
-    on it.
-
-    Args:
-        dataset: The dataset being indexed.
-        position: The batch being asked for now.
-
-    Returns:
-        The upcoming batch positions, or `None`.
-
-    Example:
-
-    >>> keras_request_order(seq, 0) is None  # not called from Keras
-    True
-    """
-    frame = keras_frame(dataset, "_finite_generator")
-    if frame is None:
-        return None
-    indices = frame.f_locals.get("indices")
-    if not isinstance(indices, (list, range)):
-        return None
-    cursor = getattr(dataset, "_keras_cursor", None)
-    if cursor is None or cursor[0] is not indices or cursor[1] >= len(indices) or indices[cursor[1]] != position:
-        try:
-            where = indices.index(position)
-        except ValueError:
-            return None
-    else:
-        where = cursor[1]
-    dataset._keras_cursor = (indices, where + 1)
-    return list(indices[where + 1 : where + 1 + dataset.max_queue_size])
-
-
-def keras_frame(dataset: Any, function: str, depth: int = 8) -> Any:
-    """The frame of a Keras adapter's `function` working on `dataset`, among the callers; else `None`.
-
-    Args:
-        dataset: The dataset being indexed.
-        function: A `PyDatasetAdapter` method name, e.g. `"get_tf_dataset"`.
-        depth: How many frames up to look. Defaults to 8.
-
-    Returns:
-        The frame, or `None`.
-
-    Example:
-
-    >>> keras_frame(seq, "get_tf_dataset") is None  # not called from Keras
-    True
-    """
-    frame = sys._getframe(1)
-    for _ in range(depth):
-        frame = frame.f_back
-        if frame is None:
-            return None
-        if frame.f_code.co_name == function and getattr(frame.f_locals.get("self"), "py_dataset", None) is dataset:
-            return frame
-    return None
-
-
-def keras_next_order(dataset: Any) -> list[int] | None:
-    """Predicts, when Keras starts an epoch, the batch order its generator will ask `dataset` for.
-
-    Called from `on_epoch_begin` under Keras's `PyDatasetAdapter`: the
-    adapter's generator asks for batches in order, or, with
-    `fit(shuffle=True)`, in the order `random.shuffle` gives when it starts,
-    which a copy of the `random` module's state predicts (nothing draws
-    from it in between). Like `keras_request_order`, it only guides
-    prefetching: a wrong guess costs nothing but the guess.
-
-    Args:
-        dataset: The dataset whose epoch begins.
-
-    Returns:
-        The predicted batch positions, or `None` when not called from Keras.
-
-    Example:
-
-    >>> keras_next_order(seq) is None  # not called from Keras
-    True
-    """
-    frame = keras_frame(dataset, "on_epoch_begin")
-    if frame is None:
-        return None
-    order = list(range(len(dataset)))
-    if getattr(frame.f_locals["self"], "shuffle", False):
-        generator = random.Random()
-        generator.setstate(random.getstate())
-        generator.shuffle(order)
-    return order
+def _twice_sharded(ours: int, keras_shards: int) -> str:
+    return (
+        f"Keras splits this dataset's batches across {keras_shards} processes itself (the distribution's "
+        f"`auto_shard_dataset=True`), and the dataset was built with num_shards={ours}: each process would train on "
+        f"1/{ours * keras_shards} of the data. Build it with shard='auto' (which leaves the split to Keras) or "
+        "num_shards=1, or give the distribution auto_shard_dataset=False."
+    )
 
 
 def copy_same_kind(out: np.ndarray, value: np.ndarray) -> None:
@@ -370,7 +301,11 @@ class BaseSequence(keras.utils.PyDataset):
         batch_size: Samples per batch. Defaults to 32.
         shuffle: Reshuffle the order every epoch. Defaults to `True`.
         seed: Non-negative integer seed; `None` (the default) draws one at
-            construction, available as `seq.seed`.
+            construction, available as `seq.seed`, except in a sharded job
+            (`num_shards > 1`, or a multi-process `keras.distribution`),
+            where `None` means 0: hosts that build their sequences
+            independently must draw the same order, as with torch's
+            `DistributedSampler`. Pass the same seed on every host to vary it.
         drop_remainder: Leave out the last, smaller batch. Defaults to
             `False`.
         workers: As for `keras.utils.PyDataset`. Defaults to 1.
@@ -465,6 +400,9 @@ class BaseSequence(keras.utils.PyDataset):
         if shard == "auto":
             num_shards, shard_index = detect_shard()
         self.num_shards = check_int("num_shards", num_shards, minimum=1)
+        keras_sharding = keras_shards_py_datasets()
+        if self.num_shards > 1 and keras_sharding is not None:
+            raise ValueError(_twice_sharded(self.num_shards, keras_sharding[0]))
         self.shard_index = check_int("shard_index", shard_index, minimum=0)
         if self.shard_index >= self.num_shards:
             raise ValueError(
@@ -479,7 +417,9 @@ class BaseSequence(keras.utils.PyDataset):
             )
         self.shuffle = bool(shuffle)
         if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])
+            # Hosts build their sequences independently: they must agree on the order without talking.
+            sharded = self.num_shards > 1 or distribution_data_shards() is not None
+            seed = 0 if sharded else int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])
         self.seed = check_int("seed", seed, minimum=0)
         self.epoch = 0
         self._order: np.ndarray | None = None  # computed on first use, see `order`
@@ -804,6 +744,8 @@ class BaseSequence(keras.utils.PyDataset):
         while Keras sets up the epoch, instead of when the first is asked
         for.
         """
+        if self.num_shards > 1 and keras_adapter_shards(self) > 1:
+            raise ValueError(_twice_sharded(self.num_shards, keras_adapter_shards(self)))
         if self.parallel:
             pool = self._worker_pool()
             order = keras_next_order(self)
@@ -1542,50 +1484,30 @@ def batches_dataset(dataset: BaseSequence, batches: Callable[[], Iterator], sign
     return tf.data.Dataset.from_generator(generate, output_signature=crossing).map(scale)
 
 
-def _ours_in_keras_tf_dataset(get_tf_dataset: Callable) -> Callable:
-    """Wraps Keras's `PyDatasetAdapter.get_tf_dataset`: for keras_sepseq datasets only, tf.data autotuning is off and
-    images cross into the graph as `uint8` (see `BaseSequence.deferred_scaling`).
+def _ours_in_keras_tf_dataset(adapter: Any, dataset: Any) -> Any:
+    """What Keras's `PyDatasetAdapter.get_tf_dataset` returns, for keras_sepseq datasets: tf.data autotuning off and
+    images crossing into the graph as `uint8` (see `BaseSequence.deferred_scaling`). Other datasets are left alone.
 
     Keras wraps a PyDataset that runs no workers of its own (ours tell it
     `workers=1`) in `from_generator(...).prefetch(AUTOTUNE)` with autotuning
-    on. Measured here with `model.fit` on 2,000 images, that pipeline waits
-    about 0.3 s (sometimes 1 s) before asking for the first batch of one
-    epoch in two, whether the dataset is ours or a plain PyDataset; with
-    autotuning off, as Keras itself sets it when its own workers run, every
-    epoch starts within 20 ms. Our worker pool prefetches already, so the
-    autotuner has nothing to tune. Other datasets are left alone.
+    on, which waits before asking for the first batch of one epoch in two
+    (figures in docs/benchmarks.md); with autotuning off, as Keras itself
+    sets it when its own workers run, every epoch starts at once. Our
+    worker pool prefetches already, so the autotuner has nothing to tune.
     """
+    sequence = getattr(adapter, "py_dataset", None)
+    if isinstance(sequence, BaseSequence) and getattr(adapter, "enqueuer", None) is None:
+        import tensorflow as tf
 
-    @functools.wraps(get_tf_dataset)
-    def wrapped(adapter):
-        dataset = get_tf_dataset(adapter)
-        sequence = getattr(adapter, "py_dataset", None)
-        if isinstance(sequence, BaseSequence) and getattr(adapter, "enqueuer", None) is None:
-            import tensorflow as tf
-
-            signature = getattr(adapter, "_output_signature", None)
-            batches = getattr(adapter, "_get_iterator", None)
-            if callable(batches) and _deferrable(sequence, signature):
-                # The same generator Keras built (its batch order, its epochs), with images crossing as uint8.
-                dataset = batches_dataset(sequence, batches, signature).prefetch(tf.data.AUTOTUNE)
-            options = tf.data.Options()
-            options.autotune.enabled = False
-            dataset = dataset.with_options(options)
-        return dataset
-
-    wrapped.keras_sepseq_wrapped = True
-    return wrapped
+        signature = adapter_signature(adapter)
+        batches = adapter_batches(adapter)
+        if batches is not None and _deferrable(sequence, signature):
+            # The same generator Keras built (its batch order, its epochs), with images crossing as uint8.
+            dataset = batches_dataset(sequence, batches, signature).prefetch(tf.data.AUTOTUNE)
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        dataset = dataset.with_options(options)
+    return dataset
 
 
-def _adjust_keras_adapter() -> None:
-    """Installs `_ours_in_keras_tf_dataset` once; a Keras without that adapter method is left as it is."""
-    try:
-        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-    except ImportError:
-        return
-    original = getattr(PyDatasetAdapter, "get_tf_dataset", None)
-    if callable(original) and not getattr(original, "keras_sepseq_wrapped", False):
-        PyDatasetAdapter.get_tf_dataset = _ours_in_keras_tf_dataset(original)
-
-
-_adjust_keras_adapter()
+wrap_get_tf_dataset(_ours_in_keras_tf_dataset)

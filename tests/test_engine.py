@@ -270,7 +270,7 @@ def test_a_batch_that_was_not_prefetched_goes_ahead_of_queued_prefetches(dataset
 
 
 def test_request_order_is_unknown_outside_keras(dataset):
-    from keras_sepseq.sequence import keras_request_order
+    from keras_sepseq.keras_integration import keras_request_order
 
     seq = SeparatedSequence(*dataset, batch_size=2)
     assert keras_request_order(seq, 0) is None

@@ -174,12 +174,12 @@ def test_trains_through_the_tf_data_service(tmp_path):
         ds = seq.to_tf_dataset().apply(tf.data.experimental.service.distribute(
             processing_mode="parallel_epochs", service=dispatcher.target, job_name="keras_sepseq"))
         seen = sorted(int(v) for x, y in ds for v in y.numpy())
-        print("served", len(seen), "distinct", len(set(seen)))
+        print("served", len(seen), "distinct", len(set(seen)), flush=True)
         model = keras.Sequential([keras.Input((6, 5, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
         model.compile("sgd", "mse")
         model.fit(ds.map(lambda x, y: (x, tf.cast(y, tf.float32))), epochs=1, verbose=0)
-        print("trained")
-        os._exit(0)
+        print("trained", flush=True)
+        os._exit(0)  # skips TensorFlow's slow teardown of the service threads; print above flushed first
         """,
         tmp_path,
     )
