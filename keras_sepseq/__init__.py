@@ -47,13 +47,13 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from keras_sepseq.errors import SampleError, ShapeMismatchError
     from keras_sepseq.images import convert_color, decode_image, read_image, resize_image, write_pixels
-    from keras_sepseq.pairing import Matching, default_key, match_files, pair_files
-    from keras_sepseq.paths import PathArray
     from keras_sepseq.npy import load_npy, npy_shape
     from keras_sepseq.padded import PaddedSequence
     from keras_sepseq.padding import bucketed_order, pad_batch, padding_weights
-    from keras_sepseq.separated import SeparatedSequence
+    from keras_sepseq.pairing import Matching, default_key, match_files, pair_files
+    from keras_sepseq.paths import PathArray
     from keras_sepseq.resume import SequenceCheckpoint
+    from keras_sepseq.separated import SeparatedSequence
     from keras_sepseq.sequence import BaseSequence, epoch_order
 
 

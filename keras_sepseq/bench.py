@@ -33,8 +33,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -316,7 +317,10 @@ def _pil_load(path: str, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+        return (
+            np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+            / 255.0
+        )
 
 
 def _generator(paths, labels, size, batch_size, seed):
@@ -403,7 +407,9 @@ if importlib.util.find_spec("grain") is not None:  # optional: only `bench` comp
             return {"x": decode_image(self.paths[index], image_size=self.size), "index": np.int64(index)}
 
 
-def loader_rates(paths: list[str], size: tuple[int, int], batch_size: int, workers: int, epochs: int = 3) -> dict[str, list[float]]:
+def loader_rates(
+    paths: list[str], size: tuple[int, int], batch_size: int, workers: int, epochs: int = 3
+) -> dict[str, list[float]]:
     """Images/s of the loaders alone (no model), per epoch: keras_sepseq's workers, and Grain's if installed.
 
     Each loader yields float32 batches in [0, 1], as `fit` would get them;
@@ -432,8 +438,13 @@ def loader_rates(paths: list[str], size: tuple[int, int], batch_size: int, worke
 
     labels = np.zeros(len(paths), np.int64)
     rates: dict[str, list[float]] = {}
-    for name, processes in [(f"SeparatedSequence, {workers} threads", False), (f"SeparatedSequence, {workers} processes", True)]:
-        seq = SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers, use_multiprocessing=processes)
+    for name, processes in [
+        (f"SeparatedSequence, {workers} threads", False),
+        (f"SeparatedSequence, {workers} processes", True),
+    ]:
+        seq = SeparatedSequence(
+            paths, labels, batch_size, image_size=size, seed=0, workers=workers, use_multiprocessing=processes
+        )
         rates[name] = []
         for _ in range(epochs):
             start = time.perf_counter()
@@ -633,7 +644,7 @@ def run_bench(
         cache_dir = tempfile.mkdtemp(prefix="keras_sepseq_bench_cache_")
         if repeats > 1:
             log(f"round {round_index + 1} of {repeats}")
-        for name, note, make, fit_kwargs in candidates:
+        for name, _note, make, fit_kwargs in candidates:
             if only and not any(o.lower() in name.lower() for o in only):
                 continue
             timer = Timer()
@@ -644,7 +655,9 @@ def run_bench(
                     del x
                 else:
                     data = make()
-                    shuffle = {"shuffle": False} if not hasattr(data, "num_batches") else {}  # tf.data, generator: own order
+                    shuffle = (
+                        {"shuffle": False} if not hasattr(data, "num_batches") else {}
+                    )  # tf.data, generator: own order
                     model.fit(data, epochs=epochs, verbose=0, callbacks=[timer], **shuffle, **fit_kwargs)
                     if hasattr(data, "close"):
                         data.close()
@@ -728,7 +741,9 @@ def format_report(report: dict[str, Any]) -> str:
             f"{fmt(ratio['cold_vs_decode_limit']):>7} {fmt(ratio.get('steady_vs_numpy')):>9} "
             f"{fmt(ratio.get('best_vs_numpy')):>8} {r['peak_rss_mb']:8,.0f}"
         )
-    lines.append(f"{'decode limit':<42} {limit:8,.0f} (decode + resize on one core x {report['decode_limit']['cores_used']})")
+    lines.append(
+        f"{'decode limit':<42} {limit:8,.0f} (decode + resize on one core x {report['decode_limit']['cores_used']})"
+    )
     for name, rates in report.get("loaders", {}).items():
         lines.append(
             f"{name + ', loader only (no model)':<52} epoch 1 {rates[0]:7,.0f}/s, then {rates[-1]:7,.0f}/s "
@@ -763,7 +778,9 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ImportError("--plot needs matplotlib: pip install 'keras-sepseq[plot]' (or pip install matplotlib)") from e
+        raise ImportError(
+            "--plot needs matplotlib: pip install 'keras-sepseq[plot]' (or pip install matplotlib)"
+        ) from e
     results = report["results"]
     names = [r["name"] for r in results]
     y = np.arange(len(names))

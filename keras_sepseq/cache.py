@@ -27,7 +27,18 @@ from typing import Any
 import numpy as np
 
 DEFAULT_BUDGET = 2 * 1024**3
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_bytes(value: int | str, *, name: str = "cache_budget") -> int:
@@ -165,15 +176,18 @@ class MemoryCache:
 
     def _fits(self, arrays: tuple) -> bool:
         return all(
-            (slab is None and a is None) or (slab is not None and a is not None and slab.shape[1:] == a.shape and slab.dtype == a.dtype)
+            (slab is None and a is None)
+            or (slab is not None and a is not None and slab.shape[1:] == a.shape and slab.dtype == a.dtype)
             for slab, a in zip(self.slabs, arrays)
         )
 
     def _check(self, total: int, arrays: tuple, estimate: bool = True) -> None:
         if total > self.budget:
             shapes = ", ".join(f"{a.shape} {a.dtype}" for a in arrays if a is not None)
-            what = f"needs about {format_bytes(total)} for {self.num_samples:,} samples of {shapes}" if estimate else (
-                f"reached {format_bytes(total)} after samples of {shapes}"
+            what = (
+                f"needs about {format_bytes(total)} for {self.num_samples:,} samples of {shapes}"
+                if estimate
+                else (f"reached {format_bytes(total)} after samples of {shapes}")
             )
             raise ValueError(
                 f"cache='memory' {what}, over cache_budget={format_bytes(self.budget)}. Raise `cache_budget`, "
@@ -286,13 +300,18 @@ class DirectoryCache:
                 layout.append(None if a is None else {"shape": list(a.shape), "dtype": a.dtype.str})
                 if a is not None:
                     np.lib.format.open_memmap(
-                        os.path.join(self.root, f"slot{k}.npy"), mode="w+", dtype=a.dtype, shape=(self.num_samples,) + a.shape
+                        os.path.join(self.root, f"slot{k}.npy"),
+                        mode="w+",
+                        dtype=a.dtype,
+                        shape=(self.num_samples,) + a.shape,
                     ).flush()
             with open(os.path.join(self.root, "layout.json"), "w") as f:
                 json.dump(layout, f)
             self.slabs, self._views = self._open_slabs(), None
         for k, (slab, a) in enumerate(zip(self.slabs, arrays)):
-            if (slab is None) != (a is None) or (a is not None and (slab.shape[1:] != a.shape or slab.dtype != a.dtype)):
+            if (slab is None) != (a is None) or (
+                a is not None and (slab.shape[1:] != a.shape or slab.dtype != a.dtype)
+            ):
                 raise ValueError(
                     f"cache=<directory> needs every sample to have one shape: sample {index} "
                     f"({self.sources[index]!r}) has {None if a is None else (a.shape, str(a.dtype))} in slot {k}, "

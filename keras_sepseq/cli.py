@@ -74,13 +74,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="write synthetic 200-360 px PNG and JPEG images (the default) to DIR "
         "(default: ~/.cache/keras_sepseq/bench), once",
     )  # fmt: skip
-    bench.add_argument("--samples", type=_positive_int, default=None, help="images to use (default: 2000; 96 with --quick)")
-    bench.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=None, help="resize to H x W (default: 128 128; 64 64 with --quick)")
+    bench.add_argument(
+        "--samples", type=_positive_int, default=None, help="images to use (default: 2000; 96 with --quick)"
+    )
+    bench.add_argument(
+        "--image-size",
+        type=_positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="resize to H x W (default: 128 128; 64 64 with --quick)",
+    )
     bench.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: %(default)s)")
-    bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs per candidate, first one cold (default: 4; 2 with --quick)")
-    bench.add_argument("--workers", type=_positive_int, default=2, help="workers of the parallel candidates (default: %(default)s)")
-    bench.add_argument("--repeats", type=_positive_int, default=1, help="rounds over all candidates, medians reported (default: %(default)s)")
-    bench.add_argument("--only", action="append", metavar="NAME", help="run only candidates whose name contains NAME (repeatable)")
+    bench.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs per candidate, first one cold (default: 4; 2 with --quick)",
+    )
+    bench.add_argument(
+        "--workers", type=_positive_int, default=2, help="workers of the parallel candidates (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=1,
+        help="rounds over all candidates, medians reported (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--only", action="append", metavar="NAME", help="run only candidates whose name contains NAME (repeatable)"
+    )
     bench.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="also write a bar chart (needs matplotlib)")
     bench.add_argument("--quick", action="store_true", help="a small, fast run: a smoke test, not a measurement")
@@ -112,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("label_glob", metavar="LABEL_GLOB", help="e.g. 'data/label_*.npy' (quoted)")
     preview.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
     preview.add_argument("--n", type=_positive_int, default=16, help="samples to show (default: %(default)s)")
-    preview.add_argument("--seed", type=int, default=0, help="which samples: same seed, same sheet (default: %(default)s)")
+    preview.add_argument(
+        "--seed", type=int, default=0, help="which samples: same seed, same sheet (default: %(default)s)"
+    )
     preview.add_argument("--size", type=_positive_int, default=128, help="cell size in pixels (default: %(default)s)")
     preview.add_argument("--key", help="regular expression whose first group pairs the files (default: last number)")
     preview.set_defaults(handler=_preview)
@@ -125,7 +150,9 @@ def _inspect(args: argparse.Namespace) -> int:
     from keras_sepseq.inspection import format_inspection, inspect_files
 
     try:
-        result = inspect_files(args.image_glob, args.label_glob, key=args.key, progress=not args.json, workers=args.workers)
+        result = inspect_files(
+            args.image_glob, args.label_glob, key=args.key, progress=not args.json, workers=args.workers
+        )
     except ValueError as e:
         print(f"keras-sepseq inspect: error: {e}", file=sys.stderr)
         return 2
@@ -145,7 +172,9 @@ def _preview(args: argparse.Namespace) -> int:
     if not matching.image_paths:
         print("keras-sepseq preview: error: no image has a label file with the same key", file=sys.stderr)
         return 2
-    sheet, problems = contact_sheet(matching.image_paths, matching.label_paths, n=args.n, seed=args.seed, cell=args.size)
+    sheet, problems = contact_sheet(
+        matching.image_paths, matching.label_paths, n=args.n, seed=args.seed, cell=args.size
+    )
     try:
         sheet.save(args.out)
     except (OSError, ValueError) as e:
@@ -178,7 +207,9 @@ def _bench(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("keras-sepseq bench: error: --plot needs matplotlib: pip install 'keras-sepseq[plot]'", file=sys.stderr)
+            print(
+                "keras-sepseq bench: error: --plot needs matplotlib: pip install 'keras-sepseq[plot]'", file=sys.stderr
+            )
             return 2
     if args.dir:
         try:
@@ -200,8 +231,15 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"resizing to {size[0]}x{size[1]}, batch {args.batch_size}, {epochs} epochs per candidate, "
           f"{args.workers} workers, {os.cpu_count()} cores")  # fmt: skip
     report = bench.run_bench(
-        paths, labels, image_size=size, batch_size=args.batch_size, epochs=epochs, workers=args.workers, only=args.only,
-        scale_paths=100_000 if args.quick else 1_000_000, repeats=args.repeats,
+        paths,
+        labels,
+        image_size=size,
+        batch_size=args.batch_size,
+        epochs=epochs,
+        workers=args.workers,
+        only=args.only,
+        scale_paths=100_000 if args.quick else 1_000_000,
+        repeats=args.repeats,
     )
     print()
     print(bench.format_report(report))

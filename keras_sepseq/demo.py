@@ -81,7 +81,9 @@ def draw_shape(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarr
     return image.astype(np.uint8)
 
 
-def make_demo_dataset(directory: str, *, samples: int = 2000, size: int = 32, seed: int = 0) -> tuple[list[str], list[str]]:
+def make_demo_dataset(
+    directory: str, *, samples: int = 2000, size: int = 32, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """Writes the demo dataset as `image_NNNNN.png` and `label_NNNNN.npy` files.
 
     The files are written once: a `dataset.json` written last records the

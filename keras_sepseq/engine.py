@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-_LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
+_LIVE_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 
 class WorkerDiedError(RuntimeError):
@@ -415,7 +415,7 @@ class WorkerPool:
             self._enqueue(upcoming)
         items: list[Any] = []
         try:
-            for k, job in enumerate(jobs):
+            for k, job in enumerate(jobs):  # noqa: B007 (k: where a failure stopped, below)
                 items.extend(self._collect(job))
             return items
         except BrokenProcessPool as e:

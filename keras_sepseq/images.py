@@ -48,7 +48,12 @@ INTERPOLATIONS: dict[str, int] = {
 
 # With antialias=False these filters run in OpenCV, sampling like tf.image.resize(antialias=False);
 # "area" averages whatever the flag says. The others always use Pillow's antialiased filters.
-_OPENCV_FILTERS = {"nearest": "INTER_NEAREST_EXACT", "bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "area": "INTER_AREA"}
+_OPENCV_FILTERS = {
+    "nearest": "INTER_NEAREST_EXACT",
+    "bilinear": "INTER_LINEAR",
+    "bicubic": "INTER_CUBIC",
+    "area": "INTER_AREA",
+}
 _OPENCV_DTYPES = frozenset({np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)})
 _PNG_END = b"IEND\xaeB`\x82"  # the last 8 bytes of a complete PNG
 
@@ -164,8 +169,7 @@ def standardize_pixels(pixels: np.ndarray) -> np.ndarray:
         low, high = int(pixels.min()), int(pixels.max())
         if low < 0 or high > 65535:
             raise ValueError(
-                f"integer pixels of dtype {pixels.dtype} must lie in 0..65535, "
-                f"got values from {low} to {high}"
+                f"integer pixels of dtype {pixels.dtype} must lie in 0..65535, got values from {low} to {high}"
             )
         return pixels.astype(np.uint16)
     if kind == "f":
@@ -197,9 +201,7 @@ def convert_color(pixels: np.ndarray, color_mode: str) -> np.ndarray:
     (2, 2, 4)
     """
     if color_mode not in COLOR_MODES:
-        raise ValueError(
-            f"`color_mode` must be one of {sorted(COLOR_MODES)}. Received: color_mode={color_mode!r}"
-        )
+        raise ValueError(f"`color_mode` must be one of {sorted(COLOR_MODES)}. Received: color_mode={color_mode!r}")
     channels = pixels.shape[2]
     if channels == COLOR_MODES[color_mode]:  # gray to grayscale, RGB to rgb, RGBA to rgba: nothing to do
         return pixels
@@ -268,8 +270,7 @@ def resize_image(
     """
     if interpolation not in INTERPOLATIONS:
         raise ValueError(
-            f"`interpolation` must be one of {sorted(INTERPOLATIONS)}. "
-            f"Received: interpolation={interpolation!r}"
+            f"`interpolation` must be one of {sorted(INTERPOLATIONS)}. Received: interpolation={interpolation!r}"
         )
     height, width = size
     if pixels.shape[:2] == (height, width):

@@ -89,7 +89,9 @@ def inspect_files(
         result["image_sizes"] = dict(sizes.most_common())
         result["image_modes"] = dict(Counter(m for _, m, _ in headers if m).most_common())
         result["image_formats"] = dict(Counter(f for _, _, f in headers if f).most_common())
-        seq = SeparatedSequence(matching.image_paths, matching.label_paths, batch_size=1, shuffle=False, workers=workers or 1)
+        seq = SeparatedSequence(
+            matching.image_paths, matching.label_paths, batch_size=1, shuffle=False, workers=workers or 1
+        )
         report = seq.validate(progress=progress, workers=workers)
         summary = report.to_dict()
         result["bad"] = summary["bad"]
@@ -129,7 +131,9 @@ def format_inspection(result: dict[str, Any], *, shown: int = 20) -> str:
         if not counts:
             return []
         items = list(counts.items())
-        text = ", ".join(f"{k}: {v:,}" for k, v in items[:8]) + (f", ... {len(items) - 8} more" if len(items) > 8 else "")
+        text = ", ".join(f"{k}: {v:,}" for k, v in items[:8]) + (
+            f", ... {len(items) - 8} more" if len(items) > 8 else ""
+        )
         return [f"{title}: {text}"]
 
     lines = [f"pairs: {result['pairs']:,}"]
@@ -224,7 +228,9 @@ def contact_sheet(
             pixels = decode_image(image_paths[index], color_mode="rgb")
             thumb = Image.fromarray(pixels if pixels.dtype == np.uint8 else (pixels >> 8).astype(np.uint8))
             grow = thumb.width < cell and thumb.height < cell  # small images: crisp pixels, not blur
-            thumb = ImageOps.contain(thumb, (cell, cell), Image.Resampling.NEAREST if grow else Image.Resampling.LANCZOS)
+            thumb = ImageOps.contain(
+                thumb, (cell, cell), Image.Resampling.NEAREST if grow else Image.Resampling.LANCZOS
+            )
             sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
             text = label_text(load_npy(label_paths[index]))
         except Exception as e:

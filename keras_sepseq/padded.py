@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import numbers
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,12 +11,19 @@ from typing import Any
 import numpy as np
 
 from keras_sepseq.cache import DEFAULT_BUDGET
-
 from keras_sepseq.errors import SampleError, ShapeMismatchError
 from keras_sepseq.npy import load_npy, npy_shape
 from keras_sepseq.padding import PADDING_SIDES, bucketed_order, pad_batch, padding_weights
 from keras_sepseq.paths import PathArray, PathLike, is_path_sequence
-from keras_sepseq.sequence import BaseSequence, check_choice, check_int, check_labels, check_paths, check_targets, stack_arrays
+from keras_sepseq.sequence import (
+    BaseSequence,
+    check_choice,
+    check_int,
+    check_labels,
+    check_paths,
+    check_targets,
+    stack_arrays,
+)
 
 _LENGTH_THREADS = 16
 
@@ -319,7 +326,9 @@ class PaddedSequence(BaseSequence):
         lengths = self.lengths()[members]
         if self.maxlen is not None:
             lengths = np.minimum(lengths, self.maxlen)
-        return members[bucketed_order(lengths, batch_size=self.batch_size, seed=self.seed, epoch=epoch, shuffle=self.shuffle)]
+        return members[
+            bucketed_order(lengths, batch_size=self.batch_size, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        ]
 
     def _order_settings(self) -> dict:
         return {**super()._order_settings(), "bucket_by_length": self.bucket_by_length, "maxlen": self.maxlen}
@@ -431,7 +440,9 @@ class PaddedSequence(BaseSequence):
         if self.label_value is None:
             if self.labels is not None:
                 return x, self.labels[indices]
-            return x, stack_arrays([item[1] for item in items], lambda k: repr(self.label_paths[indices[k]]), what="label")
+            return x, stack_arrays(
+                [item[1] for item in items], lambda k: repr(self.label_paths[indices[k]]), what="label"
+            )
         targets = [item[1] for item in items]
         label_name = self._name(self.label_paths, "labels")
         _check_trailing(targets, indices, label_name, "label")

@@ -7,9 +7,8 @@ import os
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Union
 
-Key = Union[Callable[[str], Hashable], str, None]
+Key = Callable[[str], Hashable] | str | None
 
 _LAST_DIGITS = re.compile(r"(\d+)(?!.*\d)")
 _SHOWN = 5
@@ -146,14 +145,19 @@ def pair_files(
     m = match_files(image_pattern, label_pattern, key=key)
     for name, clashes in (("image_pattern", m.duplicate_images), ("label_pattern", m.duplicate_labels)):
         if clashes:
-            shown = "; ".join(f"key {k!r}: {_show(v)}" for k, v in sorted(clashes.items(), key=lambda kv: _sort_key(kv[0]))[:_SHOWN])
+            shown = "; ".join(
+                f"key {k!r}: {_show(v)}" for k, v in sorted(clashes.items(), key=lambda kv: _sort_key(kv[0]))[:_SHOWN]
+            )
             raise ValueError(
                 f"`{name}` matched several files with the same key ({len(clashes)} duplicate keys, "
                 f"first: {shown}). Pass `key=` to tell them apart."
             )
     problems = []
     total_images, total_labels = len(m.image_paths) + len(m.orphan_images), len(m.label_paths) + len(m.orphan_labels)
-    for side, orphans, total, partner in (("image", m.orphan_images, total_images, "label"), ("label", m.orphan_labels, total_labels, "image")):
+    for side, orphans, total, partner in (
+        ("image", m.orphan_images, total_images, "label"),
+        ("label", m.orphan_labels, total_labels, "image"),
+    ):
         if orphans:
             problems.append(
                 f"{len(orphans)} of {total} {side} files have no {partner} file with the same key "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from keras_sepseq.npy import load_npy
 from keras_sepseq.paths import PathArray, PathLike
 from keras_sepseq.sequence import BaseSequence, check_choice, check_int, check_paths, check_targets, stack_arrays
 
-Labels = Union[Sequence[PathLike], PathArray, np.ndarray, Sequence[Any], None]
+Labels = Sequence[PathLike] | PathArray | np.ndarray | Sequence[Any] | None
 
 
 class SeparatedSequence(BaseSequence):
@@ -148,8 +148,14 @@ class SeparatedSequence(BaseSequence):
             raise TypeError(f"`antialias` must be True or False. Received: antialias={antialias!r}")
         self.antialias = bool(antialias)
         self.dtype = check_choice("dtype", dtype, DTYPES)
-        self.max_image_pixels = None if max_image_pixels is None else check_int("max_image_pixels", max_image_pixels, minimum=1)
-        if cache not in (None, "memory") and image_size is None and type(self).load_input is SeparatedSequence.load_input:
+        self.max_image_pixels = (
+            None if max_image_pixels is None else check_int("max_image_pixels", max_image_pixels, minimum=1)
+        )
+        if (
+            cache not in (None, "memory")
+            and image_size is None
+            and type(self).load_input is SeparatedSequence.load_input
+        ):
             raise ValueError(
                 "cache=<directory> needs `image_size`, so that every cached image has one shape. "
                 f"Received: cache={cache!r}, image_size=None"
@@ -238,9 +244,16 @@ class SeparatedSequence(BaseSequence):
 
     def cache_key(self) -> tuple:
         """Settings and paths that decide what a directory cache holds."""
-        labels = self.label_paths if self.label_paths is not None else ("in memory" if self.labels is not None else None,)
+        labels = (
+            self.label_paths if self.label_paths is not None else ("in memory" if self.labels is not None else None,)
+        )
         return super().cache_key() + (
-            self.color_mode, self.image_size, self.interpolation, self.antialias, self.image_paths, labels,
+            self.color_mode,
+            self.image_size,
+            self.interpolation,
+            self.antialias,
+            self.image_paths,
+            labels,
             ("decoder revision", images.DECODER_REVISION),
         )
 
@@ -289,7 +302,11 @@ class SeparatedSequence(BaseSequence):
 
         >>> x, y = seq.collate(indices, [seq.load_item(i) for i in indices])  # doctest: +SKIP
         """
-        hint = "" if self.image_size is not None else "Pass `image_size=(height, width)` to resize every image to one size."
+        hint = (
+            ""
+            if self.image_size is not None
+            else "Pass `image_size=(height, width)` to resize every image to one size."
+        )
         pixels = [item[0] for item in items]
         x = stack_arrays(
             pixels, lambda k: repr(self.image_paths[indices[k]]),
@@ -395,7 +412,9 @@ class SeparatedSequence(BaseSequence):
 def _check_image_size(image_size: Any) -> tuple[int, int] | None:
     if image_size is None:
         return None
-    message = f"`image_size` must be None or a (height, width) pair of integers >= 1. Received: image_size={image_size!r}"
+    message = (
+        f"`image_size` must be None or a (height, width) pair of integers >= 1. Received: image_size={image_size!r}"
+    )
     if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
         raise ValueError(message)
     try:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -180,7 +179,9 @@ class ValidationReport:
         }
 
     def __str__(self) -> str:
-        lines = [f"{self.num_samples:,} samples checked: {self.num_samples - len(self.bad):,} good, {len(self.bad):,} bad"]
+        lines = [
+            f"{self.num_samples:,} samples checked: {self.num_samples - len(self.bad):,} good, {len(self.bad):,} bad"
+        ]
         for title, counter in [("input shapes", self.input_shapes), ("input dtypes", self.input_dtypes),
                                ("label shapes", self.label_shapes), ("label dtypes", self.label_dtypes)]:  # fmt: skip
             if counter:
@@ -204,8 +205,7 @@ def _check_max_errors(value: Any) -> int | float | None:
     if isinstance(value, float) and 0.0 < value < 1.0:
         return value
     raise ValueError(
-        "`max_errors` must be None, a count >= 0, or a fraction between 0 and 1. "
-        f"Received: max_errors={value!r}"
+        f"`max_errors` must be None, a count >= 0, or a fraction between 0 and 1. Received: max_errors={value!r}"
     )
 
 
@@ -376,7 +376,9 @@ class BaseSequence(keras.utils.PyDataset):
         shard: str | None = None,
     ) -> None:
         # Keras runs no workers of its own: it would start a pool per epoch (see keras_sepseq.engine).
-        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=check_int("max_queue_size", max_queue_size, minimum=1))
+        super().__init__(
+            workers=1, use_multiprocessing=False, max_queue_size=check_int("max_queue_size", max_queue_size, minimum=1)
+        )
         self.num_workers = check_int("workers", workers, minimum=0)
         self.use_processes = bool(use_multiprocessing)
         self._pool: WorkerPool | None = None
@@ -692,7 +694,9 @@ class BaseSequence(keras.utils.PyDataset):
             return None
         if self._cache is None:
             if self.cache == "memory":
-                self._cache = MemoryCache(self.num_samples, budget=self.cache_budget, fixed_shape=self.fixed_sample_shape())
+                self._cache = MemoryCache(
+                    self.num_samples, budget=self.cache_budget, fixed_shape=self.fixed_sample_shape()
+                )
             else:
                 self._cache = DirectoryCache(
                     self.cache, fingerprint=fingerprint(*self.cache_key()), sources=self.cache_sources()
@@ -918,7 +922,10 @@ class BaseSequence(keras.utils.PyDataset):
         chunk = 256
         with ThreadPoolExecutor(threads) as pool:
             starts = range(0, self.num_samples, chunk)
-            for start, items in zip(starts, pool.map(lambda a: [self.try_load_item(i) for i in range(a, min(a + chunk, self.num_samples))], starts)):
+            for start, items in zip(
+                starts,
+                pool.map(lambda a: [self.try_load_item(i) for i in range(a, min(a + chunk, self.num_samples))], starts),
+            ):
                 for index, item in enumerate(items, start):
                     if isinstance(item, SampleError):
                         report.bad.append(BadSample(index, item.path, item.reason))
@@ -987,7 +994,9 @@ class BaseSequence(keras.utils.PyDataset):
         except MemoryError:
             raise
         except Exception as e:
-            error = SampleError(f"cannot load sample: {type(e).__name__}: {e}", path=self.sample_path(index), index=index)
+            error = SampleError(
+                f"cannot load sample: {type(e).__name__}: {e}", path=self.sample_path(index), index=index
+            )
             error.__cause__ = e
             return error
 
@@ -1031,7 +1040,9 @@ class BaseSequence(keras.utils.PyDataset):
                     break
                 self._record_error(item)
             else:
-                raise TooManyErrorsError(f"none of the {self.num_samples} samples could be loaded: {self.errors[0].reason}")
+                raise TooManyErrorsError(
+                    f"none of the {self.num_samples} samples could be loaded: {self.errors[0].reason}"
+                )
         return self._reference[0], self._reference[1]
 
     def set_reference(self, index: int) -> None:
@@ -1297,9 +1308,7 @@ def check_labels(name: str, labels: Any) -> np.ndarray:
             f"with the same shape each ({e})."
         ) from None
     if array.ndim == 0:
-        raise ValueError(
-            f"`{name}` must hold one label (or one path) per sample. Received a scalar: {labels!r}"
-        )
+        raise ValueError(f"`{name}` must hold one label (or one path) per sample. Received a scalar: {labels!r}")
     if array.dtype == object:
         raise ValueError(
             f"`{name}` as in-memory labels must form a numeric array, one label per sample; "

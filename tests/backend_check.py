@@ -58,7 +58,9 @@ class Check(keras.callbacks.Callback):
         counts = ops.convert_to_numpy(self.metric.counts)
         wrong = float(ops.convert_to_numpy(self.metric.wrong))
         if not (counts == 1).all() or wrong:
-            print(f"FAIL {self.name} epoch {epoch}: {int((counts == 0).sum())} never, {int((counts > 1).sum())} twice or more, {wrong:.0f} misaligned")
+            print(
+                f"FAIL {self.name} epoch {epoch}: {int((counts == 0).sum())} never, {int((counts > 1).sum())} twice or more, {wrong:.0f} misaligned"
+            )
             sys.exit(1)
 
 
@@ -94,7 +96,9 @@ def main():
         seq = SeparatedSequence(**args)
         seq._keras_sepseq_args = args
         run(f"SeparatedSequence {mode}", seq, DecodeIndex(), (6, 5, 3))
-        args = dict(sequences=sequences, labels=np.arange(N), batch_size=BATCH, seed=1, bucket_by_length=True, **options)
+        args = dict(
+            sequences=sequences, labels=np.arange(N), batch_size=BATCH, seed=1, bucket_by_length=True, **options
+        )
         seq = PaddedSequence(**args)
         seq._keras_sepseq_args = args
         run(f"PaddedSequence {mode}", seq, LastValue(), (None, 1))

@@ -25,7 +25,13 @@ def test_exactly_once_under_every_backend(backend):
         pytest.skip(f"{backend} is not installed (pip install {BACKENDS[backend]})")
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     script = os.path.join(os.path.dirname(__file__), "backend_check.py")
-    done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=int(os.environ.get("KERAS_SEPSEQ_BACKEND_TIMEOUT", "600")))
+    done = subprocess.run(
+        [sys.executable, script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=int(os.environ.get("KERAS_SEPSEQ_BACKEND_TIMEOUT", "600")),
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert f"backend {backend} all ok" in done.stdout
     assert done.stdout.count("ok ") == 4

@@ -35,7 +35,9 @@ def png_claiming(width, height):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    )
 
 
 def truncate(path, keep):
@@ -66,17 +68,39 @@ def replace_with_folder(path):
 
 
 BREAKAGES = [
-    pytest.param(lambda i, l, t: open(i[BAD], "wb").close(), "image", "the file is empty", id="zero-byte image"),
-    pytest.param(lambda i, l, t: open(i[BAD], "wb").write(os.urandom(300)), "image", "not an image that Pillow or imageio can decode", id="random bytes named .png"),
+    pytest.param(lambda i, lb, t: open(i[BAD], "wb").close(), "image", "the file is empty", id="zero-byte image"),
+    pytest.param(
+        lambda i, lb, t: open(i[BAD], "wb").write(os.urandom(300)),
+        "image",
+        "not an image that Pillow or imageio can decode",
+        id="random bytes named .png",
+    ),
     pytest.param(break_png_truncated, "image", "(?i)truncated", id="truncated PNG"),
     pytest.param(break_jpeg_truncated, "image", "(?i)truncated", id="truncated JPEG"),
-    pytest.param(lambda i, l, t: open(l[BAD], "w").write("label: 3\n" * 20), "label", r"not a .npy file: it starts with b'label:'", id="text file named .npy"),
-    pytest.param(lambda i, l, t: truncate(l[BAD], 0.9), "label", "cannot load label", id="truncated .npy"),
-    pytest.param(break_pickled_label, "label", r"holds Python objects \(pickled data\), which are never unpickled", id="pickled object array"),
-    pytest.param(lambda i, l, t: os.remove(l[BAD]), "label", "FileNotFoundError", id="missing label file"),
-    pytest.param(lambda i, l, t: os.remove(i[BAD]), "image", "FileNotFoundError", id="image deleted after construction"),
-    pytest.param(lambda i, l, t: replace_with_folder(i[BAD]), "image", "IsADirectoryError", id="image unreadable"),
-    pytest.param(lambda i, l, t: open(i[BAD], "wb").write(png_claiming(100_000, 100_000)), "image", r"claims 100000x100000 = 10,000,000,000 pixels, over the limit of 89,478,485 \(max_image_pixels", id="decompression bomb header"),
+    pytest.param(
+        lambda i, lb, t: open(lb[BAD], "w").write("label: 3\n" * 20),
+        "label",
+        r"not a .npy file: it starts with b'label:'",
+        id="text file named .npy",
+    ),
+    pytest.param(lambda i, lb, t: truncate(lb[BAD], 0.9), "label", "cannot load label", id="truncated .npy"),
+    pytest.param(
+        break_pickled_label,
+        "label",
+        r"holds Python objects \(pickled data\), which are never unpickled",
+        id="pickled object array",
+    ),
+    pytest.param(lambda i, lb, t: os.remove(lb[BAD]), "label", "FileNotFoundError", id="missing label file"),
+    pytest.param(
+        lambda i, lb, t: os.remove(i[BAD]), "image", "FileNotFoundError", id="image deleted after construction"
+    ),
+    pytest.param(lambda i, lb, t: replace_with_folder(i[BAD]), "image", "IsADirectoryError", id="image unreadable"),
+    pytest.param(
+        lambda i, lb, t: open(i[BAD], "wb").write(png_claiming(100_000, 100_000)),
+        "image",
+        r"claims 100000x100000 = 10,000,000,000 pixels, over the limit of 89,478,485 \(max_image_pixels",
+        id="decompression bomb header",
+    ),
 ]
 
 
@@ -166,7 +190,11 @@ def test_the_same_file_is_judged_bad_in_every_batch_composition(files, batch_siz
     assert "those of sample 1" in seq.errors[1].reason
 
 
-@pytest.mark.parametrize("mode", [dict(workers=1), dict(workers=2), dict(workers=2, use_multiprocessing=True)], ids=["main thread", "threads", "processes"])
+@pytest.mark.parametrize(
+    "mode",
+    [dict(workers=1), dict(workers=2), dict(workers=2, use_multiprocessing=True)],
+    ids=["main thread", "threads", "processes"],
+)
 def test_a_batch_of_only_bad_samples_is_a_weightless_placeholder(files, mode):
     images, labels = files
     for k in (3, 4, 5):
@@ -252,7 +280,11 @@ def test_validate_reports_without_raising(files, tmp_path):
     open(images[6], "wb").close()
     report = SeparatedSequence(images, labels).validate(progress=False)
     assert not report.ok
-    assert [(b.index, os.path.basename(b.path)) for b in report.bad] == [(1, "image_0001.png"), (2, "image_0002.png"), (6, "image_0006.png")]
+    assert [(b.index, os.path.basename(b.path)) for b in report.bad] == [
+        (1, "image_0001.png"),
+        (2, "image_0002.png"),
+        (6, "image_0006.png"),
+    ]
     assert "FileNotFoundError" in report.bad[0].reason and "differ from" in report.bad[1].reason
     assert report.input_shapes == {(6, 5, 3): N - 2}
     assert report.label_shapes == {(): N - 3, (3,): 1}
@@ -278,7 +310,9 @@ def test_validate_shows_progress(files, capsys):
     bad_fraction=st.floats(0, 1),
     mode=st.sampled_from(["main thread", "threads", "processes"]),
 )
-def test_skip_serves_every_good_sample_once_and_reports_every_bad_one(tmp_path_factory, n, batch_size, drop_remainder, shuffle, seed, bad_fraction, mode):
+def test_skip_serves_every_good_sample_once_and_reports_every_bad_one(
+    tmp_path_factory, n, batch_size, drop_remainder, shuffle, seed, bad_fraction, mode
+):
     folder = tmp_path_factory.mktemp("prop")
     images, labels = write_indexed_dataset(folder, n)
     bad = set(np.random.default_rng(seed).choice(n, size=int(bad_fraction * n), replace=False).tolist())

@@ -35,7 +35,9 @@ def epoch(seq):
 @pytest.mark.parametrize("mode", MODES)
 def test_memory_cache_serves_later_epochs_without_the_files(indexed_dataset, mode):
     images, labels = indexed_dataset(20)
-    seq = SeparatedSequence(images, labels, batch_size=6, image_size=(6, 5), cache="memory", seed=2, dtype="uint8", **mode)
+    seq = SeparatedSequence(
+        images, labels, batch_size=6, image_size=(6, 5), cache="memory", seed=2, dtype="uint8", **mode
+    )
     reference = SeparatedSequence(images, labels, batch_size=6, image_size=(6, 5), seed=2, dtype="uint8")
     first, expected_first = epoch(seq), epoch(reference)
     expected_second = epoch(reference)
@@ -53,7 +55,10 @@ def test_memory_cache_serves_later_epochs_without_the_files(indexed_dataset, mod
 def test_memory_cache_refuses_a_dataset_over_its_budget(indexed_dataset):
     images, labels = indexed_dataset(10)
     seq = SeparatedSequence(images, labels, batch_size=4, image_size=(100, 100), cache="memory", cache_budget="200KB")
-    with pytest.raises(ValueError, match=r"cache='memory' needs about 300 KB for 10 samples of \(100, 100, 3\) uint8, \(\) int64, over cache_budget=200 KB. Raise `cache_budget`"):
+    with pytest.raises(
+        ValueError,
+        match=r"cache='memory' needs about 300 KB for 10 samples of \(100, 100, 3\) uint8, \(\) int64, over cache_budget=200 KB. Raise `cache_budget`",
+    ):
         seq[0]
 
 
@@ -65,7 +70,10 @@ def test_memory_cache_of_images_of_several_sizes_counts_as_it_goes(tmp_path):
     seq = SeparatedSequence(paths, [0, 1, 2], batch_size=1, shuffle=False, cache="memory", cache_budget=300)
     seq[0], seq[1]
     assert seq.sample_cache().nbytes == 4 * 4 * 3 + 8 * 8 * 3
-    with pytest.raises(ValueError, match=r"cache='memory' reached 2.94 KB after samples of \(30, 30, 3\) uint8, over cache_budget=300 B"):
+    with pytest.raises(
+        ValueError,
+        match=r"cache='memory' reached 2.94 KB after samples of \(30, 30, 3\) uint8, over cache_budget=300 B",
+    ):
         seq[2]
 
 
@@ -129,7 +137,9 @@ def test_directory_cache_of_an_earlier_decoder_revision_is_not_reused(indexed_da
 
 def test_directory_cache_needs_image_size(indexed_dataset, tmp_path):
     images, labels = indexed_dataset(2)
-    with pytest.raises(ValueError, match=r"cache=<directory> needs `image_size`.*Received: cache='.*', image_size=None"):
+    with pytest.raises(
+        ValueError, match=r"cache=<directory> needs `image_size`.*Received: cache='.*', image_size=None"
+    ):
         SeparatedSequence(images, labels, cache=str(tmp_path))
 
 

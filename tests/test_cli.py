@@ -93,7 +93,20 @@ def test_module_runs_as_a_program():
 
 def test_bench_quick_smoke_run(tmp_path, capsys):
     report_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
-    code = main(["bench", "--quick", "--repeats", "2", "--synthetic", str(tmp_path / "data"), "--json", str(report_path), "--plot", str(plot_path)])
+    code = main(
+        [
+            "bench",
+            "--quick",
+            "--repeats",
+            "2",
+            "--synthetic",
+            str(tmp_path / "data"),
+            "--json",
+            str(report_path),
+            "--plot",
+            str(plot_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads(report_path.read_text())
@@ -146,7 +159,10 @@ def test_inspect_reports_orphans_duplicates_and_broken_files(indexed_dataset, tm
     assert code == 1
     assert report["pairs"] == 8 and not report["ok"]
     assert [os.path.basename(p) for p in report["orphan_images"]] == ["image_0004.png"]
-    assert sorted(os.path.basename(p) for p in report["duplicate_keys"]["images"]["9"]) == ["image_0009.png", "image_0009b.png"]
+    assert sorted(os.path.basename(p) for p in report["duplicate_keys"]["images"]["9"]) == [
+        "image_0009.png",
+        "image_0009b.png",
+    ]
     assert [os.path.basename(b["path"]) for b in report["bad"]] == ["image_0007.png"]
     assert "the file is empty" in report["bad"][0]["reason"]
 
@@ -154,7 +170,13 @@ def test_inspect_reports_orphans_duplicates_and_broken_files(indexed_dataset, tm
 def test_preview_writes_a_contact_sheet(indexed_dataset, tmp_path, capsys):
     indexed_dataset(10)
     out_path = tmp_path / "grid.png"
-    args = ["preview", str(tmp_path / "data" / "image_*.png"), str(tmp_path / "data" / "label_*.npy"), "--out", str(out_path)]
+    args = [
+        "preview",
+        str(tmp_path / "data" / "image_*.png"),
+        str(tmp_path / "data" / "label_*.npy"),
+        "--out",
+        str(out_path),
+    ]
     assert main(args + ["--n", "4", "--size", "64"]) == 0
     assert "wrote" in capsys.readouterr().out
     sheet = Image.open(out_path)
@@ -166,14 +188,22 @@ def test_preview_writes_a_contact_sheet(indexed_dataset, tmp_path, capsys):
 def test_preview_marks_unreadable_images_and_exits_1(indexed_dataset, tmp_path, capsys):
     images, _ = indexed_dataset(3)
     open(images[1], "wb").close()
-    args = ["preview", str(tmp_path / "data" / "image_*.png"), str(tmp_path / "data" / "label_*.npy"), "--out", str(tmp_path / "g.png")]
+    args = [
+        "preview",
+        str(tmp_path / "data" / "image_*.png"),
+        str(tmp_path / "data" / "label_*.npy"),
+        "--out",
+        str(tmp_path / "g.png"),
+    ]
     assert main(args) == 1
     assert "unreadable:" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["inspect", "preview"])
 def test_inspect_and_preview_usage_errors_exit_2(tmp_path, command, capsys):
-    args = [command, str(tmp_path / "none_*.png"), str(tmp_path / "none_*.npy")] + (["--out", "x.png"] if command == "preview" else [])
+    args = [command, str(tmp_path / "none_*.png"), str(tmp_path / "none_*.npy")] + (
+        ["--out", "x.png"] if command == "preview" else []
+    )
     assert main(args) == 2
     assert "matched no files" in capsys.readouterr().err
 
@@ -186,7 +216,12 @@ def test_every_subcommand_has_help(command, capsys):
 
 @pytest.mark.parametrize(
     "label, text",
-    [(np.array(7), "7"), (np.array(0.123456), "0.1235"), (np.array([0, 1, 0]), "class 1"), (np.arange(40.0), "[ 0.  1.  2. ... 37. 38. 39.]"[:21] + "…")],
+    [
+        (np.array(7), "7"),
+        (np.array(0.123456), "0.1235"),
+        (np.array([0, 1, 0]), "class 1"),
+        (np.arange(40.0), "[ 0.  1.  2. ... 37. 38. 39.]"[:21] + "…"),
+    ],
     ids=["int", "float", "one-hot", "long vector"],
 )
 def test_label_text(label, text):

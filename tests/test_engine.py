@@ -84,7 +84,9 @@ def test_any_request_order_serves_the_same_batches(dataset, processes, request_o
         "shuffled": lambda n: np.random.default_rng(n).permutation(n).tolist(),
     }
     reference = SeparatedSequence(*dataset, batch_size=5, seed=7, dtype="uint8")
-    parallel = SeparatedSequence(*dataset, batch_size=5, seed=7, dtype="uint8", workers=2, use_multiprocessing=processes)
+    parallel = SeparatedSequence(
+        *dataset, batch_size=5, seed=7, dtype="uint8", workers=2, use_multiprocessing=processes
+    )
     try:
         for expected, got in zip(epochs_of(reference, 3), epochs_of(parallel, 3, orders[request_order])):
             for (ex, ey), (gx, gy) in zip(expected, got):
@@ -113,7 +115,9 @@ def test_a_broken_file_in_a_worker_is_named(dataset, processes):
     os.remove(images[5])
     seq = SeparatedSequence(images, labels, batch_size=24, shuffle=False, workers=2, use_multiprocessing=processes)
     try:
-        with pytest.raises(SampleError, match=f"sample 5, file '{images[5]}': cannot load image: FileNotFoundError") as info:
+        with pytest.raises(
+            SampleError, match=f"sample 5, file '{images[5]}': cannot load image: FileNotFoundError"
+        ) as info:
             seq[0]
         assert info.value.path == images[5] and info.value.index == 5
     finally:
@@ -148,7 +152,7 @@ def test_process_workers_return_arrays_through_shared_memory(dataset):
     seq = SeparatedSequence(*dataset, batch_size=4, workers=2, use_multiprocessing=True, shuffle=False, dtype="uint8")
     reference = SeparatedSequence(*dataset, batch_size=4, shuffle=False, dtype="uint8")
     kept = []
-    for epoch in range(3):
+    for _epoch in range(3):
         for p in range(len(seq)):
             x, y = seq[p]
             kept.append((x, y, reference[p]))
@@ -174,7 +178,9 @@ def test_chunks_too_big_for_a_slot_come_through_the_pipe(tmp_path):
     for i, size in enumerate(sizes):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(np.full(size + (3,), i, np.uint8)).save(paths[-1])
-    seq = SeparatedSequence(paths, np.arange(12), batch_size=1, workers=2, use_multiprocessing=True, shuffle=False, dtype="uint8")
+    seq = SeparatedSequence(
+        paths, np.arange(12), batch_size=1, workers=2, use_multiprocessing=True, shuffle=False, dtype="uint8"
+    )
     for i, size in enumerate(sizes):
         x, y = seq[i]
         assert x.shape == (1,) + size + (3,) and (x == i).all() and y.tolist() == [i]
@@ -321,8 +327,10 @@ def test_batches_kept_by_the_caller_are_never_overwritten(tmp_path, cache):
     from conftest import write_indexed_dataset
 
     images, labels = write_indexed_dataset(tmp_path / "data", 40)
-    seq = SeparatedSequence(images, labels, batch_size=8, image_size=(128, 128), interpolation="nearest", seed=3, cache=cache)
-    for epoch in range(3):
+    seq = SeparatedSequence(
+        images, labels, batch_size=8, image_size=(128, 128), interpolation="nearest", seed=3, cache=cache
+    )
+    for _epoch in range(3):
         kept = [seq[i] for i in range(len(seq))]
         seen = np.concatenate([decode_index(x) for x, _ in kept])
         assert sorted(seen.tolist()) == list(range(40))  # nothing overwritten by a later batch
@@ -356,7 +364,8 @@ def test_shared_memory_works_with_every_start_method_and_leaks_nothing(dataset, 
 
     images, labels = dataset
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import multiprocessing, os
         import numpy as np
         from keras_sepseq import SeparatedSequence
@@ -375,7 +384,8 @@ def test_shared_memory_works_with_every_start_method_and_leaks_nothing(dataset, 
             seq.close()
             assert name not in (os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else [])
             print("ok")
-    """))
+    """)
+    )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")

@@ -38,7 +38,9 @@ SCRIPT_HEAD = textwrap.dedent(
 
 def run_script(body, folder, **kwargs):
     code = SCRIPT_HEAD.format(tests=os.path.dirname(__file__), folder=str(folder)) + textwrap.dedent(body)
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def finish(process, timeout):

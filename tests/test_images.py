@@ -59,7 +59,7 @@ def test_gray_becomes_three_equal_channels():
 
 
 def test_16_bit_png_keeps_its_precision(tmp_path):
-    values = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    values = np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000
     path = save(tmp_path / "deep.png", values)
     pixels = decode_image(path, color_mode="grayscale")
     assert pixels.dtype == np.uint16
@@ -125,7 +125,9 @@ def test_uint8_scaling_matches_tensorflow():
         pytest.param(np.zeros((2, 2, 5), np.uint8), r"1 to 4 channels, got shape \(2, 2, 5\)", id="five channels"),
         pytest.param(np.zeros((2, 2, 2, 3), np.uint8), r"got shape \(2, 2, 2, 3\)", id="a volume"),
         pytest.param(np.zeros((0, 2, 3), np.uint8), r"got shape \(0, 2, 3\)", id="empty"),
-        pytest.param(np.array([[-1, 7]], np.int32), r"must lie in 0..65535, got values from -1 to 7", id="negative ints"),
+        pytest.param(
+            np.array([[-1, 7]], np.int32), r"must lie in 0..65535, got values from -1 to 7", id="negative ints"
+        ),
     ],
 )
 def test_standardize_rejects_non_images(pixels, message):
@@ -141,8 +143,16 @@ def test_standardize_bool_and_wide_ints():
 @pytest.mark.parametrize(
     "call, message",
     [
-        pytest.param(lambda: convert_color(RGB, "cmyk"), r"`color_mode` must be one of \['grayscale', 'rgb', 'rgba'\]. Received: color_mode='cmyk'", id="color_mode"),
-        pytest.param(lambda: resize_image(RGB, (2, 2), interpolation="cubic"), r"`interpolation` must be one of .*Received: interpolation='cubic'", id="interpolation"),
+        pytest.param(
+            lambda: convert_color(RGB, "cmyk"),
+            r"`color_mode` must be one of \['grayscale', 'rgb', 'rgba'\]. Received: color_mode='cmyk'",
+            id="color_mode",
+        ),
+        pytest.param(
+            lambda: resize_image(RGB, (2, 2), interpolation="cubic"),
+            r"`interpolation` must be one of .*Received: interpolation='cubic'",
+            id="interpolation",
+        ),
     ],
 )
 def test_bad_options_are_named(call, message):
@@ -215,7 +225,9 @@ def test_corruption_inside_a_complete_file_is_refused(tmp_path, suffix):
     middle = len(data) // 2
     data[middle : middle + 40] = b"\xff" * 40  # end markers intact: only the decoder can tell
     open(path, "wb").write(bytes(data))
-    with pytest.raises(OSError, match="data stream"):  # Pillow's verdict: OpenCV or libjpeg-turbo alone would decode garbage
+    with pytest.raises(
+        OSError, match="data stream"
+    ):  # Pillow's verdict: OpenCV or libjpeg-turbo alone would decode garbage
         decode_image(path, image_size=(30, 20))
 
 
@@ -250,7 +262,8 @@ def test_cmyk_jpeg_is_read_by_pillow_as_rgb(tmp_path):
 
 @pytest.mark.parametrize(
     "method, size",
-    [(m, (30, 20)) for m in ("nearest", "bilinear", "bicubic", "area")] + [(m, (200, 150)) for m in ("nearest", "bilinear", "bicubic")],
+    [(m, (30, 20)) for m in ("nearest", "bilinear", "bicubic", "area")]
+    + [(m, (200, 150)) for m in ("nearest", "bilinear", "bicubic")],
     ids=lambda v: v if isinstance(v, str) else ("shrink" if v[0] < 90 else "enlarge"),
 )
 def test_sampled_resize_matches_tensorflow(method, size):
@@ -293,12 +306,16 @@ def test_antialiasing_keeps_a_fine_pattern_gray_and_sampling_does_not():
         pytest.param((90, 70), (128, 128), (90, 70), id="enlarging: full size"),
     ],
 )
-def test_jpeg_being_shrunk_is_decoded_at_a_power_of_two_reduction(tmp_path, monkeypatch, file_size, image_size, decoded):
+def test_jpeg_being_shrunk_is_decoded_at_a_power_of_two_reduction(
+    tmp_path, monkeypatch, file_size, image_size, decoded
+):
     import simplejpeg
 
     shapes = []
     real = simplejpeg.decode_jpeg
-    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: shapes.append(real(*a, **k).shape[:2]) or real(*a, **k))
+    monkeypatch.setattr(
+        simplejpeg, "decode_jpeg", lambda *a, **k: shapes.append(real(*a, **k).shape[:2]) or real(*a, **k)
+    )
     path = str(tmp_path / "photo.jpg")
     Image.fromarray(photo(*file_size)).save(path)
     pixels = decode_image(path, image_size=image_size)

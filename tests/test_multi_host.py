@@ -34,7 +34,16 @@ def run_job(tmp_path, *, auto_shard: bool, shard: str = "auto", timeout: float =
     script = os.path.join(os.path.dirname(__file__), "jax_host.py")
     processes = [
         subprocess.Popen(
-            [sys.executable, script, str(port), str(i), str(folder), str(tmp_path / f"host{i}.json"), str(auto_shard), shard],
+            [
+                sys.executable,
+                script,
+                str(port),
+                str(i),
+                str(folder),
+                str(tmp_path / f"host{i}.json"),
+                str(auto_shard),
+                shard,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -74,7 +83,9 @@ def check_exactly_once(hosts: list[dict]) -> None:
         pytest.param(
             True,
             id="Keras shards, auto_shard_dataset=True",
-            marks=pytest.mark.skipif(not KERAS_SHARDS_ITSELF, reason="Keras 3.15 refuses a PyDataset with auto-sharding"),
+            marks=pytest.mark.skipif(
+                not KERAS_SHARDS_ITSELF, reason="Keras 3.15 refuses a PyDataset with auto-sharding"
+            ),
         ),
     ],
 )
@@ -123,5 +134,7 @@ def test_the_check_catches_hosts_that_do_not_shard(tmp_path):
 
 @pytest.mark.skipif(not KERAS_SHARDS_ITSELF, reason="Keras 3.15 does not shard a PyDataset itself")
 def test_explicit_shards_under_keras_auto_sharding_are_refused(tmp_path):
-    with pytest.raises(AssertionError, match=r"Keras splits this dataset's batches across 2 processes itself .* num_shards=2"):
+    with pytest.raises(
+        AssertionError, match=r"Keras splits this dataset's batches across 2 processes itself .* num_shards=2"
+    ):
         run_job(tmp_path, auto_shard=True, shard="explicit")

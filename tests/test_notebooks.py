@@ -26,7 +26,13 @@ def test_notebook_runs_within_two_minutes(name, tmp_path):
     client.execute()
     elapsed = time.monotonic() - start
     assert elapsed < 120, f"{name} took {elapsed:.0f} s"
-    errors = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", []) if o.output_type == "error"]
+    errors = [
+        o
+        for cell in book.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+        if o.output_type == "error"
+    ]
     assert not errors
     images = [o for cell in book.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "each notebook shows at least one picture"

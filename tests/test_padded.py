@@ -13,7 +13,9 @@ def write_sequences(folder, lengths, features=(3,), *, tags=False):
     folder.mkdir(parents=True, exist_ok=True)
     seqs, labels, tag_paths = [], [], []
     for i, length in enumerate(lengths):
-        array = np.full((length,) + features, i, dtype=np.float32) + (np.arange(length) / 1000).reshape((-1,) + (1,) * len(features))
+        array = np.full((length,) + features, i, dtype=np.float32) + (np.arange(length) / 1000).reshape(
+            (-1,) + (1,) * len(features)
+        )
         seqs.append(str(folder / f"seq_{i:04d}.npy"))
         np.save(seqs[-1], array)
         labels.append(str(folder / f"label_{i:04d}.npy"))
@@ -143,7 +145,9 @@ def test_bucketing_raises_padding_efficiency_on_skewed_lengths():
 @pytest.mark.parametrize("maxlen", [None, 6], ids=["dynamic", "maxlen 6"])
 def test_padding_efficiency_counts_what_batches_hold(bucket, maxlen):
     lengths = [1, 9, 3, 3, 7, 2, 8, 5, 4, 0, 6]
-    seq = PaddedSequence(in_memory(lengths, (1,)), np.zeros(11), batch_size=3, seed=1, bucket_by_length=bucket, maxlen=maxlen)
+    seq = PaddedSequence(
+        in_memory(lengths, (1,)), np.zeros(11), batch_size=3, seed=1, bucket_by_length=bucket, maxlen=maxlen
+    )
     clipped = np.minimum(lengths, maxlen or 99)
     real = padded = 0
     for i in range(len(seq)):
@@ -171,7 +175,9 @@ def test_pickles_and_serves_the_same_batches(tmp_path):
     maxlen=st.one_of(st.none(), st.integers(1, 8)),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_every_epoch_serves_each_sequence_once_aligned(lengths, batch_size, bucket, shuffle, drop_remainder, maxlen, seed):
+def test_every_epoch_serves_each_sequence_once_aligned(
+    lengths, batch_size, bucket, shuffle, drop_remainder, maxlen, seed
+):
     n = len(lengths)
     batch_size = min(batch_size, n) if drop_remainder else batch_size
     sequences = [np.full((t, 2), i + 1, dtype=np.float32) for i, t in enumerate(lengths)]
@@ -200,18 +206,38 @@ def test_every_epoch_serves_each_sequence_once_aligned(lengths, batch_size, buck
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        pytest.param(dict(labels=[0, 1]), r"same length. Received: len\(sequences\)=3, len\(labels\)=2", id="lengths differ"),
+        pytest.param(
+            dict(labels=[0, 1]), r"same length. Received: len\(sequences\)=3, len\(labels\)=2", id="lengths differ"
+        ),
         pytest.param(dict(sequences=[]), r"`sequences` must not be empty", id="no sequences"),
-        pytest.param(dict(sequences=[np.ones((2, 2)), np.ones((3, 3)), np.ones((1, 2))]), r"sequences\[0\] has shape \(2, 2\) but sequences\[1\] has shape \(3, 3\); only the first \(time\) dimension may vary", id="trailing shapes differ"),
-        pytest.param(dict(sequences=[np.ones(2), np.float32(1), np.ones(2)]), r"`sequences\[1\]` is 0-d", id="a scalar sequence"),
+        pytest.param(
+            dict(sequences=[np.ones((2, 2)), np.ones((3, 3)), np.ones((1, 2))]),
+            r"sequences\[0\] has shape \(2, 2\) but sequences\[1\] has shape \(3, 3\); only the first \(time\) dimension may vary",
+            id="trailing shapes differ",
+        ),
+        pytest.param(
+            dict(sequences=[np.ones(2), np.float32(1), np.ones(2)]), r"`sequences\[1\]` is 0-d", id="a scalar sequence"
+        ),
         pytest.param(dict(maxlen=0), r"`maxlen` must be an integer >= 1. Received: maxlen=0", id="maxlen 0"),
-        pytest.param(dict(padding="both"), r"`padding` must be one of \['post', 'pre'\]. Received: padding='both'", id="padding"),
-        pytest.param(dict(truncating="mid"), r"`truncating` must be one of \['post', 'pre'\]. Received: truncating='mid'", id="truncating"),
+        pytest.param(
+            dict(padding="both"), r"`padding` must be one of \['post', 'pre'\]. Received: padding='both'", id="padding"
+        ),
+        pytest.param(
+            dict(truncating="mid"),
+            r"`truncating` must be one of \['post', 'pre'\]. Received: truncating='mid'",
+            id="truncating",
+        ),
         pytest.param(dict(value="zero"), r"`value` must be a number. Received: value='zero'", id="value"),
         pytest.param(dict(dtype="str"), r"`dtype` must be a numeric numpy dtype. Received: dtype='str'", id="dtype"),
         pytest.param(dict(labels=[[1, 2], [3], [4]]), r"pass `label_value=`", id="ragged labels without label_value"),
-        pytest.param(dict(labels=[[1, 2], [3], [4]], label_value=-1), r"sequences\[1\] has 1 steps but labels\[1\] has 1|sequences\[0\] has 2 steps but labels\[0\] has 2|per-timestep labels must be as long", id="tag lengths differ"),
-        pytest.param(dict(batch_size=0), r"`batch_size` must be an integer >= 1. Received: batch_size=0", id="batch_size"),
+        pytest.param(
+            dict(labels=[[1, 2], [3], [4]], label_value=-1),
+            r"sequences\[1\] has 1 steps but labels\[1\] has 1|sequences\[0\] has 2 steps but labels\[0\] has 2|per-timestep labels must be as long",
+            id="tag lengths differ",
+        ),
+        pytest.param(
+            dict(batch_size=0), r"`batch_size` must be an integer >= 1. Received: batch_size=0", id="batch_size"
+        ),
     ],
 )
 def test_bad_arguments_raise_at_construction(kwargs, message):
@@ -225,7 +251,10 @@ def test_files_with_other_trailing_shapes_are_named(tmp_path):
     a, b = str(tmp_path / "a.npy"), str(tmp_path / "b.npy")
     np.save(a, np.zeros((2, 3)))
     np.save(b, np.zeros((4, 5)))
-    with pytest.raises(ShapeMismatchError, match=r"sequences in one batch have different trailing shapes: '.*a.npy' has shape \(2, 3\) but '.*b.npy' has shape \(4, 5\)"):
+    with pytest.raises(
+        ShapeMismatchError,
+        match=r"sequences in one batch have different trailing shapes: '.*a.npy' has shape \(2, 3\) but '.*b.npy' has shape \(4, 5\)",
+    ):
         PaddedSequence([a, b], [0, 1], batch_size=2, shuffle=False)[0]
 
 
@@ -247,7 +276,9 @@ def test_tag_file_of_the_wrong_length_is_named(tmp_path):
 def test_a_missing_file_is_named_when_reading_lengths(tmp_path):
     seqs, labels = write_sequences(tmp_path, [3, 2])
     (tmp_path / "seq_0001.npy").unlink()
-    with pytest.raises(SampleError, match=r"sample 1, file '.*seq_0001.npy': cannot load sequence length: FileNotFoundError"):
+    with pytest.raises(
+        SampleError, match=r"sample 1, file '.*seq_0001.npy': cannot load sequence length: FileNotFoundError"
+    ):
         PaddedSequence(seqs, labels, bucket_by_length=True)[0]
 
 
@@ -262,7 +293,10 @@ def test_skip_mode_leaves_out_bad_sequences_and_keeps_step_weights(tmp_path):
     x, y, w = seq[0]
     assert x.shape[0] == 3 and w.shape == y.shape == (3, 3)
     np.testing.assert_array_equal(w.sum(axis=1), [3, 2, 1])
-    assert [(e.index, "FileNotFoundError" in e.reason or "steps" in e.reason) for e in seq.errors] == [(2, True), (4, True)]
+    assert [(e.index, "FileNotFoundError" in e.reason or "steps" in e.reason) for e in seq.errors] == [
+        (2, True),
+        (4, True),
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seq.on_epoch_end()

@@ -17,7 +17,12 @@ MODES = [
 
 def pooled_model(features=3):
     model = keras.Sequential(
-        [keras.Input((None, features)), keras.layers.Masking(0.0), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)]
+        [
+            keras.Input((None, features)),
+            keras.layers.Masking(0.0),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ]
     )
     model.compile(optimizer="sgd", loss="mse")
     return model
@@ -133,8 +138,15 @@ def test_per_timestep_labels_and_weights_train_a_tagger():
     x, y, weights = seq[0]
     assert weights.shape == y.shape == x.shape[:2]
     model = keras.Sequential(
-        [keras.Input((None, 1)), keras.layers.Masking(0.0), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")]
+        [
+            keras.Input((None, 1)),
+            keras.layers.Masking(0.0),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
     )
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"]
+    )
     history = model.fit(seq, epochs=4, verbose=0)
     assert history.history["accuracy"][-1] > 0.95

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keras_sepseq import bucketed_order, npy_shape, pad_batch, padding_weights
-from keras_sepseq import npy
+from keras_sepseq import bucketed_order, npy, npy_shape, pad_batch, padding_weights
 from keras_sepseq.npy import load_npy
 
 SIDES = ["pre", "post"]
@@ -38,7 +37,9 @@ def test_matches_keras_pad_sequences_on_random_data(data, maxlen, padding, trunc
     if maxlen is None and not any(data):
         return  # keras cannot take the max of no lengths
     ours = pad_batch(data, maxlen=maxlen, padding=padding, truncating=truncating, value=0.5)
-    theirs = keras.utils.pad_sequences(data, maxlen=maxlen, padding=padding, truncating=truncating, value=0.5, dtype="float32")
+    theirs = keras.utils.pad_sequences(
+        data, maxlen=maxlen, padding=padding, truncating=truncating, value=0.5, dtype="float32"
+    )
     np.testing.assert_array_equal(ours, theirs)
 
 
@@ -68,12 +69,26 @@ def test_an_empty_sequence_written_as_a_flat_list_is_accepted():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        pytest.param(dict(arrays=[np.ones((2, 3)), np.ones((2, 4))]), r"arrays\[0\] has shape \(2, 3\) but arrays\[1\] has shape \(2, 4\)", id="trailing shapes differ"),
+        pytest.param(
+            dict(arrays=[np.ones((2, 3)), np.ones((2, 4))]),
+            r"arrays\[0\] has shape \(2, 3\) but arrays\[1\] has shape \(2, 4\)",
+            id="trailing shapes differ",
+        ),
         pytest.param(dict(arrays=[np.ones(2), np.float32(3)]), r"arrays\[1\] is 0-d", id="a scalar"),
         pytest.param(dict(arrays=[]), r"at least one array", id="nothing"),
-        pytest.param(dict(arrays=[[1]], maxlen=0), r"`maxlen` must be None or an integer >= 1. Received: maxlen=0", id="maxlen 0"),
-        pytest.param(dict(arrays=[[1]], padding="both"), r"`padding` must be one of \['pre', 'post'\]. Received: padding='both'", id="padding"),
-        pytest.param(dict(arrays=[[1]], truncating="middle"), r"`truncating` must be one of \['pre', 'post'\]. Received: truncating='middle'", id="truncating"),
+        pytest.param(
+            dict(arrays=[[1]], maxlen=0), r"`maxlen` must be None or an integer >= 1. Received: maxlen=0", id="maxlen 0"
+        ),
+        pytest.param(
+            dict(arrays=[[1]], padding="both"),
+            r"`padding` must be one of \['pre', 'post'\]. Received: padding='both'",
+            id="padding",
+        ),
+        pytest.param(
+            dict(arrays=[[1]], truncating="middle"),
+            r"`truncating` must be one of \['pre', 'post'\]. Received: truncating='middle'",
+            id="truncating",
+        ),
     ],
 )
 def test_bad_input_is_named(kwargs, message):
@@ -102,7 +117,9 @@ def test_bucketed_order_is_a_permutation_with_a_partial_batch_last(lengths, batc
     lengths = np.array(lengths)
     order = bucketed_order(lengths, batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle)
     np.testing.assert_array_equal(np.sort(order), np.arange(len(lengths)))
-    np.testing.assert_array_equal(order, bucketed_order(lengths, batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle))
+    np.testing.assert_array_equal(
+        order, bucketed_order(lengths, batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle)
+    )
 
 
 def test_bucketed_batches_hold_similar_lengths_and_epochs_differ():
@@ -136,9 +153,17 @@ def test_npy_shape_of_a_version_3_header(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        pytest.param(lambda p: open(p, "w").write("1,2,3,4,5,6,7,8,9\n"), "not a .npy file: it starts with b.1,2,3,", id="a text file"),
+        pytest.param(
+            lambda p: open(p, "w").write("1,2,3,4,5,6,7,8,9\n"),
+            "not a .npy file: it starts with b.1,2,3,",
+            id="a text file",
+        ),
         pytest.param(lambda p: np.save(p, np.array([{"x": 1}], dtype=object)), "holds Python objects", id="objects"),
-        pytest.param(lambda p: (np.save(p, np.zeros((5, 3))), open(p, "r+b").truncate(140)), "truncated: its header promises 120 bytes of data for shape \\(5, 3\\), but only 12 follow", id="truncated"),
+        pytest.param(
+            lambda p: (np.save(p, np.zeros((5, 3))), open(p, "r+b").truncate(140)),
+            "truncated: its header promises 120 bytes of data for shape \\(5, 3\\), but only 12 follow",
+            id="truncated",
+        ),
     ],
 )
 def test_npy_shape_refuses_bad_files(tmp_path, content, message):

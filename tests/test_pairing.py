@@ -75,7 +75,10 @@ def test_only_the_first_few_orphans_are_listed(tmp_path):
 
 def test_duplicate_keys_name_the_clashing_files(tmp_path):
     touch(tmp_path, "image_1.png", "image_01.png", "label_1.npy")
-    with pytest.raises(ValueError, match=r"`image_pattern` matched several files with the same key \(1 duplicate keys, first: key 1: .*image_01.png.*image_1.png"):
+    with pytest.raises(
+        ValueError,
+        match=r"`image_pattern` matched several files with the same key \(1 duplicate keys, first: key 1: .*image_01.png.*image_1.png",
+    ):
         pair_files(str(tmp_path / "image_*.png"), str(tmp_path / "label_*.npy"))
 
 
@@ -90,9 +93,7 @@ def test_no_match_names_the_pattern(tmp_path, side):
 
 def test_regex_key_uses_its_group(tmp_path):
     touch(tmp_path, "patient-a7_scan.png", "patient-b2_scan.png", "a7-mask.npy", "b2-mask.npy")
-    images, labels = pair_files(
-        str(tmp_path / "*.png"), str(tmp_path / "*.npy"), key=r"^(?:patient-)?([a-z]\d)"
-    )
+    images, labels = pair_files(str(tmp_path / "*.png"), str(tmp_path / "*.npy"), key=r"^(?:patient-)?([a-z]\d)")
     assert [p[-18:] for p in images] == ["patient-a7_scan.png"[-18:], "patient-b2_scan.png"[-18:]]
     assert [p[-11:] for p in labels] == ["a7-mask.npy", "b2-mask.npy"]
 

@@ -39,9 +39,16 @@ def test_index_out_of_range_names_the_size():
 @pytest.mark.parametrize(
     "paths, error, message",
     [
-        pytest.param(["a.png", 3], TypeError, r"`image_paths` must hold str or os.PathLike paths. Received: image_paths\[1\]=3 of type int", id="an int"),
+        pytest.param(
+            ["a.png", 3],
+            TypeError,
+            r"`image_paths` must hold str or os.PathLike paths. Received: image_paths\[1\]=3 of type int",
+            id="an int",
+        ),
         pytest.param(["a.png", b"b.png"], TypeError, r"image_paths\[1\]=b'b.png' of type bytes", id="bytes"),
-        pytest.param(["a.png", ""], ValueError, r"must not hold empty paths. Received: image_paths\[1\]=''", id="empty string"),
+        pytest.param(
+            ["a.png", ""], ValueError, r"must not hold empty paths. Received: image_paths\[1\]=''", id="empty string"
+        ),
     ],
 )
 def test_bad_elements_are_named(paths, error, message):

@@ -45,7 +45,9 @@ def served_epochs(seq, epochs):
     seed=st.integers(0, 2**32 - 1),
     extra_epoch_ends=st.integers(0, 3),
 )
-def test_every_epoch_serves_each_sample_once_and_aligned(files, n, batch_size, drop_remainder, shuffle, seed, extra_epoch_ends):
+def test_every_epoch_serves_each_sample_once_and_aligned(
+    files, n, batch_size, drop_remainder, shuffle, seed, extra_epoch_ends
+):
     if drop_remainder and batch_size > n:
         batch_size = n
     images, labels = files

@@ -51,8 +51,12 @@ def test_shards_are_disjoint_cover_the_data_and_have_equal_lengths(n, shards, ba
 
 
 def test_shards_reshuffle_in_step():
-    a = SeparatedSequence([f"x{i}.png" for i in range(40)], np.arange(40), batch_size=4, num_shards=2, shard_index=0, seed=9)
-    b = SeparatedSequence([f"x{i}.png" for i in range(40)], np.arange(40), batch_size=4, num_shards=2, shard_index=1, seed=9)
+    a = SeparatedSequence(
+        [f"x{i}.png" for i in range(40)], np.arange(40), batch_size=4, num_shards=2, shard_index=0, seed=9
+    )
+    b = SeparatedSequence(
+        [f"x{i}.png" for i in range(40)], np.arange(40), batch_size=4, num_shards=2, shard_index=1, seed=9
+    )
     first = set(epoch_samples(a)) | set(epoch_samples(b))
     a.on_epoch_end(), b.on_epoch_end()
     assert first == set(range(40)) == set(epoch_samples(a)) | set(epoch_samples(b))
@@ -81,7 +85,10 @@ def test_shard_auto_reads_tf_config(monkeypatch, tf_config, expected):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(num_shards=2, shard_index=2), r"`shard_index` must be below `num_shards`. Received: shard_index=2, num_shards=2"),
+        (
+            dict(num_shards=2, shard_index=2),
+            r"`shard_index` must be below `num_shards`. Received: shard_index=2, num_shards=2",
+        ),
         (dict(num_shards=0), r"`num_shards` must be an integer >= 1. Received: num_shards=0"),
         (dict(shard="manual"), r"`shard` must be None or 'auto'. Received: shard='manual'"),
         (dict(num_shards=11), r"`num_shards`=11 is more than the 10 samples"),
@@ -97,7 +104,14 @@ def test_bad_shard_arguments(kwargs, message):
 def test_resume_mid_epoch_in_a_new_object_serves_the_rest(shards, kind):
     def make():
         if kind == "separated":
-            return SeparatedSequence([f"x{i}.png" for i in range(50)], np.arange(50), batch_size=4, seed=5, num_shards=shards, shard_index=shards - 1)
+            return SeparatedSequence(
+                [f"x{i}.png" for i in range(50)],
+                np.arange(50),
+                batch_size=4,
+                seed=5,
+                num_shards=shards,
+                shard_index=shards - 1,
+            )
         return sequences(50, batch_size=4, seed=5, bucket_by_length=True, num_shards=shards, shard_index=shards - 1)
 
     seq = make()
@@ -117,7 +131,9 @@ def test_resume_mid_epoch_in_a_new_object_serves_the_rest(shards, kind):
 def test_set_state_refuses_other_settings():
     seq = SeparatedSequence([f"x{i}.png" for i in range(20)], np.arange(20), batch_size=4)
     other = SeparatedSequence([f"x{i}.png" for i in range(20)], np.arange(20), batch_size=5)
-    with pytest.raises(ValueError, match=r"saved with other settings that decide the order: batch_size: saved 4, here 5"):
+    with pytest.raises(
+        ValueError, match=r"saved with other settings that decide the order: batch_size: saved 4, here 5"
+    ):
         other.set_state(seq.get_state())
     with pytest.raises(ValueError, match=r"`state` must be a dict returned by get_state\(\)"):
         seq.set_state({"epoch": 3})
@@ -133,7 +149,9 @@ from conftest import write_indexed_dataset
 
 
 def run_python(body, tmp_path, timeout=300):
-    code = SUBPROCESS_HEAD.format(tests=os.path.dirname(__file__)) + textwrap.dedent(body).replace("FOLDER", repr(str(tmp_path)))
+    code = SUBPROCESS_HEAD.format(tests=os.path.dirname(__file__)) + textwrap.dedent(body).replace(
+        "FOLDER", repr(str(tmp_path))
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     return done.stdout
@@ -216,10 +234,16 @@ def test_backup_and_restore_resumes_the_interrupted_epoch_order(tmp_path):
         seq = SeparatedSequence([f"x{i}.png" for i in range(40)], np.arange(40), batch_size=8, seed=3)
         seq.load_item = lambda i: (np.full((2, 2, 3), i % 256, np.uint8), None)  # no files needed
         seq.collate = lambda indices, items, position=None: (
-            np.stack([x for x, _ in items]).astype("float32"), np.asarray(indices, "float32"))
+            np.stack([x for x, _ in items]).astype("float32"),
+            np.asarray(indices, "float32"),
+        )
         model = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
         model.compile("sgd", "mse")
-        callbacks = [keras.callbacks.BackupAndRestore(backup), SequenceCheckpoint(seq, os.path.join(backup, "sequence.json")), Record(seq, stop_at)]
+        callbacks = [
+            keras.callbacks.BackupAndRestore(backup),
+            SequenceCheckpoint(seq, os.path.join(backup, "sequence.json")),
+            Record(seq, stop_at),
+        ]
         model.fit(seq, epochs=4, verbose=0, callbacks=callbacks)
 
     with pytest.raises(Interrupt):

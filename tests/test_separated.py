@@ -45,7 +45,10 @@ def test_mixed_sizes_without_image_size_name_two_files_and_suggest_image_size(tm
     Image.fromarray(index_image(0, (6, 5))).save(a)
     Image.fromarray(index_image(1, (7, 5))).save(b)
     seq = SeparatedSequence([a, b], [0, 1], batch_size=2, shuffle=False)
-    with pytest.raises(ValueError, match=r"images in one batch have different shapes: '.*a_0.png' has shape \(6, 5, 3\) but '.*b_1.png' has shape \(7, 5, 3\). Pass `image_size=\(height, width\)`"):
+    with pytest.raises(
+        ValueError,
+        match=r"images in one batch have different shapes: '.*a_0.png' has shape \(6, 5, 3\) but '.*b_1.png' has shape \(7, 5, 3\). Pass `image_size=\(height, width\)`",
+    ):
         seq[0]
 
 
@@ -89,7 +92,10 @@ def test_label_shapes_that_differ_name_two_files(tmp_path, indexed_dataset):
     a, b = str(tmp_path / "la.npy"), str(tmp_path / "lb.npy")
     np.save(a, np.int64(1))
     np.save(b, np.zeros(3))
-    with pytest.raises(ShapeMismatchError, match=r"labels in one batch have different shapes: '.*la.npy' has shape \(\) but '.*lb.npy' has shape \(3,\)"):
+    with pytest.raises(
+        ShapeMismatchError,
+        match=r"labels in one batch have different shapes: '.*la.npy' has shape \(\) but '.*lb.npy' has shape \(3,\)",
+    ):
         SeparatedSequence(images, [a, b], batch_size=2, shuffle=False)[0]
 
 
@@ -126,7 +132,9 @@ def test_length_and_last_batch(indexed_dataset, n, batch_size, drop_remainder, e
     seq = SeparatedSequence(images, labels, batch_size, drop_remainder=drop_remainder)
     assert len(seq) == expected_len
     assert seq[-1][0].shape[0] == last_size
-    with pytest.raises(IndexError, match=f"batch index {expected_len} is out of range for a dataset of {expected_len} batches"):
+    with pytest.raises(
+        IndexError, match=f"batch index {expected_len} is out of range for a dataset of {expected_len} batches"
+    ):
         seq[expected_len]
 
 
@@ -172,19 +180,49 @@ def test_seed_none_draws_a_seed_that_reproduces(indexed_dataset):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        pytest.param(dict(label_paths=["y.npy"] * 2), r"same length. Received: len\(image_paths\)=3, len\(label_paths\)=2", id="lengths differ"),
-        pytest.param(dict(label_paths=np.zeros(4)), r"len\(image_paths\)=3, len\(label_paths\)=4", id="in-memory labels too many"),
+        pytest.param(
+            dict(label_paths=["y.npy"] * 2),
+            r"same length. Received: len\(image_paths\)=3, len\(label_paths\)=2",
+            id="lengths differ",
+        ),
+        pytest.param(
+            dict(label_paths=np.zeros(4)), r"len\(image_paths\)=3, len\(label_paths\)=4", id="in-memory labels too many"
+        ),
         pytest.param(dict(image_paths=[]), r"`image_paths` must not be empty", id="no images"),
-        pytest.param(dict(batch_size=0), r"`batch_size` must be an integer >= 1. Received: batch_size=0", id="batch_size 0"),
+        pytest.param(
+            dict(batch_size=0), r"`batch_size` must be an integer >= 1. Received: batch_size=0", id="batch_size 0"
+        ),
         pytest.param(dict(batch_size=2.5), r"Received: batch_size=2.5", id="batch_size float"),
-        pytest.param(dict(color_mode="cmyk"), r"`color_mode` must be one of \['grayscale', 'rgb', 'rgba'\]. Received: color_mode='cmyk'", id="color_mode"),
-        pytest.param(dict(dtype="int8"), r"`dtype` must be one of \['float16', 'float32', 'uint16', 'uint8'\]. Received: dtype='int8'", id="dtype"),
-        pytest.param(dict(interpolation="cubic"), r"`interpolation` must be one of .* Received: interpolation='cubic'", id="interpolation"),
-        pytest.param(dict(image_size=(0, 4)), r"`image_size` must be None or a \(height, width\) pair of integers >= 1. Received: image_size=\(0, 4\)", id="image_size zero"),
+        pytest.param(
+            dict(color_mode="cmyk"),
+            r"`color_mode` must be one of \['grayscale', 'rgb', 'rgba'\]. Received: color_mode='cmyk'",
+            id="color_mode",
+        ),
+        pytest.param(
+            dict(dtype="int8"),
+            r"`dtype` must be one of \['float16', 'float32', 'uint16', 'uint8'\]. Received: dtype='int8'",
+            id="dtype",
+        ),
+        pytest.param(
+            dict(interpolation="cubic"),
+            r"`interpolation` must be one of .* Received: interpolation='cubic'",
+            id="interpolation",
+        ),
+        pytest.param(
+            dict(image_size=(0, 4)),
+            r"`image_size` must be None or a \(height, width\) pair of integers >= 1. Received: image_size=\(0, 4\)",
+            id="image_size zero",
+        ),
         pytest.param(dict(image_size=64), r"Received: image_size=64", id="image_size int"),
         pytest.param(dict(seed=-1), r"`seed` must be an integer >= 0. Received: seed=-1", id="negative seed"),
-        pytest.param(dict(workers=-2), r"`workers` must be an integer >= 0. Received: workers=-2", id="negative workers"),
-        pytest.param(dict(batch_size=4, drop_remainder=True), r"`drop_remainder=True` with batch_size=4 and only 3 samples", id="nothing left"),
+        pytest.param(
+            dict(workers=-2), r"`workers` must be an integer >= 0. Received: workers=-2", id="negative workers"
+        ),
+        pytest.param(
+            dict(batch_size=4, drop_remainder=True),
+            r"`drop_remainder=True` with batch_size=4 and only 3 samples",
+            id="nothing left",
+        ),
         pytest.param(dict(label_paths=[[1, 2], [3]]), r"numeric array", id="ragged labels"),
     ],
 )
@@ -196,24 +234,47 @@ def test_bad_arguments_raise_at_construction(kwargs, message):
 
 
 def test_a_glob_string_instead_of_a_list_points_to_pair_files():
-    with pytest.raises(TypeError, match=r"`image_paths` must be a sequence of paths, not a single path or pattern; use `pair_files\(\)`"):
+    with pytest.raises(
+        TypeError,
+        match=r"`image_paths` must be a sequence of paths, not a single path or pattern; use `pair_files\(\)`",
+    ):
         SeparatedSequence("data/*.png", [0])
 
 
 def test_construction_touches_no_file():
-    seq = SeparatedSequence([f"/nonexistent/img_{i}.png" for i in range(100)], [f"/nonexistent/{i}.npy" for i in range(100)])
+    seq = SeparatedSequence(
+        [f"/nonexistent/img_{i}.png" for i in range(100)], [f"/nonexistent/{i}.npy" for i in range(100)]
+    )
     assert len(seq) == 4
 
 
 @pytest.mark.parametrize(
     "break_it, what",
     [
-        pytest.param(lambda images, labels: os.remove(images[1]), "cannot load image: FileNotFoundError", id="missing image"),
-        pytest.param(lambda images, labels: open(images[1], "wb").write(b"not a png at all"), "cannot load image: ValueError: not an image that Pillow or imageio can decode", id="undecodable image"),
-        pytest.param(lambda images, labels: open(images[1], "wb").close(), r"cannot load image: ValueError: the file is empty \(0 bytes\)", id="zero-byte image"),
-        pytest.param(lambda images, labels: os.remove(labels[1]), "cannot load label: FileNotFoundError", id="missing label"),
-        pytest.param(lambda images, labels: open(labels[1], "w").write("3\n"), "cannot load label", id="text file named .npy"),
-        pytest.param(lambda images, labels: np.save(labels[1], np.array([{"a": 1}], dtype=object)), r"cannot load label: ValueError: the .npy file holds Python objects \(pickled data\)", id="pickled objects refused"),
+        pytest.param(
+            lambda images, labels: os.remove(images[1]), "cannot load image: FileNotFoundError", id="missing image"
+        ),
+        pytest.param(
+            lambda images, labels: open(images[1], "wb").write(b"not a png at all"),
+            "cannot load image: ValueError: not an image that Pillow or imageio can decode",
+            id="undecodable image",
+        ),
+        pytest.param(
+            lambda images, labels: open(images[1], "wb").close(),
+            r"cannot load image: ValueError: the file is empty \(0 bytes\)",
+            id="zero-byte image",
+        ),
+        pytest.param(
+            lambda images, labels: os.remove(labels[1]), "cannot load label: FileNotFoundError", id="missing label"
+        ),
+        pytest.param(
+            lambda images, labels: open(labels[1], "w").write("3\n"), "cannot load label", id="text file named .npy"
+        ),
+        pytest.param(
+            lambda images, labels: np.save(labels[1], np.array([{"a": 1}], dtype=object)),
+            r"cannot load label: ValueError: the .npy file holds Python objects \(pickled data\)",
+            id="pickled objects refused",
+        ),
     ],
 )
 def test_broken_files_are_named_with_their_sample_index(indexed_dataset, break_it, what):
@@ -231,7 +292,11 @@ def test_sample_errors_survive_pickling():
     error = SampleError("cannot load image: OSError: truncated", path="/d/a b.png", index=7)
     again = pickle.loads(pickle.dumps(error))
     assert (type(again), str(again), again.path, again.index, again.reason) == (
-        SampleError, str(error), "/d/a b.png", 7, "cannot load image: OSError: truncated"
+        SampleError,
+        str(error),
+        "/d/a b.png",
+        7,
+        "cannot load image: OSError: truncated",
     )
     mismatch = pickle.loads(pickle.dumps(ShapeMismatchError("images differ")))
     assert isinstance(mismatch, ValueError) and str(mismatch) == "images differ"
@@ -239,7 +304,11 @@ def test_sample_errors_survive_pickling():
 
 def test_pickles_cheaply_and_identically(indexed_dataset):
     n = 50_000
-    seq = SeparatedSequence([f"/data/train/image_{i:06d}.png" for i in range(n)], [f"/data/train/label_{i:06d}.npy" for i in range(n)], seed=3)
+    seq = SeparatedSequence(
+        [f"/data/train/image_{i:06d}.png" for i in range(n)],
+        [f"/data/train/label_{i:06d}.npy" for i in range(n)],
+        seed=3,
+    )
     blob = pickle.dumps(seq)
     assert isinstance(seq.image_paths, PathArray)
     assert len(blob) < 60 * n  # two names of ~16 bytes, two offsets, one order entry per sample
@@ -294,14 +363,19 @@ def test_hook_errors_are_wrapped_with_the_path(tmp_path, indexed_dataset):
             raise KeyError("no such field")
 
     images, labels = indexed_dataset(2)
-    with pytest.raises(SampleError, match=r"sample 0, file '.*label_0000.npy': cannot load label: KeyError: 'no such field'"):
+    with pytest.raises(
+        SampleError, match=r"sample 0, file '.*label_0000.npy': cannot load label: KeyError: 'no such field'"
+    ):
         Broken(images, labels, batch_size=2, shuffle=False)[0]
 
 
 def test_repr_mentions_the_settings(indexed_dataset):
     images, labels = indexed_dataset(3)
     text = repr(SeparatedSequence(images, labels, batch_size=2, seed=5))
-    assert text == "SeparatedSequence(3 images, 3 labels, batch_size=2, image_size=None, color_mode='rgb', dtype='float32', shuffle=True, seed=5)"
+    assert (
+        text
+        == "SeparatedSequence(3 images, 3 labels, batch_size=2, image_size=None, color_mode='rgb', dtype='float32', shuffle=True, seed=5)"
+    )
 
 
 @pytest.mark.parametrize("antialias", [False, True], ids=["sampled", "antialiased"])
@@ -313,7 +387,9 @@ def test_resizing_matches_tensorflow_on_png_and_jpeg(tmp_path, antialias, worker
     paths = []
     for i in range(6):
         paths.append(str(tmp_path / f"p{i}.{'png' if i % 2 else 'jpg'}"))
-        smooth = np.clip(np.add.outer(np.arange(90), np.arange(70))[..., None] + rng.integers(0, 9, (90, 70, 3)), 0, 255)
+        smooth = np.clip(
+            np.add.outer(np.arange(90), np.arange(70))[..., None] + rng.integers(0, 9, (90, 70, 3)), 0, 255
+        )
         Image.fromarray(smooth.astype(np.uint8)).save(paths[-1], quality=95)
     seq = SeparatedSequence(
         paths, np.arange(6), batch_size=6, image_size=(30, 20), shuffle=False, workers=workers, antialias=antialias
@@ -331,5 +407,3 @@ def test_resizing_matches_tensorflow_on_png_and_jpeg(tmp_path, antialias, worker
 def test_antialias_must_be_a_bool():
     with pytest.raises(TypeError, match=r"`antialias` must be True or False. Received: antialias='yes'"):
         SeparatedSequence(["a.png"], [0], antialias="yes")
-
-

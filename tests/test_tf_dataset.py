@@ -17,9 +17,19 @@ def spec(shape, dtype):
 @pytest.mark.parametrize(
     "kwargs, expected",
     [
-        pytest.param(dict(image_size=(4, 3)), (spec((None, 4, 3, 3), tf.float32), spec((None,), tf.int64)), id="resized rgb"),
-        pytest.param(dict(color_mode="grayscale", dtype="uint8"), (spec((None, None, None, 1), tf.uint8), spec((None,), tf.int64)), id="native size grayscale"),
-        pytest.param(dict(image_size=(4, 3), on_error="skip"), (spec((None, 4, 3, 3), tf.float32), spec((None,), tf.int64), spec((None,), tf.float32)), id="skip adds weights"),
+        pytest.param(
+            dict(image_size=(4, 3)), (spec((None, 4, 3, 3), tf.float32), spec((None,), tf.int64)), id="resized rgb"
+        ),
+        pytest.param(
+            dict(color_mode="grayscale", dtype="uint8"),
+            (spec((None, None, None, 1), tf.uint8), spec((None,), tf.int64)),
+            id="native size grayscale",
+        ),
+        pytest.param(
+            dict(image_size=(4, 3), on_error="skip"),
+            (spec((None, 4, 3, 3), tf.float32), spec((None,), tf.int64), spec((None,), tf.float32)),
+            id="skip adds weights",
+        ),
     ],
 )
 def test_separated_signature(indexed_dataset, kwargs, expected):
@@ -45,10 +55,16 @@ def test_padded_signature_and_training_with_varying_lengths():
     sequences = [np.ones((t, 3), np.float32) for t in [5] * 8 + [9] * 4]
     tags = [np.ones(len(s), np.int32) for s in sequences]
     seq = PaddedSequence(sequences, tags, batch_size=4, shuffle=False, label_value=0)
-    assert seq.output_signature() == (spec((None, None, 3), tf.float32), spec((None, None), tf.int32), spec((None, None), tf.float32))
+    assert seq.output_signature() == (
+        spec((None, None, 3), tf.float32),
+        spec((None, None), tf.int32),
+        spec((None, None), tf.float32),
+    )
     fixed = PaddedSequence(sequences, np.zeros(12), batch_size=4, maxlen=7)
     assert fixed.output_signature() == (spec((None, 7, 3), tf.float32), spec((None,), tf.float64))
-    model = keras.Sequential([keras.Input((None, 3)), keras.layers.Masking(0.0), keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((None, 3)), keras.layers.Masking(0.0), keras.layers.Dense(2, activation="softmax")]
+    )
     model.compile("sgd", "sparse_categorical_crossentropy")
     history = model.fit(seq.to_tf_dataset(), epochs=2, verbose=0, shuffle=False)
     assert len(history.history["loss"]) == 2
@@ -144,7 +160,7 @@ def test_a_batch_with_a_16_bit_image_crosses_scaled_and_keeps_its_precision(tmp_
             Image.fromarray(np.full((9, 7, 3), 10 * i, np.uint8)).save(path)
     seq = SeparatedSequence(paths, np.arange(4), batch_size=2, shuffle=False)
     _, batches = keras_batches(seq)
-    for position, (x, y) in enumerate(batches):
+    for position, (x, _y) in enumerate(batches):
         same_bits(x, seq[position][0])
     levels = np.unique(np.rint(batches[0][0][1].astype(np.float64) * 65535))
     np.testing.assert_array_equal(levels, np.unique(deep))  # 16-bit steps survived: not squeezed into 256 levels
