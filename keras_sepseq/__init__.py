@@ -33,6 +33,11 @@ _EXPORTS = {
     "Matching": "pairing",
     "PathArray": "paths",
     "SeparatedSequence": "separated",
+    "FieldSequence": "field_sequence",
+    "Field": "fields",
+    "ImageField": "fields",
+    "ArrayField": "fields",
+    "PaddedField": "fields",
     "PaddedSequence": "padded",
     "bucketed_order": "padding",
     "pad_batch": "padding",
@@ -46,6 +51,8 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from keras_sepseq.errors import SampleError, ShapeMismatchError
+    from keras_sepseq.field_sequence import FieldSequence
+    from keras_sepseq.fields import ArrayField, Field, ImageField, PaddedField
     from keras_sepseq.images import convert_color, decode_image, read_image, resize_image, write_pixels
     from keras_sepseq.npy import load_npy, npy_shape
     from keras_sepseq.padded import PaddedSequence
@@ -73,7 +80,12 @@ def __dir__():
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayField",
     "BaseSequence",
+    "Field",
+    "FieldSequence",
+    "ImageField",
+    "PaddedField",
     "PaddedSequence",
     "PathArray",
     "SampleError",

@@ -169,7 +169,7 @@ def _rss_bytes(pid: int) -> int:
 
 
 def _children(pid: int) -> list[int]:
-    found = []
+    found: list[int] = []
     for task in glob.glob(f"/proc/{pid}/task/*/children"):
         try:
             with open(task) as f:
@@ -208,7 +208,7 @@ def process_tree_memory(*, anonymous: bool = False) -> dict[int, int]:
     memory = {}
     for pid in [os.getpid(), *_children(os.getpid())]:
         parts = [_proc_kib(f"/proc/{pid}/smaps_rollup", key) for key in keys]
-        memory[pid] = _rss_bytes(pid) if None in parts else sum(parts)
+        memory[pid] = _rss_bytes(pid) if None in parts else sum(p for p in parts if p is not None)
     return memory
 
 
@@ -584,7 +584,7 @@ def run_bench(
     if repeats < 1:
         raise ValueError(f"`repeats` must be >= 1. Received: repeats={repeats}")
     labels = np.asarray(labels, dtype=np.int64)
-    size = tuple(image_size)
+    size = (int(image_size[0]), int(image_size[1]))
     cores = min(workers, os.cpu_count() or 1)
     for path in paths:  # every candidate then finds the files in the page cache
         with open(path, "rb") as f:
@@ -618,7 +618,7 @@ def run_bench(
 
     steps = -(-len(paths) // batch_size)
     cache_dir = ""  # a fresh folder each round, so that every round's first epoch is cold
-    candidates: list[tuple[str, str, Callable[[], Any], dict]] = [
+    candidates: list[tuple[str, str, Callable[[], Any] | None, dict]] = [
         ("tf.data pipeline", "the classic recipe: from_tensor_slices, map(AUTOTUNE), shuffle, batch, prefetch",
          lambda: _tf_pipeline(paths, labels, size, batch_size, 0), {}),
         ("Python generator", "per-sample Pillow decode, np.stack, no workers",

@@ -148,7 +148,7 @@ class MemoryCache:
             return None
         if index in self.loose:
             return self.loose[index]
-        return tuple(None if slab is None else slab[index] for slab in self.slabs)
+        return tuple(None if slab is None else slab[index] for slab in self.slabs or ())
 
     def put(self, index: int, item: Any) -> None:
         """Stores sample `index`'s item.
@@ -178,7 +178,7 @@ class MemoryCache:
         return all(
             (slab is None and a is None)
             or (slab is not None and a is not None and slab.shape[1:] == a.shape and slab.dtype == a.dtype)
-            for slab, a in zip(self.slabs, arrays)
+            for slab, a in zip(self.slabs or (), arrays)
         )
 
     def _check(self, total: int, arrays: tuple, estimate: bool = True) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -231,7 +232,7 @@ def run_demo(
     images, labels = make_demo_dataset(directory, samples=samples, seed=seed)
     log(f"dataset: {samples} PNG + .npy pairs in {directory} (ready in {time.perf_counter() - start:.1f} s)")
     split = samples * 4 // 5
-    options = dict(workers=workers, use_multiprocessing=use_multiprocessing)
+    options: dict[str, Any] = dict(workers=workers, use_multiprocessing=use_multiprocessing)
     train = SeparatedSequence(images[:split], labels[:split], batch_size, seed=seed, **options)
     val = SeparatedSequence(images[split:], labels[split:], batch_size, shuffle=False, **options)
     keras.utils.set_random_seed(seed)

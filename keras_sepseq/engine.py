@@ -42,7 +42,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import resource_tracker, shared_memory
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def attach_shared_memory(name: str) -> shared_memory.SharedMemory:
     unlinks the block.
     """
     try:
-        return shared_memory.SharedMemory(name=name, track=False)  # Python >= 3.13
+        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]  # Python >= 3.13
     except TypeError:
         return shared_memory.SharedMemory(name=name)
 
@@ -113,7 +113,7 @@ def _load_chunk_in_process(indices: list[int], slot: tuple[str, int, int] | None
             old.close()
         _ATTACHED.clear()
         _ATTACHED[name] = attach_shared_memory(name)
-    memory, spans = _ATTACHED[name].buf, []
+    memory, spans = cast(memoryview, _ATTACHED[name].buf), []
     for view in views:
         memory[offset : offset + view.nbytes] = view
         spans.append((offset, view.nbytes))
@@ -162,7 +162,9 @@ class SharedSlots:
 
     def __init__(self, count: int, slot_bytes: int) -> None:
         self.count, self.slot_bytes = int(count), int(slot_bytes)
-        self.memory = shared_memory.SharedMemory(create=True, size=self.count * self.slot_bytes)
+        self.memory: shared_memory.SharedMemory | None = shared_memory.SharedMemory(
+            create=True, size=self.count * self.slot_bytes
+        )
         try:
             fd = getattr(self.memory, "_fd", -1)
             if fd >= 0 and hasattr(os, "posix_fallocate"):
@@ -185,12 +187,18 @@ class SharedSlots:
 
     def where(self, slot: int) -> tuple[str, int, int]:
         """`(block name, offset, size)` of slot `slot`, as a worker is told."""
-        return self.memory.name, slot * self.slot_bytes, self.slot_bytes
+        return self._block().name, slot * self.slot_bytes, self.slot_bytes
 
     def read(self, packed: _InSlot) -> Any:
         """The items a worker left in a slot, copied out (the slot can be reused at once)."""
-        buffers = [bytearray(self.memory.buf[offset : offset + n]) for offset, n in packed.spans]
+        memory = cast(memoryview, self._block().buf)
+        buffers = [bytearray(memory[offset : offset + n]) for offset, n in packed.spans]
         return pickle.loads(packed.payload, buffers=buffers)
+
+    def _block(self) -> shared_memory.SharedMemory:
+        if self.memory is None:
+            raise RuntimeError("the shared-memory block was closed")
+        return self.memory
 
     def close(self) -> None:
         """Releases and unlinks the block. Safe to call twice."""
@@ -247,6 +255,7 @@ class WorkerPool:
         self.misses = 0
         self.through_shared_memory = 0  # chunks whose arrays came back in shared memory
         self._owner_pid = os.getpid()
+        self._executor: ProcessPoolExecutor | ThreadPoolExecutor | None
         if self.use_processes:
             # Workers share the resource tracker running now: shared memory they open is then the same entry
             # as the one this process unlinks, not one their own tracker would unlink (and warn about) at exit.
@@ -272,11 +281,16 @@ class WorkerPool:
 
     def _start(self, chunk: list[int], slot: int | None = None) -> _Job:
         if not self.use_processes:
-            return _Job(chunk, self._executor.submit(self._load_chunk, chunk), None)
+            return _Job(chunk, self._running().submit(self._load_chunk, chunk), None)
         if slot is None and self._slots is not None:
             slot = self._slots.take()
-        where = None if slot is None else self._slots.where(slot)
-        return _Job(chunk, self._executor.submit(_load_chunk_in_process, chunk, where), slot)
+        where = None if slot is None or self._slots is None else self._slots.where(slot)
+        return _Job(chunk, self._running().submit(_load_chunk_in_process, chunk, where), slot)
+
+    def _running(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
+        if self._executor is None:
+            raise RuntimeError("the worker pool was closed")
+        return self._executor
 
     def _submit(self, indices: np.ndarray) -> list[_Job]:
         chunks = np.array_split(np.asarray(indices, dtype=np.int64), min(self.workers, len(indices)))
@@ -285,9 +299,9 @@ class WorkerPool:
     def _drop(self, job: _Job) -> None:
         """Cancels `job` if it has not started; its slot comes back once no worker can write to it."""
         job.future.cancel()
-        if job.slot is not None:
-            slots = self._slots
-            job.future.add_done_callback(lambda _, slot=job.slot: slots.give(slot))
+        slots, slot = self._slots, job.slot
+        if slot is not None and slots is not None:
+            job.future.add_done_callback(lambda _: slots.give(slot))
 
     def _collect(self, job: _Job) -> list[Any]:
         """Waits for `job` and returns its items, out of its slot if the worker used one."""
@@ -295,9 +309,9 @@ class WorkerPool:
             result = self._result(job.future)
             if isinstance(result, _InSlot):
                 self.through_shared_memory += 1
-                return self._slots.read(result)
+                return cast(SharedSlots, self._slots).read(result)  # a result in a slot implies the slots exist
         finally:
-            if job.slot is not None:
+            if job.slot is not None and self._slots is not None:
                 self._slots.give(job.slot)
         if not self._slots_tried:
             self._make_slots(_nbytes(result))
@@ -458,7 +472,7 @@ class WorkerPool:
         if self.use_processes and self._executor is not None:
             for future in [self._executor.submit(os.getpid) for _ in range(self.workers)]:
                 future.result()
-            self._processes = list(self._executor._processes.values())
+            self._processes = list(self._executor._processes.values())  # type: ignore[union-attr]
 
     def _exit_codes(self) -> list:
         """Exit codes of the worker processes that ended (negative: killed by that signal)."""
@@ -570,7 +584,7 @@ class BatchBuffers:
         return {"limit": self.limit, "min_bytes": self.min_bytes}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
+        self.__init__(**state)  # type: ignore[misc]
 
 
 @atexit.register

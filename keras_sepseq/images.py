@@ -4,7 +4,7 @@ They work on their own, without a dataset object; `SeparatedSequence`
 composes them. Pixels stay in their source precision (`uint8` or
 `uint16`) until `write_pixels` converts them once, into the batch array.
 
-Which library does what (see "Dependencies" in the README for the
+Which library does what (see docs/dependencies.md for the
 measurements): OpenCV decodes PNG and does the sampled resizes,
 simplejpeg decodes JPEG, Pillow decodes everything else and does the
 antialiased resizes, and imageio reads what Pillow cannot.
@@ -17,6 +17,7 @@ import os
 import struct
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import cv2
 import imageio.v3 as iio
@@ -65,7 +66,7 @@ _PIL_AS_IS = frozenset({"1", "L", "LA", "RGB", "RGBA", "I", "F"})
 # 8-bit Pillow modes that Pillow itself converts to L, RGB or RGBA.
 _PIL_8BIT = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "La", "CMYK", "YCbCr", "LAB", "HSV"})
 _PIL_TARGET = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
-_MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
+_MAX: dict[np.dtype, int] = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 PIXEL_SCALE: dict[np.dtype, float] = {dtype: 1.0 / top for dtype, top in _MAX.items()}
 """What `write_pixels` multiplies 8- and 16-bit pixels by (in float32) to bring them to [0, 1].
 
@@ -123,7 +124,9 @@ def read_image(path: str) -> np.ndarray:
         if image.mode in _PIL_AS_IS:
             return np.asarray(image)
         if image.mode in ("P", "PA"):
-            has_alpha = image.mode == "PA" or "transparency" in image.info or image.palette.mode == "RGBA"
+            has_alpha = (
+                image.mode == "PA" or "transparency" in image.info or getattr(image.palette, "mode", None) == "RGBA"
+            )
             return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
         if image.mode.startswith("I;16"):
             return np.asarray(image).astype(np.uint16)
@@ -205,6 +208,7 @@ def convert_color(pixels: np.ndarray, color_mode: str) -> np.ndarray:
     channels = pixels.shape[2]
     if channels == COLOR_MODES[color_mode]:  # gray to grayscale, RGB to rgb, RGBA to rgba: nothing to do
         return pixels
+    gray: np.ndarray | None
     if channels == 2:
         gray, alpha = pixels[:, :, :1], pixels[:, :, 1:]
     elif channels in (1, 3):
@@ -214,8 +218,8 @@ def convert_color(pixels: np.ndarray, color_mode: str) -> np.ndarray:
     color = pixels[:, :, :3] if channels >= 3 else None
 
     if color_mode == "grayscale":
-        return gray if gray is not None else _luma(color)
-    rgb = color if color is not None else np.repeat(gray, 3, axis=2)
+        return gray if gray is not None else _luma(cast(np.ndarray, color))
+    rgb = color if color is not None else np.repeat(cast(np.ndarray, gray), 3, axis=2)
     if color_mode == "rgb":
         return rgb
     if alpha is None:

@@ -104,7 +104,7 @@ def keras_frame(dataset: Any, function: str, depth: int = 8) -> Any:
     """
     if not recognised():
         return None
-    frame = sys._getframe(1)
+    frame: Any = sys._getframe(1)
     for _ in range(depth):
         frame = frame.f_back
         if frame is None:
@@ -250,9 +250,8 @@ def distribution_data_shards() -> tuple[int, int] | None:
     """
     distribution = keras.distribution.distribution()
     processes = getattr(distribution, "num_processes", 1) if distribution is not None else 1
-    if processes <= 1:
+    if distribution is None or processes <= 1:
         return None
-    assert distribution is not None
     shards = min(int(distribution.num_model_replicas), int(processes))
     return shards, int(distribution.data_shard_id)
 

@@ -97,7 +97,7 @@ def load_npy(path: str) -> np.ndarray:
             raise ValueError("the .npy file holds Python objects (pickled data), which are never unpickled")
         size = math.prod(shape) * dtype.itemsize
         buffer = np.empty(size, dtype=np.uint8)
-        read = f.readinto(buffer)
+        read = f.readinto(buffer)  # type: ignore[arg-type]  # an ndarray is a writable buffer
     if read < size:
         raise ValueError(
             f"the .npy file is truncated: its header promises {size} bytes of data for shape {shape}, "

@@ -6,7 +6,7 @@ import numbers
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -86,17 +86,20 @@ class PaddedSequence(BaseSequence):
             sequence and label in RAM after the first epoch.
         cache_budget: The most bytes `cache="memory"` may hold, as an int or
             a string such as `"4GB"`. Defaults to 2 GiB.
-        on_error: `"raise"` (the default) or `"skip"`: see "Bad data" in
-            the README and `BaseSequence`. With `"skip"`, bad samples are
+        on_error: `"raise"` (the default) or `"skip"`: see docs/bad-data.md
+            and `BaseSequence`. With `"skip"`, bad samples are
             left out and listed in `seq.errors`, and batches gain a
             `sample_weight`.
         max_errors: With `"skip"`, stop once more samples failed than this
             count (or fraction, a float below 1). Defaults to `None`.
         retries: Read again after an `OSError`, this many times, with a
             short backoff. Defaults to 0.
-        num_shards, shard_index, shard: Multi-host sharding, see
-            `BaseSequence.shard_members`; `shard="auto"` reads them from
-            JAX or `TF_CONFIG`. Defaults: one shard.
+        num_shards: Split each epoch across this many hosts, see
+            `BaseSequence.shard_members`. Defaults to 1.
+        shard_index: This host's shard. Defaults to 0.
+        shard: `"auto"` reads `num_shards` and `shard_index` from the active
+            `keras.distribution`, JAX or `TF_CONFIG` (see `detect_shard`).
+            Defaults to `None`.
 
     Raises:
         ValueError: At construction, for empty input, lengths that differ,
@@ -302,7 +305,7 @@ class PaddedSequence(BaseSequence):
             return int(self._lengths[index])
         if self.sequences is not None:
             return len(self.sequences[index])
-        path = self.sequence_paths[index]
+        path = cast(PathArray, self.sequence_paths)[index]
         return int(self.load_sample(self.sequence_length, path, index, "sequence length"))
 
     def order_for_epoch(self, epoch: int) -> np.ndarray:
@@ -433,16 +436,15 @@ class PaddedSequence(BaseSequence):
         if self.maxlen is not None:
             lengths = np.minimum(lengths, self.maxlen)
         length = self._padded_length(lengths, -1 if position is None else position, None)
-        options = dict(maxlen=length, padding=self.padding, truncating=self.truncating)
-        x = pad_batch(inputs, value=self.value, dtype=self.dtype, **options)
+        options: dict[str, Any] = dict(maxlen=length, padding=self.padding, truncating=self.truncating)
+        x = pad_batch(inputs, value=cast(float, self.value), dtype=self.dtype, **options)
         if self.labels is None and self.label_paths is None:
             return (x,)
         if self.label_value is None:
             if self.labels is not None:
                 return x, self.labels[indices]
-            return x, stack_arrays(
-                [item[1] for item in items], lambda k: repr(self.label_paths[indices[k]]), what="label"
-            )
+            label_paths = cast(PathArray, self.label_paths)
+            return x, stack_arrays([item[1] for item in items], lambda k: repr(label_paths[indices[k]]), what="label")
         targets = [item[1] for item in items]
         label_name = self._name(self.label_paths, "labels")
         _check_trailing(targets, indices, label_name, "label")
@@ -591,7 +593,7 @@ def _check_number(name: str, value: Any, *, allow_none: bool = False) -> float |
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
-    return value
+    return cast(float, value)  # kept as given (an int stays an int)
 
 
 def _check_dtype(dtype: Any) -> np.dtype:

@@ -99,7 +99,7 @@ def pad_batch(
     return out
 
 
-def padding_weights(lengths: Sequence[int], length: int, *, padding: str = "post") -> np.ndarray:
+def padding_weights(lengths: Sequence[int] | np.ndarray, length: int, *, padding: str = "post") -> np.ndarray:
     """Per-timestep weights: 1.0 for real steps, 0.0 for padding.
 
     Args:
@@ -122,9 +122,9 @@ def padding_weights(lengths: Sequence[int], length: int, *, padding: str = "post
            [1., 1., 1.]], dtype=float32)
     """
     _check_side("padding", padding)
-    lengths = np.minimum(np.asarray(lengths, dtype=np.int64), length)[:, None]
+    real_lengths = np.minimum(np.asarray(lengths, dtype=np.int64), length)[:, None]
     steps = np.arange(length)[None, :]
-    real = steps < lengths if padding == "post" else steps >= length - lengths
+    real = steps < real_lengths if padding == "post" else steps >= length - real_lengths
     return real.astype(np.float32)
 
 

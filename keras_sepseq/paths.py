@@ -42,6 +42,9 @@ class PathArray(Sequence):
     """
 
     __slots__ = ("_prefix", "_buffer", "_offsets")
+    _prefix: str
+    _buffer: np.ndarray
+    _offsets: np.ndarray
 
     def __init__(self, paths: Iterable[PathLike], *, name: str = "paths") -> None:
         if isinstance(paths, PathArray):
@@ -167,7 +170,7 @@ def _as_str(value: object, name: str, index: int) -> str:
             f"Received: {name}[{index}]={value!r} of type bytes; decode it first."
         )
     try:
-        text = os.fspath(value)
+        text = os.fspath(value)  # type: ignore[call-overload]  # anything else raises TypeError, handled below
     except TypeError:
         raise TypeError(
             f"`{name}` must hold str or os.PathLike paths. "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import keras
 
@@ -30,7 +31,7 @@ class SequenceCheckpoint(keras.callbacks.Callback):
     ... ])  # doctest: +SKIP
     """
 
-    def __init__(self, sequence, path: str | os.PathLike) -> None:
+    def __init__(self, sequence: Any, path: str | os.PathLike) -> None:
         super().__init__()
         self.sequence = sequence
         self.path = os.fspath(path)

@@ -10,6 +10,7 @@ import numpy as np
 
 from keras_sepseq import images
 from keras_sepseq.cache import DEFAULT_BUDGET
+from keras_sepseq.fields import check_image_size
 from keras_sepseq.images import COLOR_MODES, DTYPES, INTERPOLATIONS, decode_image, write_pixels
 from keras_sepseq.npy import load_npy
 from keras_sepseq.paths import PathArray, PathLike
@@ -77,17 +78,20 @@ class SeparatedSequence(BaseSequence):
         cache_budget: The most bytes `cache="memory"` may hold, as an int or
             a string such as `"4GB"`; a dataset that would not fit is
             refused with a message giving both sizes. Defaults to 2 GiB.
-        on_error: `"raise"` (the default) or `"skip"`: see "Bad data" in
-            the README and `BaseSequence`. With `"skip"`, bad samples are
+        on_error: `"raise"` (the default) or `"skip"`: see docs/bad-data.md
+            and `BaseSequence`. With `"skip"`, bad samples are
             left out and listed in `seq.errors`, and batches gain a
             `sample_weight`.
         max_errors: With `"skip"`, stop once more samples failed than this
             count (or fraction, a float below 1). Defaults to `None`.
         retries: Read again after an `OSError`, this many times, with a
             short backoff. Defaults to 0.
-        num_shards, shard_index, shard: Multi-host sharding, see
-            `BaseSequence.shard_members`; `shard="auto"` reads them from
-            JAX or `TF_CONFIG`. Defaults: one shard.
+        num_shards: Split each epoch across this many hosts, see
+            `BaseSequence.shard_members`. Defaults to 1.
+        shard_index: This host's shard. Defaults to 0.
+        shard: `"auto"` reads `num_shards` and `shard_index` from the active
+            `keras.distribution`, JAX or `TF_CONFIG` (see `detect_shard`).
+            Defaults to `None`.
         max_image_pixels: Refuse images whose header claims more pixels
             (a decompression-bomb guard). `None` (the default) uses Pillow's
             `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million).
@@ -141,7 +145,7 @@ class SeparatedSequence(BaseSequence):
         self.label_paths, self.labels = check_targets(
             label_paths, name="label_paths", inputs_name="image_paths", num_samples=n
         )
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.color_mode = check_choice("color_mode", color_mode, tuple(COLOR_MODES))
         self.interpolation = check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
         if not isinstance(antialias, (bool, np.bool_)):
@@ -316,7 +320,8 @@ class SeparatedSequence(BaseSequence):
             return x, self.labels[indices]
         if self.label_paths is None:
             return (x,)
-        return x, stack_arrays([item[1] for item in items], lambda k: repr(self.label_paths[indices[k]]), what="label")
+        label_paths = self.label_paths
+        return x, stack_arrays([item[1] for item in items], lambda k: repr(label_paths[indices[k]]), what="label")
 
     def collate_cached(self, indices: np.ndarray, slabs: tuple, position: int | None = None) -> tuple:
         """Assembles a batch from the cache's arrays, converting each row straight into the batch.
@@ -407,17 +412,3 @@ class SeparatedSequence(BaseSequence):
             f"image_size={self.image_size}, color_mode={self.color_mode!r}, dtype={self.dtype!r}, "
             f"shuffle={self.shuffle}, seed={self.seed})"
         )
-
-
-def _check_image_size(image_size: Any) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    message = (
-        f"`image_size` must be None or a (height, width) pair of integers >= 1. Received: image_size={image_size!r}"
-    )
-    if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
-        raise ValueError(message)
-    try:
-        return (check_int("image_size", image_size[0], minimum=1), check_int("image_size", image_size[1], minimum=1))
-    except ValueError:
-        raise ValueError(message) from None

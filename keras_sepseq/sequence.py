@@ -17,14 +17,15 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import keras
 import numpy as np
 
 from keras_sepseq.cache import DEFAULT_BUDGET, DirectoryCache, MemoryCache, fingerprint, parse_bytes
+from keras_sepseq.checks import check_choice, check_int, check_labels, check_paths, check_targets
 from keras_sepseq.engine import BatchBuffers, WorkerPool
-from keras_sepseq.errors import SampleError, ShapeMismatchError, TooManyErrorsError
+from keras_sepseq.errors import SampleError, TooManyErrorsError
 from keras_sepseq.keras_integration import (
     adapter_batches,
     adapter_signature,
@@ -36,7 +37,23 @@ from keras_sepseq.keras_integration import (
     keras_shards_py_datasets,
     wrap_get_tf_dataset,
 )
-from keras_sepseq.paths import PathArray, is_path_sequence
+from keras_sepseq.stacking import copy_same_kind, stack_arrays
+
+__all__ = [
+    "BadSample",
+    "BaseSequence",
+    "ValidationReport",
+    "batches_dataset",
+    "check_choice",
+    "check_int",
+    "check_labels",
+    "check_paths",
+    "check_targets",
+    "copy_same_kind",
+    "detect_shard",
+    "epoch_order",
+    "stack_arrays",
+]
 
 
 def epoch_order(num_samples: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -65,55 +82,6 @@ def epoch_order(num_samples: int, *, seed: int, epoch: int, shuffle: bool = True
     return np.random.default_rng([seed, epoch]).permutation(num_samples).astype(np.int64, copy=False)
 
 
-def check_int(name: str, value: Any, *, minimum: int) -> int:
-    """Returns `value` as an `int`, or raises if it is not one `>= minimum`.
-
-    Args:
-        name: The argument name for the message.
-        value: The value received.
-        minimum: The smallest allowed value.
-
-    Returns:
-        `int(value)`.
-
-    Raises:
-        ValueError: If `value` is not an integer (bools are refused) or is
-            below `minimum`.
-
-    Example:
-
-    >>> check_int("batch_size", 32, minimum=1)
-    32
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """Returns `value` if it is one of `choices`, else raises naming the argument.
-
-    Args:
-        name: The argument name for the message.
-        value: The value received.
-        choices: The allowed values.
-
-    Returns:
-        `value`.
-
-    Raises:
-        ValueError: If `value` is not in `choices`.
-
-    Example:
-
-    >>> check_choice("dtype", "uint8", ("float32", "uint8"))
-    'uint8'
-    """
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}")
-    return value
-
-
 ON_ERROR = ("raise", "skip")
 RETRY_DELAY = 0.05  # seconds before the first retry; doubles after each
 
@@ -121,7 +89,7 @@ RETRY_DELAY = 0.05  # seconds before the first retry; doubles after each
 class BadSample(NamedTuple):
     """A sample that failed: its index, its file and the reason, in words."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, as in any NamedTuple with that name
     path: str | None
     reason: str
 
@@ -200,7 +168,7 @@ class ValidationReport:
 def _check_max_errors(value: Any) -> int | float | None:
     if value is None:
         return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0:
         return int(value)
     if isinstance(value, float) and 0.0 < value < 1.0:
         return value
@@ -268,11 +236,6 @@ def _twice_sharded(ours: int, keras_shards: int) -> str:
         f"1/{ours * keras_shards} of the data. Build it with shard='auto' (which leaves the split to Keras) or "
         "num_shards=1, or give the distribution auto_shard_dataset=False."
     )
-
-
-def copy_same_kind(out: np.ndarray, value: np.ndarray) -> None:
-    """Copies `value` into `out`, refusing casts across kinds (float into int, say)."""
-    np.copyto(out, value, casting="same_kind")
 
 
 class BaseSequence(keras.utils.PyDataset):
@@ -351,7 +314,8 @@ class BaseSequence(keras.utils.PyDataset):
     ...         x = np.array(items, dtype="float32")
     ...         return x, x ** 2
     >>> seq = Squares(10, batch_size=4, shuffle=False)
-    >>> len(seq), seq[2][1].tolist()
+    >>> x, y = seq[2]
+    >>> len(seq), y.tolist()
     (3, [64.0, 81.0])
     """
 
@@ -719,7 +683,7 @@ class BaseSequence(keras.utils.PyDataset):
         """
         return (type(self).__module__, type(self).__qualname__, self.num_samples)
 
-    def cache_sources(self):
+    def cache_sources(self) -> Sequence[str]:
         """The file of each sample whose size and mtime invalidate its cache entry.
 
         Returns:
@@ -792,7 +756,7 @@ class BaseSequence(keras.utils.PyDataset):
         return batch + (weights,) if len(batch) == 2 else batch
 
     def _record_error(self, error: SampleError) -> None:
-        index = error.index
+        index = cast(int, error.index)  # errors from loading always carry their sample index
         if index not in self._errors:
             self._errors[index] = BadSample(index, error.path, error.reason)
         self._skipped_this_epoch.append(index)
@@ -853,7 +817,7 @@ class BaseSequence(keras.utils.PyDataset):
         """
         raise NotImplementedError("subclasses of BaseSequence describe their batches in output_signature()")
 
-    def to_tf_dataset(self, prefetch: int = 2):
+    def to_tf_dataset(self, prefetch: int = 2) -> Any:
         """This dataset as a `tf.data.Dataset` with an exact `output_signature`.
 
         Each pass over the dataset is one epoch: batches in order (each
@@ -1080,7 +1044,7 @@ class BaseSequence(keras.utils.PyDataset):
             A reason in words, or `None`.
         """
         first, _ = self.reference_item()
-        expected = self._reference[2]
+        expected = cast(tuple, self._reference)[2]
         got = self.item_signature(item)
         if got != expected:
             return (
@@ -1141,7 +1105,7 @@ class BaseSequence(keras.utils.PyDataset):
         """
         raise NotImplementedError("subclasses of BaseSequence implement collate(indices, items, position)")
 
-    def collate_cached(self, indices: np.ndarray, slabs: tuple, position: int | None = None):
+    def collate_cached(self, indices: np.ndarray, slabs: tuple, position: int | None = None) -> Any:
         """Assembles a batch straight from a cache's arrays, when every sample of it is cached.
 
         Optional: return `NotImplemented` (the default) to have the cached
@@ -1225,6 +1189,7 @@ class BaseSequence(keras.utils.PyDataset):
 
         >>> seq.load_sample(np.load, "y_0.npy", 0, "label")  # doctest: +SKIP
         """
+        value: Any = None
         for attempt in range(self.retries + 1):
             try:
                 value = loader(path)
@@ -1247,172 +1212,6 @@ class BaseSequence(keras.utils.PyDataset):
                     f"the {what} loader returned {type(value).__name__}, not an array", path=path, index=index
                 ) from e
         return value
-
-
-def check_paths(name: str, paths: Any) -> PathArray:
-    """Returns `paths` as a non-empty `PathArray`, or raises naming the argument.
-
-    Args:
-        name: The argument name for messages.
-        paths: A sequence of `str` or `os.PathLike`, or a `PathArray`.
-
-    Returns:
-        A `PathArray`.
-
-    Raises:
-        TypeError: If `paths` is a single path or pattern, or holds a
-            non-path.
-        ValueError: If `paths` is empty or not one-dimensional.
-
-    Example:
-
-    >>> len(check_paths("image_paths", ["a.png"]))
-    1
-    """
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        raise TypeError(
-            f"`{name}` must be a sequence of paths, not a single path or pattern; "
-            f"use `pair_files()` to expand a glob pattern. Received: {name}={paths!r}"
-        )
-    if isinstance(paths, np.ndarray) and paths.ndim != 1:
-        raise ValueError(f"`{name}` must be one-dimensional. Received an array of shape {paths.shape}.")
-    result = PathArray.coerce(paths, name=name)
-    if len(result) == 0:
-        raise ValueError(f"`{name}` must not be empty. Received: {name} with 0 paths")
-    return result
-
-
-def check_labels(name: str, labels: Any) -> np.ndarray:
-    """Returns in-memory labels as a numeric numpy array, or raises naming the argument.
-
-    Args:
-        name: The argument name for messages.
-        labels: An array-like with one label per sample.
-
-    Returns:
-        A numpy array.
-
-    Raises:
-        ValueError: If `labels` is a scalar, ragged, or holds objects.
-
-    Example:
-
-    >>> check_labels("label_paths", [0, 1]).shape
-    (2,)
-    """
-    try:
-        array = np.asarray(labels)
-    except ValueError as e:
-        raise ValueError(
-            f"`{name}` as in-memory labels must form a numeric array, one label per sample "
-            f"with the same shape each ({e})."
-        ) from None
-    if array.ndim == 0:
-        raise ValueError(f"`{name}` must hold one label (or one path) per sample. Received a scalar: {labels!r}")
-    if array.dtype == object:
-        raise ValueError(
-            f"`{name}` as in-memory labels must form a numeric array, one label per sample; "
-            f"received values that numpy could only store as objects (first: {array.flat[0]!r})."
-        )
-    return array
-
-
-def check_targets(
-    targets: Any,
-    *,
-    name: str,
-    inputs_name: str,
-    num_samples: int,
-    to_arrays: Callable[[Any], Any] | None = None,
-) -> tuple[PathArray | None, Any]:
-    """Splits a labels argument into label files or in-memory labels, checking its length.
-
-    Args:
-        targets: `None`, one path per sample, or in-memory labels.
-        name: The labels argument's name, for messages.
-        inputs_name: The inputs argument's name, for messages.
-        num_samples: How many inputs there are.
-        to_arrays: Validates in-memory labels; defaults to `check_labels`.
-
-    Returns:
-        `(paths, in_memory)`: at most one is not `None`.
-
-    Raises:
-        ValueError: If the lengths differ or the labels are malformed.
-
-    Example:
-
-    >>> check_targets([0, 1], name="labels", inputs_name="sequences", num_samples=2)[1]
-    array([0, 1])
-    """
-    if targets is None:
-        return None, None
-    if is_path_sequence(targets):
-        paths, in_memory = check_paths(name, targets), None
-    else:
-        paths, in_memory = None, (to_arrays or (lambda t: check_labels(name, t)))(targets)
-    given = paths if paths is not None else in_memory
-    if len(given) != num_samples:
-        raise ValueError(
-            f"`{inputs_name}` and `{name}` must have the same length. "
-            f"Received: len({inputs_name})={num_samples}, len({name})={len(given)}"
-        )
-    return paths, in_memory
-
-
-def stack_arrays(
-    values: list[np.ndarray],
-    name_of: Callable[[int], str],
-    *,
-    what: str,
-    dtype: Any = None,
-    write: Callable[[np.ndarray, np.ndarray], None] = copy_same_kind,
-    hint: str = "",
-    empty: Callable[[tuple, Any], np.ndarray] = np.empty,
-) -> np.ndarray:
-    """Stacks per-sample arrays into one preallocated batch, converting each once.
-
-    Args:
-        values: One array per sample, in batch order.
-        name_of: Names sample `k` of the batch in messages (e.g. its path).
-        what: `"image"`, `"label"`..., for messages.
-        dtype: The batch dtype; `None` (the default) keeps the first
-            sample's.
-        write: `write(out, value)` copies one sample into its slot. Defaults
-            to a copy that refuses casts across kinds (float into int, say).
-        hint: A sentence appended to a shape-mismatch message.
-        empty: Allocates the batch, `np.empty` by default (a
-            `BatchBuffers.empty` recycles them).
-
-    Returns:
-        An array of shape `(len(values),) + sample_shape`.
-
-    Raises:
-        ShapeMismatchError: If a sample's shape (or dtype) does not fit the
-            first one's; the message names both samples.
-
-    Example:
-
-    >>> stack_arrays([np.zeros(2), np.ones(2)], str, what="label").shape
-    (2, 2)
-    """
-    first = values[0]
-    batch = empty((len(values),) + first.shape, first.dtype if dtype is None else dtype)
-    for k, value in enumerate(values):
-        if value.shape != first.shape:
-            message = (
-                f"{what}s in one batch have different shapes: {name_of(0)} has shape {first.shape} "
-                f"but {name_of(k)} has shape {value.shape}."
-            )
-            raise ShapeMismatchError(f"{message} {hint}".rstrip())
-        try:
-            write(batch[k, ...], value)
-        except TypeError as e:
-            raise ShapeMismatchError(
-                f"{what}s in one batch have dtypes that do not mix: {name_of(0)} is {batch.dtype} "
-                f"and {name_of(k)} is {value.dtype} ({e})."
-            ) from e
-    return batch
 
 
 _DEFERRING = threading.local()  # .dataset: the sequence whose batch this thread assembles for batches_dataset

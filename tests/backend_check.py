@@ -17,6 +17,8 @@ from conftest import write_indexed_dataset  # noqa: E402
 from index_model import DecodeIndex  # noqa: E402
 
 from keras_sepseq import PaddedSequence, SeparatedSequence  # noqa: E402
+from keras_sepseq.field_sequence import FieldSequence  # noqa: E402
+from keras_sepseq.fields import ArrayField, ImageField  # noqa: E402
 
 N, BATCH = 250, 10
 
@@ -64,9 +66,22 @@ class Check(keras.callbacks.Callback):
             sys.exit(1)
 
 
+def two_input_model():
+    """Named inputs "left" and "right" (the same index image each), output "index": their mean decoded index.
+
+    Misaligned fields give a mean that is no sample's index, which `Seen` counts as wrong.
+    """
+    left, right = keras.Input((6, 5, 3), name="left"), keras.Input((6, 5, 3), name="right")
+    mean = keras.layers.Average(name="index")([DecodeIndex()(left), DecodeIndex()(right)])
+    return keras.Model({"left": left, "right": right}, {"index": mean})
+
+
 def run(name, seq, layer, input_shape):
     metric = Seen()
-    model = keras.Sequential([keras.Input(input_shape), layer])  # built by fit: Keras pulls a batch first
+    if layer is None:
+        model = two_input_model()
+    else:
+        model = keras.Sequential([keras.Input(input_shape), layer])  # built by fit: Keras pulls a batch first
     model.compile(optimizer="sgd", loss="mse", metrics=[metric])
     model.fit(seq, epochs=3, verbose=0, callbacks=[Check(metric, name)])
     metric.reset_state()
@@ -78,7 +93,8 @@ def run(name, seq, layer, input_shape):
     ordered_args = {**seq._keras_sepseq_args, "shuffle": False}
     ordered_args.pop("bucket_by_length", None)  # bucketing without shuffle sorts by length
     ordered = type(seq)(**ordered_args)
-    predicted = np.rint(model.predict(ordered, verbose=0)[:, 0])
+    predicted = model.predict(ordered, verbose=0)
+    predicted = np.rint((predicted["index"] if isinstance(predicted, dict) else predicted)[:, 0])
     if not np.array_equal(predicted, np.arange(N)):
         print(f"FAIL {name} predict: outputs do not line up with the inputs")
         sys.exit(1)
@@ -91,6 +107,7 @@ def main():
     folder = tempfile.mkdtemp()
     images, labels = write_indexed_dataset(folder, N)
     sequences = [np.full((1 + i % 7, 1), i, np.float32) for i in range(N)]
+    copies, _ = write_indexed_dataset(os.path.join(folder, "copies"), N)  # "right" reads other files than "left"
     for mode, options in [("threads", dict(workers=2)), ("processes", dict(workers=2, use_multiprocessing=True))]:
         args = dict(image_paths=images, label_paths=labels, batch_size=BATCH, seed=1, **options)
         seq = SeparatedSequence(**args)
@@ -102,6 +119,17 @@ def main():
         seq = PaddedSequence(**args)
         seq._keras_sepseq_args = args
         run(f"PaddedSequence {mode}", seq, LastValue(), (None, 1))
+        left, right = ImageField(images), ImageField(copies)
+        args = dict(
+            inputs={"left": left, "right": right},
+            targets={"index": ArrayField(labels)},
+            batch_size=BATCH,
+            seed=1,
+            **options,
+        )
+        seq = FieldSequence(**args)
+        seq._keras_sepseq_args = args
+        run(f"FieldSequence {mode}", seq, None, None)
     print("backend", keras.backend.backend(), "all ok")
 
 

@@ -1,0 +1,295 @@
+"""`FieldSequence`: batches of samples made of named fields, as `keras.utils.PyDataset`.
+
+The general sample model: each sample is a set of named fields (images,
+arrays, padded sequences; see `keras_sepseq.fields`), and a batch is
+`(x, y)` or `(x, y, sample_weight)` with a dict wherever a dict of fields
+was given, keyed by field name so that it matches the names of the model's
+`keras.Input`s. Order, shards, workers, caches and the error policy are
+`BaseSequence`'s, shared with every other sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import numpy as np
+
+from keras_sepseq.fields import Field, ImageField, PaddedField
+from keras_sepseq.sequence import BaseSequence
+
+__all__ = ["FieldSequence"]
+
+Fields = Field | dict[str, Field]
+
+
+def _named(argument: str, fields: Any) -> dict[str, Field] | None:
+    """Checks a fields argument; returns a dict by name (`None` for a single field, `{}` for none)."""
+    if fields is None:
+        return {}
+    if isinstance(fields, Field):
+        return None
+    if isinstance(fields, dict) and fields:
+        for name, field in fields.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"`{argument}` keys must be non-empty strings (field names). Received: {name!r}")
+            if not isinstance(field, Field):
+                raise TypeError(
+                    f"`{argument}[{name!r}]` must be a keras_sepseq field (ImageField, ArrayField, PaddedField, ...). "
+                    f"Received: {type(field).__name__}"
+                )
+        return dict(fields)
+    raise TypeError(
+        f"`{argument}` must be a field (ImageField, ArrayField, PaddedField, ...) or a non-empty dict of fields "
+        f"by name. Received: {fields!r}"
+    )
+
+
+class FieldSequence(BaseSequence):
+    """Batches of samples made of named fields: several images, masks, arrays or padded sequences per sample.
+
+    `seq[i]` returns `(x,)`, `(x, y)` or `(x, y, sample_weight)`. `x` is an
+    array when `inputs` is one field and a dict of arrays keyed by field
+    name when `inputs` is a dict; `y` likewise for `targets`. Every field
+    of a sample comes from the same sample index, in every worker mode, so
+    fields never misalign. A sample with a field that fails to load is bad
+    as a whole, and its message names the field's file.
+
+    Args:
+        inputs: A field, or a dict of fields by name (the names of the
+            model's `keras.Input`s).
+        targets: A field, a dict of fields by name (the model's output
+            names), or `None` (the default) for inputs only.
+        batch_size: Samples per batch. Defaults to 32.
+        sample_weights: One weight per sample (an array-like), or `None`
+            (the default). Needs `targets`.
+        **options: The options every sequence shares (`shuffle`, `seed`,
+            `drop_remainder`, `workers`, `use_multiprocessing`,
+            `max_queue_size`, `cache`, `cache_budget`, `on_error`,
+            `max_errors`, `retries`, `num_shards`, `shard_index`, `shard`),
+            as documented on `BaseSequence`.
+
+    Raises:
+        ValueError: If fields hold different numbers of samples, or an
+            option is out of range; the message names them.
+        TypeError: If `inputs` or `targets` is not a field or a dict of
+            fields.
+
+    Example:
+
+    >>> from keras_sepseq.fields import ArrayField, ImageField  # doctest: +SKIP
+    >>> seq = FieldSequence(  # doctest: +SKIP
+    ...     {"t1": ImageField(t1_paths, image_size=(128, 128)), "t2": ImageField(t2_paths, image_size=(128, 128))},
+    ...     {"grade": ArrayField(grade_paths)},
+    ...     batch_size=16, workers=2,
+    ... )
+    >>> model.fit(seq, epochs=10)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        inputs: Fields,
+        targets: Fields | None = None,
+        batch_size: int = 32,
+        *,
+        sample_weights: Any = None,
+        **options: Any,
+    ) -> None:
+        self._input_names = _named("inputs", inputs)
+        self._target_names = _named("targets", targets)
+        self.inputs = inputs
+        self.targets = targets
+        slots: list[tuple[str, Field]] = []
+        for names, given, default in ((self._input_names, inputs, "input"), (self._target_names, targets, "target")):
+            if names is None:
+                slots.append((default, given))  # type: ignore[arg-type]
+            else:
+                slots.extend(names.items())
+        self.fields: tuple[tuple[str, Field], ...] = tuple(slots)
+        counts = {name: len(field) for name, field in self.fields}
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{name}: {count}" for name, count in counts.items())
+            raise ValueError(f"every field must hold one value per sample; the fields hold different counts: {listed}.")
+        num_samples = next(iter(counts.values()))
+        if sample_weights is not None:
+            if targets is None:
+                raise ValueError("`sample_weights` needs `targets`: Keras weights the loss, which needs targets.")
+            weights = np.asarray(sample_weights, dtype=np.float32)
+            if weights.shape != (num_samples,):
+                raise ValueError(
+                    f"`sample_weights` must hold one number per sample, shape ({num_samples},). "
+                    f"Received shape {weights.shape}."
+                )
+            sample_weights = weights
+        self.sample_weights = sample_weights
+        super().__init__(num_samples, batch_size, **options)
+
+    @property
+    def input_count(self) -> int:
+        """How many of `fields` are inputs (the rest are targets)."""
+        return 1 if self._input_names is None else len(self._input_names)
+
+    # Loading.
+
+    def load_item(self, index: int) -> tuple:
+        """Loads every field of sample `index`: one item per field, in `fields` order. Runs in workers too.
+
+        Args:
+            index: The sample index.
+
+        Returns:
+            A tuple with one item (or `None` for values in memory) per field.
+
+        Raises:
+            SampleError: If a field's file cannot be loaded; names the file
+                and the field.
+
+        Example:
+
+        >>> items = seq.load_item(3)  # doctest: +SKIP
+        """
+        items = []
+        for name, field in self.fields:
+            if field.in_memory:
+                items.append(field.item_from_memory(index))
+            else:
+                path = cast(str, field.path(index))  # a field not in memory has a path per sample
+                items.append(self.load_sample(field.read, path, index, f"{field.kind} ({name!r})"))
+        return tuple(items)
+
+    def sample_path(self, index: int) -> str | None:
+        """The first file of sample `index` (its first field backed by files)."""
+        for _, field in self.fields:
+            if not field.in_memory:
+                return field.path(index)
+        return None
+
+    def cache_sources(self):
+        """The files whose size and mtime invalidate a sample's cache entry: those of the first file field."""
+        for _, field in self.fields:
+            if not field.in_memory:
+                return field.paths
+        raise ValueError("a directory cache needs at least one field backed by files; every field is in memory.")
+
+    def cache_key(self) -> tuple:
+        """The fields' names, kinds, settings and paths."""
+        parts: list[Any] = []
+        for name, field in self.fields:
+            parts += [name, *field.cache_key()]
+            if field.paths is not None:
+                parts.append(field.paths)
+        return super().cache_key() + tuple(parts)
+
+    def fixed_sample_shape(self) -> bool:
+        """True when every field backed by files knows its item shape before loading."""
+        return all(field.fixed_shape() or field.in_memory for _, field in self.fields)
+
+    # Batches.
+
+    def collate(self, indices: np.ndarray, items: list, position: int | None = None) -> tuple:
+        """Turns loaded items into `(x,)`, `(x, y)` or `(x, y, sample_weight)`, field by field.
+
+        Args:
+            indices: Sample indices, in batch order.
+            items: `load_item(i)` for each of `indices`.
+            position: The batch's position in the epoch, or `None`.
+
+        Returns:
+            The batch.
+
+        Raises:
+            ShapeMismatchError: If a field's items differ in shape; names
+                two files.
+        """
+        arrays = [
+            self._batch_field(k, field, indices, [item[k] for item in items], position)
+            for k, (_, field) in enumerate(self.fields)
+        ]
+        return self._structure(indices, arrays)
+
+    def collate_cached(self, indices: np.ndarray, slabs: tuple, position: int | None = None) -> Any:
+        """A batch straight from the cache's arrays (one per field; `None` for values in memory)."""
+        if any(isinstance(field, PaddedField) for _, field in self.fields):
+            return NotImplemented  # padding needs the items' lengths: the general path handles it
+        arrays = []
+        for k, (_, field) in enumerate(self.fields):
+            slab = slabs[k]
+            items = [None] * len(indices) if slab is None else [slab[i] for i in indices]
+            arrays.append(self._batch_field(k, field, indices, items, position))
+        return self._structure(indices, arrays)
+
+    def _batch_field(self, k: int, field: Field, indices: np.ndarray, items: list, position: int | None) -> Any:
+        if isinstance(field, PaddedField):
+            first = lambda: [  # noqa: E731
+                min(field.length(int(i)), field.maxlen or np.iinfo(np.int64).max) for i in self.batch_indices(0)
+            ]
+            return field.batch(indices, items, position=position, empty=self.buffers.empty, first=first)
+        if isinstance(field, ImageField):
+            deferred = k == 0 and self.scaling_deferred and all(np.asarray(a).dtype == np.uint8 for a in items)
+            return field.batch(indices, items, empty=self.buffers.empty, dtype="uint8" if deferred else None)
+        return field.batch(indices, items, position=position, empty=self.buffers.empty)
+
+    def _structure(self, indices: np.ndarray, arrays: list) -> tuple:
+        n = self.input_count
+        x = arrays[0] if self._input_names is None else dict(zip(self._input_names, arrays[:n]))
+        if self._target_names == {}:
+            return (x,)
+        y = arrays[n] if self._target_names is None else dict(zip(self._target_names, arrays[n:]))
+        if self.sample_weights is None:
+            return x, y
+        return x, y, self.sample_weights[indices]
+
+    def deferred_scaling(self) -> dict[int, float]:
+        """With one image input in a float dtype, 8-bit batches may cross into a graph as `uint8`.
+
+        Returns:
+            `{0: 1 / 255}` then, else `{}` (dict inputs cross as they are).
+        """
+        if self._input_names is None:
+            scale = self.fields[0][1].deferred_scale()
+            if scale is not None:
+                return {0: scale}
+        return {}
+
+    def output_signature(self) -> tuple:
+        """The `tf.TensorSpec`s of a batch, with dicts where dicts of fields were given.
+
+        Returns:
+            A tuple: `x`, then `y` and `sample_weight` when present.
+        """
+        import tensorflow as tf
+
+        reference = None
+        if any(not field.in_memory for _, field in self.fields):
+            reference = self.reference_item()[1]
+        specs = []
+        for k, (_, field) in enumerate(self.fields):
+            item = None if reference is None else reference[k]
+            specs.append(tf.TensorSpec((None,) + tuple(field.spec_shape(item)), tf.as_dtype(field.spec_dtype(item))))
+        n = self.input_count
+        x = specs[0] if self._input_names is None else dict(zip(self._input_names, specs[:n]))
+        if self._target_names == {}:
+            return (x,)
+        y = specs[n] if self._target_names is None else dict(zip(self._target_names, specs[n:]))
+        signature = [x, y]
+        if self.sample_weights is not None or self.on_error == "skip":
+            signature.append(tf.TensorSpec((None,), tf.float32))
+        return tuple(signature)
+
+    def describe_item(self, index: int, item: Any) -> tuple:
+        """`(input_shape, input_dtype, target_shape, target_dtype, target_value)` of the first input and target."""
+        x = item[0] if item[0] is not None else self.fields[0][1].batch(np.array([index]), [None])[0]
+        if self._target_names == {}:
+            return np.shape(x), str(np.asarray(x).dtype), None, None, None
+        n = self.input_count
+        target = self.fields[n][1]
+        y = item[n] if item[n] is not None else target.batch(np.array([index]), [None])[0]
+        y = np.asarray(y)
+        value = int(y) if y.ndim == 0 and y.dtype.kind in "iub" else None
+        return np.shape(x), str(np.asarray(x).dtype), y.shape, str(y.dtype), value
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}: {field.describe(None)}" for name, field in self.fields)
+        return (
+            f"{type(self).__name__}({self.num_samples} samples, {{{fields}}}, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, seed={self.seed})"
+        )
