@@ -31,13 +31,14 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from keras_sepseq.memory import PeakMemory, rss_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 NUM_CLASSES = 10
@@ -150,119 +151,6 @@ def images_in(directory: str) -> list[str]:
 
 
 # Measurement helpers.
-
-
-def _proc_kib(path: str, key: str) -> int | None:
-    """The value of a `key: N kB` line of a /proc file, in bytes; `None` if unreadable."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _rss_bytes(pid: int) -> int:
-    return _proc_kib(f"/proc/{pid}/status", "VmRSS:") or 0
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in glob.glob(f"/proc/{pid}/task/*/children"):
-        try:
-            with open(task) as f:
-                found.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return found
-
-
-def process_tree_memory(*, anonymous: bool = False) -> dict[int, int]:
-    """Memory of this process and of each of its children, in bytes, by pid (Linux; empty elsewhere).
-
-    Each process counts its proportional share of the pages it shares
-    (PSS, from `/proc/<pid>/smaps_rollup`): forked workers share most of
-    their parent's pages copy-on-write, and summing plain RSS would count
-    those once per worker. Where PSS is not available, RSS.
-
-    Args:
-        anonymous: Count only anonymous and shared-memory pages (`Pss_Anon`
-            plus `Pss_Shmem`): the heap, stacks and shared-memory blocks,
-            where a leak grows. Library pages, which the default counts, are
-            shared with every other process that maps the same files, so
-            another TensorFlow program starting or ending moves PSS by tens
-            of megabytes; these two fields do not move with it. Defaults to
-            `False`.
-
-    Returns:
-        `{pid: bytes}`, this process first.
-
-    Example:
-
-    >>> os.getpid() in process_tree_memory()
-    True
-    """
-    keys = ("Pss_Anon:", "Pss_Shmem:") if anonymous else ("Pss:",)
-    memory = {}
-    for pid in [os.getpid(), *_children(os.getpid())]:
-        parts = [_proc_kib(f"/proc/{pid}/smaps_rollup", key) for key in keys]
-        memory[pid] = _rss_bytes(pid) if None in parts else sum(p for p in parts if p is not None)
-    return memory
-
-
-def process_tree_rss() -> int:
-    """The sum of `process_tree_memory()` over this process and its children, in bytes.
-
-    Returns:
-        Bytes; 0 where `/proc` is missing.
-
-    Example:
-
-    >>> process_tree_rss() >= sum(process_tree_memory(anonymous=True).values()) >= 0
-    True
-    """
-    return sum(process_tree_memory().values())
-
-
-class PeakMemory:
-    """Samples `process_tree_rss()` in a thread while in a `with` block; `.peak` holds the maximum.
-
-    Once a second by default: reading PSS walks the page tables, about
-    10 ms of CPU per sample for a 1.5 GB TensorFlow process, which at 20
-    samples a second took a fifth of a core from the candidates measured.
-
-    Args:
-        interval: Seconds between samples. Defaults to 1.
-
-    Example:
-
-    >>> with PeakMemory() as memory:
-    ...     _ = np.ones(10**6)
-    >>> memory.peak > 0 or not os.path.exists("/proc")
-    True
-    """
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = process_tree_rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, process_tree_rss())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, process_tree_rss())
 
 
 @dataclass
@@ -511,12 +399,12 @@ def measure_construction(num_paths: int = 1_000_000) -> dict[str, dict[str, floa
         ("PaddedSequence", lambda: PaddedSequence(labels, np.zeros(num_paths, np.int64), batch_size=32, seed=0)),
     ]:
         gc.collect()
-        before = _rss_bytes(os.getpid())
+        before = rss_bytes(os.getpid())
         start = time.perf_counter()
         seq = make()
         len(seq)
         seconds = time.perf_counter() - start
-        added = _rss_bytes(os.getpid()) - before
+        added = rss_bytes(os.getpid()) - before
         results[name] = {
             "paths": num_paths,
             "seconds": seconds,
@@ -711,93 +599,3 @@ def run_bench(
         "loaders": loaders,
         "ratios": ratios,
     }  # fmt: skip
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The table `keras-sepseq bench` prints: rates and ratios per candidate.
-
-    Args:
-        report: What `run_bench` returned.
-
-    Returns:
-        Text, one line per candidate.
-
-    Example:
-
-    >>> print(format_report(report))  # doctest: +SKIP
-    """
-    limit = report["decode_limit"]["images_per_second"]
-    lines = [
-        f"{'candidate':<38} {'cold/s':>7} {'steady/s':>8} {'best/s':>7} {'cold vs':>8} {'steady vs':>9} {'cold vs':>7} "
-        f"{'steady vs':>9} {'best vs':>8} {'peak mem':>8}",
-        f"{'':<38} {'':>7} {'':>8} {'':>7} {'tf.data':>8} {'tf.data':>9} {'decode':>7} {'numpy':>9} {'numpy':>8} {'MB':>8}",
-    ]  # fmt: skip
-    for r in report["results"]:
-        ratio = report["ratios"][r["name"]]
-        fmt = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
-        lines.append(
-            f"{r['name']:<38} {r['cold']:7,.0f} {r['steady']:8,.0f} {r.get('best', 0):7,.0f} "
-            f"{fmt(ratio['cold_vs_pipeline']):>8} {fmt(ratio['steady_vs_pipeline']):>9} "
-            f"{fmt(ratio['cold_vs_decode_limit']):>7} {fmt(ratio.get('steady_vs_numpy')):>9} "
-            f"{fmt(ratio.get('best_vs_numpy')):>8} {r['peak_rss_mb']:8,.0f}"
-        )
-    lines.append(
-        f"{'decode limit':<42} {limit:8,.0f} (decode + resize on one core x {report['decode_limit']['cores_used']})"
-    )
-    for name, rates in report.get("loaders", {}).items():
-        lines.append(
-            f"{name + ', loader only (no model)':<52} epoch 1 {rates[0]:7,.0f}/s, then {rates[-1]:7,.0f}/s "
-            f"= {rates[-1] / limit:.2f}x decode limit"
-        )
-    for name, m in report.get("construction", {}).items():
-        lines.append(
-            f"{name} over {m['paths']:,} paths: built in {m['seconds']:.2f} s, +{m['rss_mb']:.0f} MB RSS, "
-            f"pickled {m['pickle_mb']:.1f} MB"
-        )
-    return "\n".join(lines)
-
-
-def plot_report(report: dict[str, Any], path: str) -> None:
-    """Writes a bar chart of cold and steady images/s per candidate to a PNG.
-
-    Args:
-        report: What `run_bench` returned.
-        path: The PNG file to write.
-
-    Raises:
-        ImportError: If matplotlib is missing; the message says how to
-            install it.
-
-    Example:
-
-    >>> plot_report(report, "bench.png")  # doctest: +SKIP
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError(
-            "--plot needs matplotlib: pip install 'keras-sepseq[plot]' (or pip install matplotlib)"
-        ) from e
-    results = report["results"]
-    names = [r["name"] for r in results]
-    y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(names) + 2.0))
-    ax.barh(y - 0.2, [r["cold"] for r in results], height=0.4, label="first epoch (cold)", color="#8fb3d9")
-    ax.barh(y + 0.2, [r["steady"] for r in results], height=0.4, label="later epochs (steady)", color="#2f6db5")
-    limit = report["decode_limit"]["images_per_second"]
-    ax.axvline(limit, color="#c0392b", linestyle="--", label=f"decode limit ({limit:,.0f}/s)")
-    ax.set_yticks(y, names)
-    ax.invert_yaxis()
-    settings = report["settings"]
-    ax.set_xlabel("images per second through model.fit")
-    ax.set_title(
-        f"{settings['samples']} images resized to {settings['image_size'][0]}x{settings['image_size'][1]}, "
-        f"batch {settings['batch_size']}, {settings['cores']} cores"
-    )
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

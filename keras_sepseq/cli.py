@@ -195,7 +195,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from keras_sepseq import bench
+    from keras_sepseq import bench, bench_report
 
     samples = args.samples or (96 if args.quick else 2000)
     size = tuple(args.image_size or ((64, 64) if args.quick else (128, 128)))
@@ -242,13 +242,13 @@ def _bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
     )
     print()
-    print(bench.format_report(report))
+    print(bench_report.format_report(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"measurements written to {args.json}")
     if args.plot:
-        bench.plot_report(report, args.plot)
+        bench_report.plot_report(report, args.plot)
         print(f"bar chart written to {args.plot}")
     return 0
 

@@ -139,8 +139,8 @@ class SharedSlots:
 
     Returning a chunk of decoded images through the pipe of a process pool
     costs a pickle copy in the worker, two kernel copies, a wake-up of the
-    receiving thread per 64 KiB, and an unpickle copy; measured through
-    `model.fit`, that is several percent of a 2-core machine. Through a
+    receiving thread per 64 KiB, and an unpickle copy (figures in
+    docs/benchmarks.md). Through a
     slot, the worker copies the arrays into shared memory once and sends
     a few hundred bytes; the main process copies them out once. The block
     is reserved in full when created (`posix_fallocate`), so a small
@@ -521,9 +521,8 @@ class BatchBuffers:
     """Hands out large batch arrays again once nothing outside refers to them.
 
     A fresh multi-megabyte array per batch costs the kernel zeroed pages and
-    the allocator a map and unmap: measured through `model.fit`, returning a
-    new 6 MB float32 batch each step ran at about 10,000 images/s, reusing
-    one at 13,000, against 15,000 for numpy arrays in RAM. Reuse is safe
+    the allocator a map and unmap, which shows through `model.fit` (figures
+    in docs/benchmarks.md). Reuse is safe
     because an array is handed out again only when its reference count
     shows that this object alone holds it: a batch kept by the caller,
     aliased by a TensorFlow tensor or viewed by any array is never

@@ -153,8 +153,20 @@ class FieldSequence(BaseSequence):
                 items.append(field.item_from_memory(index))
             else:
                 path = cast(str, field.path(index))  # a field not in memory has a path per sample
-                items.append(self.load_sample(field.read, path, index, f"{field.kind} ({name!r})"))
+                items.append(self.load_sample(field.read, path, index, self.field_label(name, field)))
         return tuple(items)
+
+    def field_label(self, name: str, field: Field) -> str:
+        """What messages call a field's value: its kind and name, e.g. `image ('t1')`.
+
+        Args:
+            name: The field's name.
+            field: The field.
+
+        Returns:
+            A short label.
+        """
+        return f"{field.kind} ({name!r})"
 
     def sample_path(self, index: int) -> str | None:
         """The first file of sample `index` (its first field backed by files)."""
@@ -180,8 +192,8 @@ class FieldSequence(BaseSequence):
         return super().cache_key() + tuple(parts)
 
     def fixed_sample_shape(self) -> bool:
-        """True when every field backed by files knows its item shape before loading."""
-        return all(field.fixed_shape() or field.in_memory for _, field in self.fields)
+        """True when every field knows the shape of its cached items before loading."""
+        return all(field.fixed_shape() for _, field in self.fields)
 
     # Batches.
 

@@ -141,8 +141,12 @@ class Field:
         return self.batch(indices, [slab[i] for i in indices], empty=empty)
 
     def fixed_shape(self) -> bool:
-        """Whether every item has one shape known before loading (so caches can preallocate)."""
-        return False
+        """Whether every item a cache keeps has one shape known before loading (so caches can preallocate).
+
+        Values in memory that `item_from_memory` does not copy into items
+        (it returns `None`) count as fixed: the cache keeps nothing of them.
+        """
+        return self.in_memory and self.item_from_memory(0) is None
 
     def cache_key(self) -> tuple:
         """The settings that decide what a cached item holds (paths are added by the sequence).
@@ -251,12 +255,21 @@ class ImageField(Field):
         self.max_image_pixels = (
             None if max_image_pixels is None else check_int("max_image_pixels", max_image_pixels, minimum=1)
         )
-        self.loader = loader
+        self.loader: Callable[[str], np.ndarray] | None = loader
 
     def read(self, path: str) -> np.ndarray:
-        """Decodes one image with the field's settings (or its `loader`)."""
-        if self.loader is not None:
-            return self.loader(path)
+        """Reads one image: the field's `loader`, or `decode`."""
+        return self.loader(path) if self.loader is not None else self.decode(path)
+
+    def decode(self, path: str) -> np.ndarray:
+        """Decodes one image with `decode_image` and the field's settings.
+
+        Args:
+            path: The image file.
+
+        Returns:
+            The pixels, `(H, W, C)`, `uint8` or `uint16`.
+        """
         return decode_image(
             path,
             color_mode=self.color_mode,
@@ -319,6 +332,8 @@ class ArrayField(Field):
         source: One `.npy` path per sample, or an array (or list) holding
             one value per sample.
         loader: Reads one file instead of `load_npy`. Defaults to `None`.
+        kind: What messages call a value, e.g. `"label"`. Defaults to
+            `"array"`.
 
     Raises:
         ValueError: If in-memory values are ragged, scalar or objects.
@@ -331,10 +346,11 @@ class ArrayField(Field):
 
     kind = "array"
 
-    def __init__(self, source: Any, *, loader: Callable[[str], np.ndarray] | None = None) -> None:
+    def __init__(self, source: Any, *, loader: Callable[[str], np.ndarray] | None = None, kind: str = "array") -> None:
         paths, values = _source("source", source)
         super().__init__(paths=paths, values=None if values is None else check_labels("source", values))
-        self.loader = loader
+        self.loader: Callable[[str], np.ndarray] | None = loader
+        self.kind = kind
 
     def read(self, path: str) -> np.ndarray:
         """Reads one `.npy` file (or calls the field's `loader`)."""
@@ -346,10 +362,6 @@ class ArrayField(Field):
             return self.values[indices]
         paths = cast(PathArray, self.paths)
         return stack_arrays(items, lambda k: repr(paths[indices[k]]), what=self.kind)
-
-    def fixed_shape(self) -> bool:
-        """Values in memory have one shape; files are only known once read."""
-        return self.in_memory
 
     def cache_key(self) -> tuple:
         """Paths or "in memory" (values in memory are not cached)."""
@@ -372,7 +384,11 @@ class PaddedField(Field):
         padding: `"post"` (the default) or `"pre"`.
         truncating: `"post"` (the default) or `"pre"`, with `maxlen`.
         value: The padding value. Defaults to 0.
-        dtype: The batch dtype. Defaults to `"float32"`.
+        dtype: The batch dtype, or `None` for the items' own. Defaults to
+            `"float32"`.
+        loader: Reads one file instead of `load_npy` (its result is taken
+            as it is). Defaults to `None`.
+        kind: What messages call a value. Defaults to `"sequence"`.
 
     Raises:
         ValueError: If an argument is out of range; the message names it.
@@ -395,6 +411,8 @@ class PaddedField(Field):
         truncating: str = "post",
         value: float = 0.0,
         dtype: Any = "float32",
+        loader: Callable[[str], np.ndarray] | None = None,
+        kind: str = "sequence",
     ) -> None:
         paths, values = _source("source", source)
         if values is not None:
@@ -409,14 +427,17 @@ class PaddedField(Field):
         if not isinstance(value, numbers.Real):
             raise ValueError(f"`value` must be a number. Received: value={value!r}")
         self.value: float = float(value)
-        self.dtype: np.dtype = np.dtype(dtype)
-        self._first_length: tuple[tuple, int] | None = None
+        self.dtype: np.dtype | None = None if dtype is None else np.dtype(dtype)
+        self.loader: Callable[[str], np.ndarray] | None = loader
+        self.kind = kind
 
     def read(self, path: str) -> np.ndarray:
-        """Reads one `.npy` sequence; a 0-d array is refused (a sequence needs a time axis)."""
+        """Reads one sequence: the field's `loader`, or a `.npy` file, refused if 0-d (a sequence needs a time axis)."""
+        if self.loader is not None:
+            return self.loader(path)
         array = load_npy(path)
         if array.ndim == 0:
-            raise ValueError("the sequence is 0-d (a scalar); a sequence needs a time axis first")
+            raise ValueError(f"the {self.kind} is 0-d (a scalar); a sequence needs a time axis first")
         return array
 
     def item_from_memory(self, index: int) -> Any:
@@ -464,8 +485,9 @@ class PaddedField(Field):
             )
         lengths = [len(item) if self.maxlen is None else min(len(item), self.maxlen) for item in items]
         length = self.padded_length(lengths, position, first or (lambda: []))
+        dtype = self.dtype if self.dtype is not None else next((a.dtype for a in items if np.size(a)), items[0].dtype)
         return pad_batch(
-            items, maxlen=length, padding=self.padding, truncating=self.truncating, value=self.value, dtype=self.dtype
+            items, maxlen=length, padding=self.padding, truncating=self.truncating, value=self.value, dtype=dtype
         )
 
     def _name(self, index: Any) -> str:
@@ -480,8 +502,8 @@ class PaddedField(Field):
         return (self.maxlen,) + tuple(np.shape(reference)[1:])
 
     def spec_dtype(self, reference: Any) -> Any:
-        """The field's `dtype`."""
-        return self.dtype
+        """The field's `dtype` (or the reference item's, with `dtype=None`)."""
+        return self.dtype if self.dtype is not None else np.asarray(reference).dtype
 
 
 def check_image_size(image_size: Any) -> tuple[int, int] | None:

@@ -454,9 +454,8 @@ def _jpeg_reduction(height: int, width: int, size: Sequence[int]) -> int:
     """The largest of 1, 2, 4 and 8 that divides a JPEG's size and keeps it at least `size`.
 
     libjpeg-turbo decodes at any scale of n/8, but only the power-of-two
-    reductions run in its SIMD code: on 200-360 px photos shrunk to 128x128,
-    a 5/8 or 6/8 decode took 0.273 ms where the full decode took 0.227, and
-    a 1/2 decode 0.251 ms against 0.305 (decode and resize, one core). So a
+    reductions run in its SIMD code, so other scales can cost more than a
+    full decode (figures in docs/benchmarks.md). So a
     JPEG being shrunk is decoded at 1/2, 1/4 or 1/8 when that still covers
     `size`, else at full size (as Pillow's `draft` does).
 

@@ -1,39 +1,40 @@
-"""`PaddedSequence`: variable-length arrays, one per sample, padded per batch."""
+"""`PaddedSequence`: variable-length arrays, one per sample, padded per batch; a preset of `FieldSequence`."""
 
 from __future__ import annotations
 
 import numbers
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from keras_sepseq.cache import DEFAULT_BUDGET
+from keras_sepseq.checks import check_choice, check_int, check_labels, check_paths, check_targets
 from keras_sepseq.errors import SampleError, ShapeMismatchError
+from keras_sepseq.field_sequence import FieldSequence
+from keras_sepseq.fields import ArrayField, Field, PaddedField
 from keras_sepseq.npy import load_npy, npy_shape
 from keras_sepseq.padding import PADDING_SIDES, bucketed_order, pad_batch, padding_weights
 from keras_sepseq.paths import PathArray, PathLike, is_path_sequence
-from keras_sepseq.sequence import (
-    BaseSequence,
-    check_choice,
-    check_int,
-    check_labels,
-    check_paths,
-    check_targets,
-    stack_arrays,
-)
+from keras_sepseq.stacking import stack_arrays
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from keras_sepseq.options import SequenceOptions
 
 _LENGTH_THREADS = 16
 
 
-class PaddedSequence(BaseSequence):
+class PaddedSequence(FieldSequence):
     """Batches of variable-length arrays, padded per batch, optionally bucketed by length.
 
     Each sample is an array of shape `(T_i, *features)` (a time series, the
     frames of an utterance, a token sequence), stored as a `.npy` file or
-    held in memory. `seq[i]` pads the batch's arrays to one length, like
+    held in memory. It is a preset of `FieldSequence`: one `PaddedField`
+    input and an `ArrayField` target (a `PaddedField` for per-timestep
+    labels), batched together so that per-timestep labels share their
+    sequences' padded length. `seq[i]` pads the batch's arrays to one length, like
     `tf.data.Dataset.padded_batch`, and returns `(x, y)`, or
     `(x, y, sample_weight)` when the labels are per-timestep sequences too.
 
@@ -73,33 +74,13 @@ class PaddedSequence(BaseSequence):
             `bucketed_order`): less padding, every sample still once per
             epoch, epochs still differ. Lengths are read from the `.npy`
             headers, once, on first use. Defaults to `False`.
-        shuffle: Reshuffle at every epoch end. Defaults to `True`.
-        seed: Non-negative integer; `None` (the default) draws one (0 in a
-            sharded job: see `BaseSequence`).
-        drop_remainder: Leave out the last, smaller batch. Defaults to
-            `False`.
-        workers: As for `keras.utils.PyDataset`. Defaults to 1.
-        use_multiprocessing: As for `keras.utils.PyDataset`. Defaults to
-            `False`.
-        max_queue_size: As for `keras.utils.PyDataset`. Defaults to 10.
-        cache: `None` (the default) or `"memory"`: keep every loaded
-            sequence and label in RAM after the first epoch.
-        cache_budget: The most bytes `cache="memory"` may hold, as an int or
-            a string such as `"4GB"`. Defaults to 2 GiB.
-        on_error: `"raise"` (the default) or `"skip"`: see docs/bad-data.md
-            and `BaseSequence`. With `"skip"`, bad samples are
-            left out and listed in `seq.errors`, and batches gain a
-            `sample_weight`.
-        max_errors: With `"skip"`, stop once more samples failed than this
-            count (or fraction, a float below 1). Defaults to `None`.
-        retries: Read again after an `OSError`, this many times, with a
-            short backoff. Defaults to 0.
-        num_shards: Split each epoch across this many hosts, see
-            `BaseSequence.shard_members`. Defaults to 1.
-        shard_index: This host's shard. Defaults to 0.
-        shard: `"auto"` reads `num_shards` and `shard_index` from the active
-            `keras.distribution`, JAX or `TF_CONFIG` (see `detect_shard`).
-            Defaults to `None`.
+        **options: The options every sequence shares (`shuffle`, `seed`,
+            `drop_remainder`, `workers`, `use_multiprocessing`,
+            `max_queue_size`, `cache`, `cache_budget`, `on_error`,
+            `max_errors`, `retries`, `num_shards`, `shard_index`, `shard`),
+            documented on `BaseSequence`. `cache` may be `None` or
+            `"memory"` here: sequences vary in length, which a directory
+            cache cannot store.
 
     Raises:
         ValueError: At construction, for empty input, lengths that differ,
@@ -131,20 +112,7 @@ class PaddedSequence(BaseSequence):
         dtype: Any = "float32",
         label_value: float | None = None,
         bucket_by_length: bool = False,
-        shuffle: bool = True,
-        seed: int | None = None,
-        drop_remainder: bool = False,
-        workers: int = 1,
-        use_multiprocessing: bool = False,
-        max_queue_size: int = 10,
-        cache: str | os.PathLike | None = None,
-        cache_budget: int | str = DEFAULT_BUDGET,
-        on_error: str = "raise",
-        max_errors: int | float | None = None,
-        retries: int = 0,
-        num_shards: int = 1,
-        shard_index: int = 0,
-        shard: str | None = None,
+        **options: Unpack[SequenceOptions],
     ) -> None:
         self.sequence_paths: PathArray | None = None
         self.sequences: list[np.ndarray] | None = None
@@ -175,30 +143,25 @@ class PaddedSequence(BaseSequence):
         self.value = _check_number("value", value)
         self.dtype = _check_dtype(dtype)
         self.bucket_by_length = bool(bucket_by_length)
+        cache = options.get("cache")
         if cache not in (None, "memory"):
             raise ValueError(
                 "PaddedSequence supports cache=None or 'memory' (sequences vary in length, which a "
                 f"directory cache cannot store). Received: cache={cache!r}"
             )
         self._lengths: np.ndarray | None = None
-        super().__init__(
-            n,
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            drop_remainder=drop_remainder,
-            workers=workers,
-            use_multiprocessing=use_multiprocessing,
-            max_queue_size=max_queue_size,
-            cache=cache,
-            cache_budget=cache_budget,
-            on_error=on_error,
-            max_errors=max_errors,
-            retries=retries,
-            num_shards=num_shards,
-            shard_index=shard_index,
-            shard=shard,
-        )
+        inputs = PaddedField(
+            self.sequence_paths if self.sequence_paths is not None else self.sequences,
+            maxlen=self.maxlen, padding=self.padding, truncating=self.truncating, value=cast(float, self.value), dtype=self.dtype,
+            loader=self.load_input, kind="sequence",
+        )  # fmt: skip
+        labels = self.label_paths if self.label_paths is not None else self.labels
+        targets: Field | None = None
+        if labels is not None and self.label_value is not None:
+            targets = PaddedField(labels, value=self.label_value, dtype=None, loader=self.load_target, kind="label")
+        elif labels is not None:
+            targets = ArrayField(labels, loader=self.load_target, kind="label")
+        super().__init__(inputs, targets, batch_size, **options)
 
     # Hooks for custom formats.
 
@@ -400,12 +363,21 @@ class PaddedSequence(BaseSequence):
 
         >>> sequence, label = seq.load_item(4)  # doctest: +SKIP
         """
-        x = self._fetch(self.sequences, self.sequence_paths, self.load_input, index, "sequence")
-        if self.label_value is not None:  # per-timestep labels, from files or memory
-            return x, self._fetch(self.labels, self.label_paths, self.load_target, index, "label")
-        if self.label_paths is not None:
-            return x, self.load_sample(self.load_target, self.label_paths[index], index, "label")
-        return x, None
+        items = super().load_item(index)
+        x, y = items[0], (items[1] if len(items) > 1 else None)
+        checks: list[tuple[Any, PathArray | None, str]] = [(x, self.sequence_paths, "sequence")]
+        if self.label_value is not None:  # per-timestep labels need a time axis too
+            checks.append((y, self.label_paths, "label"))
+        for value, paths, what in checks:
+            if paths is not None and np.ndim(value) == 0:  # arrays in memory were checked at construction
+                raise SampleError(
+                    f"the {what} is 0-d (a scalar); a sequence needs a time axis first", path=paths[index], index=index
+                )
+        return x, y
+
+    def field_label(self, name: str, field: Field) -> str:
+        """`"sequence"` or `"label"`, as messages name them."""
+        return field.kind
 
     def collate(self, indices: np.ndarray, items: list, position: int | None = None) -> tuple:
         """Pads loaded samples into `(x, y)` or `(x, y, sample_weight)`.
@@ -457,16 +429,6 @@ class PaddedSequence(BaseSequence):
         label_dtype = next((t.dtype for t in targets if t.size), targets[0].dtype)
         y = pad_batch(targets, value=self.label_value, dtype=label_dtype, **options)
         return x, y, padding_weights(lengths, length, padding=self.padding)
-
-    def _fetch(self, arrays, paths, loader, index: int, what: str) -> np.ndarray:
-        if arrays is not None:
-            return arrays[index]
-        value = self.load_sample(loader, paths[index], index, what)
-        if value.ndim == 0:
-            raise SampleError(
-                f"the {what} is 0-d (a scalar); a sequence needs a time axis first", path=paths[index], index=index
-            )
-        return value
 
     def sample_path(self, index: int) -> str:
         """The sequence file of sample `index`, or `sequences[index]` for in-memory data."""

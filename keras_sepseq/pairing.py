@@ -48,6 +48,12 @@ class Matching:
         orphan_labels: Label files with no input file of the same key.
         duplicate_images: Keys that several input files share, with them.
         duplicate_labels: Keys that several label files share, with them.
+
+    Example:
+
+    >>> matching = match_files("data/image_*.png", "data/label_*.npy")  # doctest: +SKIP
+    >>> len(matching.image_paths), matching.orphan_labels  # doctest: +SKIP
+    (998, ['data/label_0999.npy'])
     """
 
     image_paths: list[str]

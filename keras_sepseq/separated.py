@@ -1,25 +1,31 @@
-"""`SeparatedSequence`: batches of images and labels stored one file per sample."""
+"""`SeparatedSequence`: batches of images and labels stored one file per sample, a preset of `FieldSequence`."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from keras_sepseq import images
-from keras_sepseq.cache import DEFAULT_BUDGET
-from keras_sepseq.fields import check_image_size
-from keras_sepseq.images import COLOR_MODES, DTYPES, INTERPOLATIONS, decode_image, write_pixels
+from keras_sepseq.checks import check_paths, check_targets
+from keras_sepseq.field_sequence import FieldSequence
+from keras_sepseq.fields import ArrayField, Field, ImageField
 from keras_sepseq.npy import load_npy
 from keras_sepseq.paths import PathArray, PathLike
-from keras_sepseq.sequence import BaseSequence, check_choice, check_int, check_paths, check_targets, stack_arrays
+from keras_sepseq.sequence import BaseSequence
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from keras_sepseq.options import SequenceOptions
+
+__all__ = ["SeparatedSequence"]
 
 Labels = Sequence[PathLike] | PathArray | np.ndarray | Sequence[Any] | None
 
 
-class SeparatedSequence(BaseSequence):
+class SeparatedSequence(FieldSequence):
     """Batches of images and labels, each sample in its own files, loaded on demand.
 
     `seq[i]` returns `(x, y)`: `x` of shape `(B, H, W, C)`, `y` the labels
@@ -28,8 +34,9 @@ class SeparatedSequence(BaseSequence):
     paths themselves are held in a compact `PathArray`, so the object
     pickles cheaply to process workers. Construction touches no file.
 
-    To read other formats, subclass and override `load_input(path)` and/or
-    `load_target(path)`; workers call them too. `load_input` results in
+    It is a preset of `FieldSequence`: one `ImageField` input and one
+    `ArrayField` target. To read other formats, subclass and override
+    `load_input(path)` and/or `load_target(path)`; workers call them too. `load_input` results in
     `uint8`/`uint16` are treated as pixels and scaled for a float `dtype`;
     other dtypes are cast as they are.
 
@@ -58,43 +65,19 @@ class SeparatedSequence(BaseSequence):
             [0, 1] like `tf.image.convert_image_dtype` (8-bit by 255, 16-bit
             by 65535); `"uint8"` keeps raw 8-bit pixels (16-bit ones are
             shifted right by 8); `"uint16"` keeps 16-bit pixels.
-        shuffle: Reshuffle at every epoch end. Defaults to `True`.
-        seed: Non-negative integer; the same seed gives the same sequence of
-            epoch orders. `None` (the default) draws one, kept in `seq.seed`
-            (0 in a sharded job: see `BaseSequence`).
-        drop_remainder: Leave out the last, smaller batch. Defaults to
-            `False`.
-        workers: Worker count, as for `keras.utils.PyDataset`. Defaults to 1.
-        use_multiprocessing: Use processes instead of threads. Defaults to
-            `False`.
-        max_queue_size: Batches prefetched by workers. Defaults to 10.
-        cache: `None` (the default); `"memory"` to keep each decoded,
-            resized image (in its source precision, e.g. uint8) and its
-            label in RAM after the first epoch; or a directory, to keep
-            them in memory-mapped files that survive restarts (needs
-            `image_size`). A sample is decoded again when its image file's
-            size or modification time changes; changing any decode setting
-            selects another cache.
-        cache_budget: The most bytes `cache="memory"` may hold, as an int or
-            a string such as `"4GB"`; a dataset that would not fit is
-            refused with a message giving both sizes. Defaults to 2 GiB.
-        on_error: `"raise"` (the default) or `"skip"`: see docs/bad-data.md
-            and `BaseSequence`. With `"skip"`, bad samples are
-            left out and listed in `seq.errors`, and batches gain a
-            `sample_weight`.
-        max_errors: With `"skip"`, stop once more samples failed than this
-            count (or fraction, a float below 1). Defaults to `None`.
-        retries: Read again after an `OSError`, this many times, with a
-            short backoff. Defaults to 0.
-        num_shards: Split each epoch across this many hosts, see
-            `BaseSequence.shard_members`. Defaults to 1.
-        shard_index: This host's shard. Defaults to 0.
-        shard: `"auto"` reads `num_shards` and `shard_index` from the active
-            `keras.distribution`, JAX or `TF_CONFIG` (see `detect_shard`).
-            Defaults to `None`.
         max_image_pixels: Refuse images whose header claims more pixels
             (a decompression-bomb guard). `None` (the default) uses Pillow's
             `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million).
+        **options: The options every sequence shares (`shuffle`, `seed`,
+            `drop_remainder`, `workers`, `use_multiprocessing`,
+            `max_queue_size`, `cache`, `cache_budget`, `on_error`,
+            `max_errors`, `retries`, `num_shards`, `shard_index`, `shard`),
+            documented on `BaseSequence`. Here `cache="memory"` keeps each
+            decoded, resized image (in its source precision, e.g. uint8)
+            and its label; a cache directory needs `image_size`. A sample
+            is decoded again when its image file's size or modification
+            time changes; changing any decode setting selects another
+            cache.
 
     Raises:
         ValueError: At construction, for empty inputs, lengths that differ,
@@ -124,64 +107,100 @@ class SeparatedSequence(BaseSequence):
         interpolation: str = "bilinear",
         antialias: bool = False,
         dtype: str = "float32",
-        shuffle: bool = True,
-        seed: int | None = None,
-        drop_remainder: bool = False,
-        workers: int = 1,
-        use_multiprocessing: bool = False,
-        max_queue_size: int = 10,
-        cache: str | os.PathLike | None = None,
-        cache_budget: int | str = DEFAULT_BUDGET,
-        on_error: str = "raise",
-        max_errors: int | float | None = None,
-        retries: int = 0,
-        num_shards: int = 1,
-        shard_index: int = 0,
-        shard: str | None = None,
         max_image_pixels: int | None = None,
+        **options: Unpack[SequenceOptions],
     ) -> None:
-        self.image_paths = check_paths("image_paths", image_paths)
-        n = len(self.image_paths)
-        self.label_paths, self.labels = check_targets(
-            label_paths, name="label_paths", inputs_name="image_paths", num_samples=n
+        paths = check_paths("image_paths", image_paths)
+        label_files, in_memory = check_targets(
+            label_paths, name="label_paths", inputs_name="image_paths", num_samples=len(paths)
         )
-        self.image_size = check_image_size(image_size)
-        self.color_mode = check_choice("color_mode", color_mode, tuple(COLOR_MODES))
-        self.interpolation = check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
-        if not isinstance(antialias, (bool, np.bool_)):
-            raise TypeError(f"`antialias` must be True or False. Received: antialias={antialias!r}")
-        self.antialias = bool(antialias)
-        self.dtype = check_choice("dtype", dtype, DTYPES)
-        self.max_image_pixels = (
-            None if max_image_pixels is None else check_int("max_image_pixels", max_image_pixels, minimum=1)
+        custom_input = type(self).load_input is not SeparatedSequence.load_input
+        custom_target = type(self).load_target is not SeparatedSequence.load_target
+        image = ImageField(
+            paths,
+            image_size=image_size,
+            color_mode=color_mode,
+            interpolation=interpolation,
+            antialias=antialias,
+            dtype=dtype,
+            max_image_pixels=max_image_pixels,
+            loader=self.load_input if custom_input else None,
         )
-        if (
-            cache not in (None, "memory")
-            and image_size is None
-            and type(self).load_input is SeparatedSequence.load_input
-        ):
+        target: Field | None = None
+        if label_files is not None:
+            target = ArrayField(label_files, kind="label", loader=self.load_target if custom_target else None)
+        elif in_memory is not None:
+            target = ArrayField(in_memory, kind="label")
+        cache = options.get("cache")
+        if cache not in (None, "memory") and image_size is None and not custom_input:
             raise ValueError(
                 "cache=<directory> needs `image_size`, so that every cached image has one shape. "
                 f"Received: cache={cache!r}, image_size=None"
             )
-        super().__init__(
-            n,
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            drop_remainder=drop_remainder,
-            workers=workers,
-            use_multiprocessing=use_multiprocessing,
-            max_queue_size=max_queue_size,
-            cache=cache,
-            cache_budget=cache_budget,
-            on_error=on_error,
-            max_errors=max_errors,
-            retries=retries,
-            num_shards=num_shards,
-            shard_index=shard_index,
-            shard=shard,
-        )
+        super().__init__(image, target, batch_size, **options)
+
+    # The settings, as attributes (read from the fields).
+
+    @property
+    def image_field(self) -> ImageField:
+        """The `ImageField` of the images."""
+        return self.fields[0][1]  # type: ignore[return-value]
+
+    @property
+    def image_paths(self) -> PathArray:
+        """One image path per sample."""
+        return self.image_field.paths  # type: ignore[return-value]
+
+    @property
+    def label_paths(self) -> PathArray | None:
+        """One label file per sample, or `None` (labels in memory, or none)."""
+        target = self.fields[1][1] if len(self.fields) > 1 else None
+        return None if target is None else target.paths
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The labels in memory, or `None` (label files, or none)."""
+        target = self.fields[1][1] if len(self.fields) > 1 else None
+        return None if target is None else target.values
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """`(height, width)` images are resized to, or `None`."""
+        return self.image_field.image_size
+
+    @property
+    def color_mode(self) -> str:
+        """`"rgb"`, `"rgba"` or `"grayscale"`."""
+        return self.image_field.color_mode
+
+    @property
+    def interpolation(self) -> str:
+        """The resize filter."""
+        return self.image_field.interpolation
+
+    @property
+    def antialias(self) -> bool:
+        """Whether the resize filter widens when shrinking."""
+        return self.image_field.antialias
+
+    @property
+    def dtype(self) -> str:
+        """The batch dtype of the images."""
+        return self.image_field.dtype
+
+    @property
+    def max_image_pixels(self) -> int | None:
+        """The decompression-bomb limit, or `None` for Pillow's."""
+        return self.image_field.max_image_pixels
+
+    def field_label(self, name: str, field: Field) -> str:
+        """`"image"` or `"label"`, as messages name them."""
+        return field.kind
+
+    def load_item(self, index: int) -> tuple:
+        """`(pixels, label)`; `label` is `None` for labels in memory or none. Runs in workers too."""
+        items = super().load_item(index)
+        return items if len(items) == 2 else items + (None,)
 
     def load_input(self, path: str) -> np.ndarray:
         """Loads one sample's input. Override for other formats.
@@ -206,14 +225,7 @@ class SeparatedSequence(BaseSequence):
         ...     def load_input(self, path):
         ...         return np.load(path, allow_pickle=False)[..., None]
         """
-        return decode_image(
-            path,
-            color_mode=self.color_mode,
-            image_size=self.image_size,
-            interpolation=self.interpolation,
-            antialias=self.antialias,
-            max_pixels=self.max_image_pixels,
-        )
+        return self.image_field.decode(path)
 
     def load_target(self, path: str) -> np.ndarray:
         """Loads one sample's label. Override for other formats.
@@ -238,10 +250,6 @@ class SeparatedSequence(BaseSequence):
         """
         return load_npy(path)
 
-    def sample_path(self, index: int) -> str:
-        """The image file of sample `index`."""
-        return self.image_paths[index]
-
     def fixed_sample_shape(self) -> bool:
         """Whether every sample has one shape: true with `image_size` set."""
         return self.image_size is not None
@@ -251,7 +259,7 @@ class SeparatedSequence(BaseSequence):
         labels = (
             self.label_paths if self.label_paths is not None else ("in memory" if self.labels is not None else None,)
         )
-        return super().cache_key() + (
+        return BaseSequence.cache_key(self) + (  # the key of the first release: caches written then stay found
             self.color_mode,
             self.image_size,
             self.interpolation,
@@ -260,150 +268,6 @@ class SeparatedSequence(BaseSequence):
             labels,
             ("decoder revision", images.DECODER_REVISION),
         )
-
-    def cache_sources(self) -> PathArray:
-        """Each sample's image file: its size and mtime invalidate the cached copy."""
-        return self.image_paths
-
-    def load_item(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Loads sample `index`'s image and, from a file, its label. Runs in workers too.
-
-        Args:
-            index: The sample index.
-
-        Returns:
-            `(pixels, label)`; `label` is `None` when labels are in memory
-            or absent.
-
-        Raises:
-            SampleError: If a file cannot be loaded; names the file.
-
-        Example:
-
-        >>> pixels, label = seq.load_item(0)  # doctest: +SKIP
-        """
-        x = self.load_sample(self.load_input, self.image_paths[index], index, "image")
-        if self.label_paths is None:
-            return x, None
-        return x, self.load_sample(self.load_target, self.label_paths[index], index, "label")
-
-    def collate(self, indices: np.ndarray, items: list, position: int | None = None) -> tuple:
-        """Stacks loaded samples into `(x, y)`, converting pixels to `dtype`.
-
-        Args:
-            indices: Sample indices, in batch order.
-            items: `load_item(i)` for each of `indices`.
-            position: Unused; the batch's position in the epoch.
-
-        Returns:
-            `(x, y)`, or `(x,)` when the dataset has no labels.
-
-        Raises:
-            ShapeMismatchError: If samples of the batch differ in shape;
-                names two files.
-
-        Example:
-
-        >>> x, y = seq.collate(indices, [seq.load_item(i) for i in indices])  # doctest: +SKIP
-        """
-        hint = (
-            ""
-            if self.image_size is not None
-            else "Pass `image_size=(height, width)` to resize every image to one size."
-        )
-        pixels = [item[0] for item in items]
-        x = stack_arrays(
-            pixels, lambda k: repr(self.image_paths[indices[k]]),
-            what="image", dtype=self._pixel_dtype(pixels), write=write_pixels, hint=hint, empty=self.buffers.empty,
-        )  # fmt: skip
-        if self.labels is not None:
-            return x, self.labels[indices]
-        if self.label_paths is None:
-            return (x,)
-        label_paths = self.label_paths
-        return x, stack_arrays([item[1] for item in items], lambda k: repr(label_paths[indices[k]]), what="label")
-
-    def collate_cached(self, indices: np.ndarray, slabs: tuple, position: int | None = None) -> tuple:
-        """Assembles a batch from the cache's arrays, converting each row straight into the batch.
-
-        Reading each cached row into its slot of the (recycled) batch array,
-        rather than gathering the rows first and converting the gathered
-        copy, saves a copy per batch, which on two cores that also train
-        shows: about 35% more images/s on cached epochs through
-        `model.fit` (`keras-sepseq bench --only cache`).
-
-        Args:
-            indices: Sample indices, in batch order.
-            slabs: `(pixels, labels or None)`, the cache's arrays by sample.
-            position: Unused.
-
-        Returns:
-            `(x, y)` or `(x,)`.
-        """
-        pixels, labels = slabs
-        x = self.buffers.empty((len(indices),) + pixels.shape[1:], self._pixel_dtype([pixels]))
-        for k, index in enumerate(indices):
-            write_pixels(x[k], pixels[index])
-        if self.labels is not None:
-            return x, self.labels[indices]
-        return (x,) if labels is None else (x, labels[indices])
-
-    def deferred_scaling(self) -> dict[int, float]:
-        """With a float `dtype`, 8-bit images may reach a TensorFlow graph as `uint8`, scaled by 1/255 there.
-
-        See `BaseSequence.deferred_scaling`. Batches from `seq[i]` are not
-        affected; a batch holding a 16-bit image, or a float one from a
-        custom `load_input`, crosses in `dtype` as usual.
-
-        Returns:
-            `{0: 1 / 255}` for `float32` and `float16`, else `{}`.
-
-        Example:
-
-        >>> SeparatedSequence(["a.png"], [0], dtype="uint8").deferred_scaling()
-        {}
-        """
-        return {0: images.PIXEL_SCALE[np.dtype(np.uint8)]} if self.dtype in ("float32", "float16") else {}
-
-    def _pixel_dtype(self, pixels: list[np.ndarray]) -> str:
-        """`uint8` when the batch goes to a graph that scales it and every image is 8-bit, else `dtype`."""
-        if self.scaling_deferred and all(p.dtype == np.uint8 for p in pixels):
-            return "uint8"
-        return self.dtype
-
-    def output_signature(self) -> tuple:
-        """The `tf.TensorSpec`s of a batch: `x`, then `y` (if any), then `sample_weight` with `on_error="skip"`.
-
-        Image height and width are `None` without `image_size`; the shapes
-        of a custom `load_input` and of label files are those of the first
-        sample that loads.
-
-        Returns:
-            A tuple of `tf.TensorSpec`.
-
-        Example:
-
-        >>> seq.output_signature()  # doctest: +SKIP
-        (TensorSpec(shape=(None, 128, 128, 3), dtype=tf.float32, name=None), ...)
-        """
-        import tensorflow as tf
-
-        channels = {"grayscale": 1, "rgb": 3, "rgba": 4}[self.color_mode]
-        if type(self).load_input is not SeparatedSequence.load_input:
-            x_shape = self.reference_item()[1][0].shape
-        elif self.image_size is not None:
-            x_shape = tuple(self.image_size) + (channels,)
-        else:
-            x_shape = (None, None, channels)
-        specs = [tf.TensorSpec((None,) + tuple(x_shape), self.dtype)]
-        if self.labels is not None:
-            specs.append(tf.TensorSpec((None,) + self.labels.shape[1:], self.labels.dtype))
-        elif self.label_paths is not None:
-            label = np.asarray(self.reference_item()[1][1])
-            specs.append(tf.TensorSpec((None,) + label.shape, label.dtype))
-        if self.on_error == "skip" and len(specs) == 2:
-            specs.append(tf.TensorSpec((None,), tf.float32))
-        return tuple(specs)
 
     def __repr__(self) -> str:
         labels = "None" if self.labels is None and self.label_paths is None else f"{self.num_samples} labels"

@@ -186,3 +186,14 @@ def test_a_directory_cache_serves_the_same_batches(two_views, tmp_path):
         cached.close()
         assert got == expected
     assert os.listdir(tmp_path / "cache")
+
+
+def test_padded_fields_of_varying_length_are_served_from_the_memory_cache():
+    sequences = [np.full((1 + i % 5, 3), i, np.float32) for i in range(12)]
+    seq = FieldSequence(PaddedField(sequences), ArrayField(np.arange(12)), batch_size=4, seed=2, cache="memory")
+    assert not seq.fixed_sample_shape()  # lengths vary: the cache must not preallocate one shape
+    first = [tuple(a.tobytes() for a in seq[i]) for i in range(len(seq))]
+    cache = seq.sample_cache()
+    assert cache.filled_mask(np.arange(12)).all()
+    seq.set_epoch(0)
+    assert [tuple(a.tobytes() for a in seq[i]) for i in range(len(seq))] == first

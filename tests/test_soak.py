@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from keras_sepseq import SeparatedSequence
-from keras_sepseq.bench import process_tree_memory
+from keras_sepseq.memory import process_tree_memory
 
 
 def open_fds():

@@ -82,7 +82,7 @@ def test_the_tf_dataset_keras_builds_from_ours_has_autotuning_off(indexed_datase
     import keras
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-    from keras_sepseq import keras_integration, sequence
+    from keras_sepseq import keras_integration, tf_data
 
     class Plain(keras.utils.PyDataset):
         def __len__(self):
@@ -97,7 +97,7 @@ def test_the_tf_dataset_keras_builds_from_ours_has_autotuning_off(indexed_datase
     assert ours.options().autotune.enabled is False  # no epoch-start stall (see _ours_in_keras_tf_dataset)
     assert theirs.options().autotune.enabled is not False  # other datasets left alone
     wrapped = PyDatasetAdapter.get_tf_dataset
-    assert keras_integration.wrap_get_tf_dataset(sequence._ours_in_keras_tf_dataset)  # installing twice wraps once
+    assert keras_integration.wrap_get_tf_dataset(tf_data._ours_in_keras_tf_dataset)  # installing twice wraps once
     assert PyDatasetAdapter.get_tf_dataset is wrapped and wrapped.keras_sepseq_wrapped
 
 

@@ -1,0 +1,84 @@
+"""The keyword options every keras_sepseq sequence shares, declared once.
+
+Every sequence class takes these as flat keywords (`workers=2`,
+`cache="memory"`, ...) through `**options: Unpack[SequenceOptions]`, which
+type checkers and IDEs read as keywords; `DEFAULTS` gives each its default,
+and `resolve_options` fills them in and names any keyword that is not one
+of them. What each option does is documented once, on `BaseSequence`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, TypedDict
+
+from keras_sepseq.cache import DEFAULT_BUDGET
+
+__all__ = ["DEFAULTS", "SequenceOptions", "resolve_options"]
+
+
+class SequenceOptions(TypedDict, total=False):
+    """The options every sequence takes; see `BaseSequence` for what each does and `DEFAULTS` for defaults."""
+
+    shuffle: bool
+    seed: int | None
+    drop_remainder: bool
+    workers: int
+    use_multiprocessing: bool
+    max_queue_size: int
+    cache: str | os.PathLike | None
+    cache_budget: int | str
+    on_error: str
+    max_errors: int | float | None
+    retries: int
+    num_shards: int
+    shard_index: int
+    shard: str | None
+
+
+DEFAULTS: dict[str, Any] = {
+    "shuffle": True,
+    "seed": None,
+    "drop_remainder": False,
+    "workers": 1,
+    "use_multiprocessing": False,
+    "max_queue_size": 10,
+    "cache": None,
+    "cache_budget": DEFAULT_BUDGET,
+    "on_error": "raise",
+    "max_errors": None,
+    "retries": 0,
+    "num_shards": 1,
+    "shard_index": 0,
+    "shard": None,
+}
+"""The default of each of `SequenceOptions`."""
+
+
+def resolve_options(options: dict[str, Any], *, owner: str = "BaseSequence") -> dict[str, Any]:
+    """`options` with every default filled in; refuses keywords that are not options.
+
+    Args:
+        options: The keywords received.
+        owner: The class name, for the message.
+
+    Returns:
+        A dict with one entry per option.
+
+    Raises:
+        TypeError: Naming each unknown keyword, with the closest option.
+
+    Example:
+
+    >>> resolve_options({"workers": 2})["workers"], resolve_options({})["shuffle"]
+    (2, True)
+    """
+    unknown = [name for name in options if name not in DEFAULTS]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, list(DEFAULTS), n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(f"{owner}() got unexpected keyword argument(s): {', '.join(hints)}.")
+    return {**DEFAULTS, **options}
