@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -27,9 +27,15 @@ from keras_sepseq import images
 from keras_sepseq.checks import check_choice, check_int, check_labels, check_paths
 from keras_sepseq.images import COLOR_MODES, DTYPES, INTERPOLATIONS, decode_image, write_pixels
 from keras_sepseq.npy import load_npy, npy_shape
+from keras_sepseq.options import IMAGE_DEFAULTS, resolve_options
 from keras_sepseq.padding import pad_batch
 from keras_sepseq.paths import PathArray, is_path_sequence
 from keras_sepseq.stacking import stack_arrays
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from keras_sepseq.options import ImageOptions
 
 __all__ = ["ArrayField", "Field", "ImageField", "PaddedField"]
 
@@ -205,22 +211,39 @@ class ImageField(Field):
 
     Args:
         paths: One image file per sample.
-        image_size: `(height, width)` to resize to, or `None` (the default)
-            to keep file sizes, which must then agree within a batch.
-        color_mode: `"rgb"` (the default), `"rgba"` or `"grayscale"`.
-        interpolation: Resize filter, as for `resize_image`. Defaults to
-            `"bilinear"`.
-        antialias: Widen the filter when shrinking. Defaults to `False`.
-        dtype: `"float32"` (the default) or `"float16"` scale to [0, 1];
-            `"uint8"` and `"uint16"` keep raw pixels.
-        max_image_pixels: Refuse images whose header claims more pixels;
-            `None` (the default) uses Pillow's limit.
         loader: Reads one file instead of `decode_image` (returns pixels
             in `uint8`/`uint16`, scaled for a float `dtype`, or any other
             array, cast as it is). Defaults to `None`.
+        **options: How images are decoded, below (declared once, in
+            `keras_sepseq.options.ImageOptions`).
+
+    Keyword Args:
+        image_size: `(height, width)` to resize every image to, or `None`
+            (the default) to keep file sizes, which must then agree within a
+            batch.
+        color_mode: `"rgb"` (3 channels, the default), `"rgba"` (4) or
+            `"grayscale"` (1).
+        interpolation: Resize filter: `"bilinear"` (the default),
+            `"nearest"`, `"bicubic"`, `"area"`, `"box"`, `"hamming"` or
+            `"lanczos"`.
+        antialias: `False` (the default) samples the image at each output
+            pixel, like `tf.image.resize` and
+            `keras.utils.image_dataset_from_directory` (fast, in OpenCV);
+            `True` widens the filter when shrinking, so that every source
+            pixel counts (Pillow's filters: smoother for large reductions,
+            slower). `"area"` always averages; `"box"`, `"hamming"` and
+            `"lanczos"` are always antialiased. See `resize_image`.
+        dtype: `"float32"` (the default) or `"float16"` scale pixels to
+            [0, 1] like `tf.image.convert_image_dtype` (8-bit by 255, 16-bit
+            by 65535); `"uint8"` keeps raw 8-bit pixels (16-bit ones are
+            shifted right by 8); `"uint16"` keeps 16-bit pixels.
+        max_image_pixels: Refuse images whose header claims more pixels
+            (a decompression-bomb guard). `None` (the default) uses Pillow's
+            `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million).
 
     Raises:
         ValueError: If an argument is out of range; the message names it.
+        TypeError: For a keyword that is not an image option.
 
     Example:
 
@@ -236,25 +259,21 @@ class ImageField(Field):
         self,
         paths: Sequence[Any] | PathArray,
         *,
-        image_size: tuple[int, int] | None = None,
-        color_mode: str = "rgb",
-        interpolation: str = "bilinear",
-        antialias: bool = False,
-        dtype: str = "float32",
-        max_image_pixels: int | None = None,
         loader: Callable[[str], np.ndarray] | None = None,
+        **options: Unpack[ImageOptions],
     ) -> None:
         super().__init__(paths=check_paths("paths", paths))
-        self.image_size = check_image_size(image_size)
-        self.color_mode = check_choice("color_mode", color_mode, tuple(COLOR_MODES))
-        self.interpolation = check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
+        o = resolve_options(dict(options), owner=type(self).__name__, defaults=IMAGE_DEFAULTS)
+        self.image_size = check_image_size(o["image_size"])
+        self.color_mode = check_choice("color_mode", o["color_mode"], tuple(COLOR_MODES))
+        self.interpolation = check_choice("interpolation", o["interpolation"], tuple(INTERPOLATIONS))
+        antialias = o["antialias"]
         if not isinstance(antialias, (bool, np.bool_)):
             raise TypeError(f"`antialias` must be True or False. Received: antialias={antialias!r}")
         self.antialias = bool(antialias)
-        self.dtype = check_choice("dtype", dtype, DTYPES)
-        self.max_image_pixels = (
-            None if max_image_pixels is None else check_int("max_image_pixels", max_image_pixels, minimum=1)
-        )
+        self.dtype = check_choice("dtype", o["dtype"], DTYPES)
+        limit = o["max_image_pixels"]
+        self.max_image_pixels = None if limit is None else check_int("max_image_pixels", limit, minimum=1)
         self.loader: Callable[[str], np.ndarray] | None = loader
 
     def read(self, path: str) -> np.ndarray:

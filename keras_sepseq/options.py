@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 from keras_sepseq.cache import DEFAULT_BUDGET
 
-__all__ = ["DEFAULTS", "SequenceOptions", "resolve_options"]
+__all__ = ["DEFAULTS", "IMAGE_DEFAULTS", "ImageOptions", "SequenceOptions", "resolve_options"]
 
 
 class SequenceOptions(TypedDict, total=False):
@@ -56,12 +56,41 @@ DEFAULTS: dict[str, Any] = {
 """The default of each of `SequenceOptions`."""
 
 
-def resolve_options(options: dict[str, Any], *, owner: str = "BaseSequence") -> dict[str, Any]:
+class ImageOptions(TypedDict, total=False):
+    """How images are decoded and batched: the keywords of `ImageField` and `SeparatedSequence`.
+
+    See `ImageField` for what each does and `IMAGE_DEFAULTS` for defaults.
+    """
+
+    image_size: tuple[int, int] | None
+    color_mode: str
+    interpolation: str
+    antialias: bool
+    dtype: str
+    max_image_pixels: int | None
+
+
+IMAGE_DEFAULTS: dict[str, Any] = {
+    "image_size": None,
+    "color_mode": "rgb",
+    "interpolation": "bilinear",
+    "antialias": False,
+    "dtype": "float32",
+    "max_image_pixels": None,
+}
+"""The default of each of `ImageOptions`."""
+
+
+def resolve_options(
+    options: dict[str, Any], *, owner: str = "BaseSequence", defaults: dict[str, Any] = DEFAULTS
+) -> dict[str, Any]:
     """`options` with every default filled in; refuses keywords that are not options.
 
     Args:
         options: The keywords received.
         owner: The class name, for the message.
+        defaults: The options allowed, with their defaults. Defaults to
+            `DEFAULTS`, the options every sequence shares.
 
     Returns:
         A dict with one entry per option.
@@ -74,11 +103,11 @@ def resolve_options(options: dict[str, Any], *, owner: str = "BaseSequence") -> 
     >>> resolve_options({"workers": 2})["workers"], resolve_options({})["shuffle"]
     (2, True)
     """
-    unknown = [name for name in options if name not in DEFAULTS]
+    unknown = [name for name in options if name not in defaults]
     if unknown:
         hints = []
         for name in unknown:
-            close = difflib.get_close_matches(name, list(DEFAULTS), n=1)
+            close = difflib.get_close_matches(name, list(defaults), n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise TypeError(f"{owner}() got unexpected keyword argument(s): {', '.join(hints)}.")
-    return {**DEFAULTS, **options}
+    return {**defaults, **options}

@@ -12,17 +12,27 @@ from keras_sepseq.checks import check_paths, check_targets
 from keras_sepseq.field_sequence import FieldSequence
 from keras_sepseq.fields import ArrayField, Field, ImageField
 from keras_sepseq.npy import load_npy
+from keras_sepseq.options import DEFAULTS, IMAGE_DEFAULTS, resolve_options
 from keras_sepseq.paths import PathArray, PathLike
 from keras_sepseq.sequence import BaseSequence
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from keras_sepseq.options import SequenceOptions
+    from keras_sepseq.options import ImageOptions, SequenceOptions
+
+    class SeparatedOptions(ImageOptions, SequenceOptions, total=False):
+        """`SeparatedSequence`'s keywords: how images are decoded, and the options every sequence shares."""
+
 
 __all__ = ["SeparatedSequence"]
 
 Labels = Sequence[PathLike] | PathArray | np.ndarray | Sequence[Any] | None
+
+
+def _image_setting(name: str, doc: str) -> Any:
+    """A read-only attribute of `SeparatedSequence` that reads setting `name` of its image field."""
+    return property(lambda self: getattr(self.image_field, name), doc=doc)
 
 
 class SeparatedSequence(FieldSequence):
@@ -46,33 +56,14 @@ class SeparatedSequence(FieldSequence):
             list) holding one label per image; or `None` for inputs only
             (`seq[i]` is then `(x,)`, e.g. for `predict`).
         batch_size: Samples per batch. Defaults to 32.
-        image_size: `(height, width)` to resize every image to, or `None`
-            (the default) to keep file sizes, which must then agree within a
-            batch.
-        color_mode: `"rgb"` (3 channels, the default), `"rgba"` (4) or
-            `"grayscale"` (1).
-        interpolation: Resize filter: `"bilinear"` (the default),
-            `"nearest"`, `"bicubic"`, `"area"`, `"box"`, `"hamming"` or
-            `"lanczos"`.
-        antialias: `False` (the default) samples the image at each output
-            pixel, like `tf.image.resize` and
-            `keras.utils.image_dataset_from_directory` (fast, in OpenCV);
-            `True` widens the filter when shrinking, so that every source
-            pixel counts (Pillow's filters: smoother for large reductions,
-            slower). `"area"` always averages; `"box"`, `"hamming"` and
-            `"lanczos"` are always antialiased. See `resize_image`.
-        dtype: `"float32"` (the default) or `"float16"` scale pixels to
-            [0, 1] like `tf.image.convert_image_dtype` (8-bit by 255, 16-bit
-            by 65535); `"uint8"` keeps raw 8-bit pixels (16-bit ones are
-            shifted right by 8); `"uint16"` keeps 16-bit pixels.
-        max_image_pixels: Refuse images whose header claims more pixels
-            (a decompression-bomb guard). `None` (the default) uses Pillow's
-            `PIL.Image.MAX_IMAGE_PIXELS` (about 89 million).
-        **options: The options every sequence shares (`shuffle`, `seed`,
-            `drop_remainder`, `workers`, `use_multiprocessing`,
-            `max_queue_size`, `cache`, `cache_budget`, `on_error`,
-            `max_errors`, `retries`, `num_shards`, `shard_index`, `shard`),
-            documented on `BaseSequence`. Here `cache="memory"` keeps each
+        **options: How images are decoded (`image_size`, `color_mode`,
+            `interpolation`, `antialias`, `dtype`, `max_image_pixels`,
+            documented on `ImageField`), and the options every sequence
+            shares (`shuffle`, `seed`, `drop_remainder`, `workers`,
+            `use_multiprocessing`, `max_queue_size`, `cache`,
+            `cache_budget`, `on_error`, `max_errors`, `retries`,
+            `num_shards`, `shard_index`, `shard`, documented on
+            `BaseSequence`). Here `cache="memory"` keeps each
             decoded, resized image (in its source precision, e.g. uint8)
             and its label; a cache directory needs `image_size`. A sample
             is decoded again when its image file's size or modification
@@ -101,14 +92,7 @@ class SeparatedSequence(FieldSequence):
         image_paths: Sequence[PathLike] | PathArray,
         label_paths: Labels,
         batch_size: int = 32,
-        *,
-        image_size: tuple[int, int] | None = None,
-        color_mode: str = "rgb",
-        interpolation: str = "bilinear",
-        antialias: bool = False,
-        dtype: str = "float32",
-        max_image_pixels: int | None = None,
-        **options: Unpack[SequenceOptions],
+        **options: Unpack[SeparatedOptions],
     ) -> None:
         paths = check_paths("image_paths", image_paths)
         label_files, in_memory = check_targets(
@@ -116,23 +100,16 @@ class SeparatedSequence(FieldSequence):
         )
         custom_input = type(self).load_input is not SeparatedSequence.load_input
         custom_target = type(self).load_target is not SeparatedSequence.load_target
-        image = ImageField(
-            paths,
-            image_size=image_size,
-            color_mode=color_mode,
-            interpolation=interpolation,
-            antialias=antialias,
-            dtype=dtype,
-            max_image_pixels=max_image_pixels,
-            loader=self.load_input if custom_input else None,
-        )
+        resolve_options(dict(options), owner=type(self).__name__, defaults={**IMAGE_DEFAULTS, **DEFAULTS})
+        decoding: dict[str, Any] = {name: options.pop(name) for name in IMAGE_DEFAULTS if name in options}  # type: ignore[misc]
+        image = ImageField(paths, loader=self.load_input if custom_input else None, **decoding)
         target: Field | None = None
         if label_files is not None:
             target = ArrayField(label_files, kind="label", loader=self.load_target if custom_target else None)
         elif in_memory is not None:
             target = ArrayField(in_memory, kind="label")
         cache = options.get("cache")
-        if cache not in (None, "memory") and image_size is None and not custom_input:
+        if cache not in (None, "memory") and image.image_size is None and not custom_input:
             raise ValueError(
                 "cache=<directory> needs `image_size`, so that every cached image has one shape. "
                 f"Received: cache={cache!r}, image_size=None"
@@ -163,35 +140,13 @@ class SeparatedSequence(FieldSequence):
         target = self.fields[1][1] if len(self.fields) > 1 else None
         return None if target is None else target.values
 
-    @property
-    def image_size(self) -> tuple[int, int] | None:
-        """`(height, width)` images are resized to, or `None`."""
-        return self.image_field.image_size
-
-    @property
-    def color_mode(self) -> str:
-        """`"rgb"`, `"rgba"` or `"grayscale"`."""
-        return self.image_field.color_mode
-
-    @property
-    def interpolation(self) -> str:
-        """The resize filter."""
-        return self.image_field.interpolation
-
-    @property
-    def antialias(self) -> bool:
-        """Whether the resize filter widens when shrinking."""
-        return self.image_field.antialias
-
-    @property
-    def dtype(self) -> str:
-        """The batch dtype of the images."""
-        return self.image_field.dtype
-
-    @property
-    def max_image_pixels(self) -> int | None:
-        """The decompression-bomb limit, or `None` for Pillow's."""
-        return self.image_field.max_image_pixels
+    # The image settings, read from the image field.
+    image_size = _image_setting("image_size", "`(height, width)` images are resized to, or `None`.")
+    color_mode = _image_setting("color_mode", '`"rgb"`, `"rgba"` or `"grayscale"`.')
+    interpolation = _image_setting("interpolation", "The resize filter.")
+    antialias = _image_setting("antialias", "Whether the resize filter widens when shrinking.")
+    dtype = _image_setting("dtype", "The batch dtype of the images.")
+    max_image_pixels = _image_setting("max_image_pixels", "The decompression-bomb limit, or `None` for Pillow's.")
 
     def field_label(self, name: str, field: Field) -> str:
         """`"image"` or `"label"`, as messages name them."""

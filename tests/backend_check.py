@@ -14,7 +14,7 @@ from keras import ops
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import write_indexed_dataset  # noqa: E402
-from index_model import DecodeIndex  # noqa: E402
+from index_model import DecodeIndex, Seen  # noqa: E402
 
 from keras_sepseq import PaddedSequence, SeparatedSequence  # noqa: E402
 from keras_sepseq.field_sequence import FieldSequence  # noqa: E402
@@ -32,23 +32,6 @@ class LastValue(keras.layers.Layer):
 
     def call(self, x):
         return x[:, 0, :] + 0.0 * self.dense(x[:, 0, :])
-
-
-class Seen(keras.metrics.Metric):
-    def __init__(self, **kwargs):
-        super().__init__(name="seen", **kwargs)
-        self.counts = self.add_variable(shape=(N,), initializer="zeros", name="counts")
-        self.wrong = self.add_variable(shape=(), initializer="zeros", name="wrong")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-        # `.value`: jax no longer turns a variable into an array implicitly while tracing shapes.
-        self.counts.assign(self.counts.value + ops.sum(ops.one_hot(labels, N), axis=0))
-        mismatch = ops.abs(ops.reshape(y_pred, (-1,)) - ops.cast(ops.reshape(y_true, (-1,)), "float32")) > 0.5
-        self.wrong.assign(self.wrong.value + ops.sum(ops.cast(mismatch, "float32")))
-
-    def result(self):
-        return self.wrong.value
 
 
 class Check(keras.callbacks.Callback):
@@ -77,7 +60,7 @@ def two_input_model():
 
 
 def run(name, seq, layer, input_shape):
-    metric = Seen()
+    metric = Seen(N)
     if layer is None:
         model = two_input_model()
     else:

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from index_model import DecodeIndex  # noqa: E402
+from index_model import DecodeIndex, Seen  # noqa: E402
 
 from keras_sepseq import SeparatedSequence  # noqa: E402
 
@@ -35,24 +35,6 @@ keras.distribution.set_distribution(distribution)
 
 SAMPLES = 64
 trained: dict[int, dict] = {}
-
-
-class Seen(keras.metrics.Metric):
-    """Counts, inside the train step, how often each sample index was trained on, and misaligned image/labels."""
-
-    def __init__(self, **kwargs):
-        super().__init__(name="seen", **kwargs)
-        self.counts = self.add_variable(shape=(SAMPLES,), initializer="zeros", name="counts")
-        self.wrong = self.add_variable(shape=(), initializer="zeros", name="wrong")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-        self.counts.assign(self.counts.value + ops.sum(ops.one_hot(labels, SAMPLES), axis=0))
-        mismatch = ops.abs(ops.reshape(y_pred, (-1,)) - ops.cast(ops.reshape(y_true, (-1,)), "float32")) > 0.5
-        self.wrong.assign(self.wrong.value + ops.sum(ops.cast(mismatch, "float32")))
-
-    def result(self):
-        return self.wrong.value
 
 
 class Record(keras.callbacks.Callback):
@@ -81,7 +63,7 @@ options = {
     "none": {},
 }[shard]
 seq = SeparatedSequence(images, labels, batch_size=8, image_size=(6, 5), workers=2, **options)
-metric = Seen()
+metric = Seen(SAMPLES)
 model = keras.Sequential([keras.Input((6, 5, 3)), DecodeIndex()])  # outputs each image's index: checks alignment
 model.compile("sgd", "mse", metrics=[metric])
 model.fit(seq, epochs=2, verbose=0, callbacks=[Record()])

@@ -38,3 +38,16 @@ def test_an_unknown_keyword_is_named_with_the_closest_option(name):
         TypeError, match=rf"{name}\(\) got unexpected keyword argument\(s\): 'worker' \(did you mean 'workers'\?\)"
     ):
         MAKERS[name](worker=2)
+
+
+def test_image_options_are_declared_once_and_named_when_misspelt():
+    from keras_sepseq import ImageField
+    from keras_sepseq.options import IMAGE_DEFAULTS, ImageOptions
+
+    assert set(IMAGE_DEFAULTS) == set(ImageOptions.__annotations__)
+    with pytest.raises(TypeError, match=r"SeparatedSequence\(\) .*'image_sise' \(did you mean 'image_size'\?\)"):
+        MAKERS["SeparatedSequence"](image_sise=(4, 4))
+    with pytest.raises(TypeError, match=r"ImageField\(\) .*'colour_mode' \(did you mean 'color_mode'\?\)"):
+        ImageField(["a.png"], colour_mode="rgb")
+    seq = MAKERS["SeparatedSequence"](image_size=(4, 3), color_mode="grayscale", dtype="uint8", workers=2)
+    assert (seq.image_size, seq.color_mode, seq.dtype, seq.num_workers) == ((4, 3), "grayscale", "uint8", 2)
