@@ -38,6 +38,7 @@ _EXPORTS = {
     "ImageField": "fields",
     "ArrayField": "fields",
     "PaddedField": "fields",
+    "MaskField": "masks",
     "PaddedSequence": "padded",
     "bucketed_order": "padding",
     "pad_batch": "padding",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from keras_sepseq.field_sequence import FieldSequence
     from keras_sepseq.fields import ArrayField, Field, ImageField, PaddedField
     from keras_sepseq.images import convert_color, decode_image, read_image, resize_image, write_pixels
+    from keras_sepseq.masks import MaskField
     from keras_sepseq.npy import load_npy, npy_shape
     from keras_sepseq.padded import PaddedSequence
     from keras_sepseq.padding import bucketed_order, pad_batch, padding_weights
@@ -85,6 +87,7 @@ __all__ = [
     "Field",
     "FieldSequence",
     "ImageField",
+    "MaskField",
     "PaddedField",
     "PaddedSequence",
     "PathArray",

@@ -135,6 +135,102 @@ def make_demo_dataset(
     return images, labels
 
 
+SEGMENTATION_CLASSES = ("background", "square", "bar", "ring")
+"""The class ids of `draw_segmentation`'s masks, by position."""
+
+IGNORE_INDEX = 255
+"""The mask value of the one-pixel outline of every shape, which no class claims."""
+
+
+def draw_segmentation(rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Draws one image of 1 to 3 shapes on a textured background, and its mask of class ids.
+
+    Each shape is a filled square (class 1), a bar (2) or a ring (3), in a
+    colour of its class with noise; the mask holds the class of every
+    pixel, 0 for background, and `IGNORE_INDEX` on each shape's one-pixel
+    outline, where the class is ambiguous. Later shapes cover earlier ones.
+
+    Args:
+        rng: The random generator.
+        size: Height and width. Defaults to 32.
+
+    Returns:
+        `(image, mask)`: `(size, size, 3)` and `(size, size)`, both `uint8`.
+
+    Example:
+
+    >>> image, mask = draw_segmentation(np.random.default_rng(0))
+    >>> image.shape, mask.shape, set(np.unique(mask)) <= {0, 1, 2, 3, 255}
+    ((32, 32, 3), (32, 32), True)
+    """
+    base = rng.integers(40, 120, size=3)
+    image = np.clip(base + rng.normal(0, 25, size=(size, size, 3)), 0, 255)
+    mask = np.zeros((size, size), np.uint8)
+    hues = {1: (220, 60, 60), 2: (60, 200, 60), 3: (70, 90, 230)}
+    for _ in range(int(rng.integers(1, 4))):
+        label = int(rng.integers(1, 4))
+        shape = np.zeros((size, size), bool)
+        side = int(rng.integers(size // 4, size // 2))
+        top, left = (int(v) for v in rng.integers(1, size - side - 1, size=2))
+        if label == 2:
+            thick = max(2, side // 4)
+            shape[top : top + thick, left : left + side] = True
+            if rng.random() < 0.5:
+                shape = shape.T
+        else:
+            shape[top : top + side, left : left + side] = True
+            if label == 3:
+                inner = max(2, side // 4)
+                shape[top + inner : top + side - inner, left + inner : left + side - inner] = False
+        colour = np.clip(np.array(hues[label]) + rng.normal(0, 20, size=3), 0, 255)
+        image[shape] = colour + rng.normal(0, 10, size=(int(shape.sum()), 3))
+        grown = shape.copy()
+        grown[1:] |= shape[:-1]
+        grown[:-1] |= shape[1:]
+        grown[:, 1:] |= shape[:, :-1]
+        grown[:, :-1] |= shape[:, 1:]
+        mask[grown & ~shape] = IGNORE_INDEX
+        mask[shape] = label
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def make_segmentation_dataset(
+    directory: str, *, samples: int = 200, size: int = 32, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Writes `image_NNNNN.png` and `mask_NNNNN.png` files drawn by `draw_segmentation`.
+
+    Args:
+        directory: The folder (created if missing).
+        samples: How many image/mask pairs. Defaults to 200.
+        size: Height and width. Defaults to 32.
+        seed: Random seed of the data. Defaults to 0.
+
+    Returns:
+        `(image_paths, mask_paths)`, paired by position.
+
+    Raises:
+        ValueError: If `samples < 1` or `size < 16`.
+
+    Example:
+
+    >>> images, masks = make_segmentation_dataset("/tmp/shapes", samples=50)  # doctest: +SKIP
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"`samples` must be an integer >= 1. Received: samples={samples!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
+        raise ValueError(f"`size` must be an integer >= 16. Received: size={size!r}")
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for i in range(samples):
+        image, mask = draw_segmentation(rng, size)
+        images.append(os.path.join(directory, f"image_{i:05d}.png"))
+        masks.append(os.path.join(directory, f"mask_{i:05d}.png"))
+        Image.fromarray(image).save(images[-1])
+        Image.fromarray(mask).save(masks[-1])
+    return images, masks
+
+
 @dataclass(frozen=True)
 class DemoResult:
     """What `run_demo` measured.

@@ -10,12 +10,19 @@ was given, keyed by field name so that it matches the names of the model's
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from keras_sepseq.fields import Field, ImageField, PaddedField
+from keras_sepseq.masks import MaskField
 from keras_sepseq.sequence import BaseSequence
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from keras_sepseq.options import SequenceOptions
 
 __all__ = ["FieldSequence"]
 
@@ -42,6 +49,42 @@ def _named(argument: str, fields: Any) -> dict[str, Field] | None:
         f"`{argument}` must be a field (ImageField, ArrayField, PaddedField, ...) or a non-empty dict of fields "
         f"by name. Received: {fields!r}"
     )
+
+
+def _masks_sized_like_images(fields: tuple[tuple[str, Field], ...]) -> tuple[tuple[str, Field], ...]:
+    """Gives each mask field without `image_size` the size of the image fields (when they agree on one)."""
+    sizes = {field.image_size for _, field in fields if isinstance(field, ImageField) and field.image_size is not None}
+    out = []
+    for name, field in fields:
+        if isinstance(field, MaskField) and field.image_size is None and sizes:
+            if len(sizes) > 1:
+                raise ValueError(
+                    f"the mask field {name!r} has no `image_size`, and the image fields have several "
+                    f"({sorted(sizes)}): give the mask its own `image_size`."
+                )
+            field = field.with_size(next(iter(sizes)))
+        out.append((name, field))
+    return tuple(out)
+
+
+def _check_class_weight(class_weight: Any, targets: tuple[tuple[str, Field], ...]) -> dict[int, float] | None:
+    if class_weight is None:
+        return None
+    masks = [name for name, field in targets if isinstance(field, MaskField)]
+    if len(masks) != 1:
+        raise ValueError(
+            "`class_weight` weighs the pixels of one mask target; this sequence has "
+            f"{len(masks)} mask targets{': ' + ', '.join(masks) if masks else ''}. For class labels, pass "
+            "class_weight to model.fit instead."
+        )
+    if not isinstance(class_weight, Mapping) or not class_weight:
+        raise ValueError(f"`class_weight` must be a dict {{class_id: weight}}. Received: class_weight={class_weight!r}")
+    table = {}
+    for class_id, weight in class_weight.items():
+        if isinstance(class_id, bool) or not isinstance(class_id, (int, np.integer)) or class_id < 0:
+            raise ValueError(f"`class_weight` keys must be class ids >= 0. Received: {class_id!r}")
+        table[int(class_id)] = float(weight)
+    return table
 
 
 class FieldSequence(BaseSequence):
@@ -92,7 +135,8 @@ class FieldSequence(BaseSequence):
         batch_size: int = 32,
         *,
         sample_weights: Any = None,
-        **options: Any,
+        class_weight: Mapping[int, float] | None = None,
+        **options: Unpack[SequenceOptions],
     ) -> None:
         self._input_names = _named("inputs", inputs)
         self._target_names = _named("targets", targets)
@@ -104,7 +148,11 @@ class FieldSequence(BaseSequence):
                 slots.append((default, given))  # type: ignore[arg-type]
             else:
                 slots.extend(names.items())
-        self.fields: tuple[tuple[str, Field], ...] = tuple(slots)
+        self.fields: tuple[tuple[str, Field], ...] = _masks_sized_like_images(tuple(slots))
+        if self._input_names is not None:
+            self.inputs = dict(self.fields[: len(self._input_names)])
+        if self._target_names:
+            self.targets = dict(self.fields[len(self.fields) - len(self._target_names) :])
         counts = {name: len(field) for name, field in self.fields}
         if len(set(counts.values())) > 1:
             listed = ", ".join(f"{name}: {count}" for name, count in counts.items())
@@ -121,6 +169,7 @@ class FieldSequence(BaseSequence):
                 )
             sample_weights = weights
         self.sample_weights = sample_weights
+        self.class_weight = _check_class_weight(class_weight, self.fields[self.input_count :])
         super().__init__(num_samples, batch_size, **options)
 
     @property
@@ -246,9 +295,13 @@ class FieldSequence(BaseSequence):
         if self._target_names == {}:
             return (x,)
         y = arrays[n] if self._target_names is None else dict(zip(self._target_names, arrays[n:]))
-        if self.sample_weights is None:
-            return x, y
-        return x, y, self.sample_weights[indices]
+        weights = None if self.sample_weights is None else self.sample_weights[indices]
+        if self.class_weight is not None:
+            k = next(k for k, (_, field) in enumerate(self.fields) if k >= n and isinstance(field, MaskField))
+            mask_field = cast(MaskField, self.fields[k][1])
+            pixels = mask_field.pixel_weights(arrays[k], self.class_weight)
+            weights = pixels if weights is None else pixels * weights.reshape((-1,) + (1,) * (pixels.ndim - 1))
+        return (x, y) if weights is None else (x, y, weights)
 
     def deferred_scaling(self) -> dict[int, float]:
         """With one image input in a float dtype, 8-bit batches may cross into a graph as `uint8`.
@@ -283,9 +336,26 @@ class FieldSequence(BaseSequence):
             return (x,)
         y = specs[n] if self._target_names is None else dict(zip(self._target_names, specs[n:]))
         signature = [x, y]
-        if self.sample_weights is not None or self.on_error == "skip":
+        if self.class_weight is not None:
+            mask = next(field for _, field in self.fields[n:] if isinstance(field, MaskField))
+            signature.append(tf.TensorSpec((None,) + tuple(mask.spec_shape(None)), tf.float32))
+        elif self.sample_weights is not None or self.on_error == "skip":
             signature.append(tf.TensorSpec((None,), tf.float32))
         return tuple(signature)
+
+    def item_signature(self, item: Any) -> Any:
+        """Each field's `item_signature`: shapes, trailing shapes for padded fields."""
+        return tuple(field.item_signature(part) for (_, field), part in zip(self.fields, item))
+
+    def class_pixels(self, index: int, item: Any) -> dict[int, int]:
+        """Pixel counts per class value over the sample's mask targets (see `Validating.class_pixels`)."""
+        counts: dict[int, int] = {}
+        for k, (_, field) in enumerate(self.fields[self.input_count :], self.input_count):
+            if isinstance(field, MaskField) and item[k] is not None:
+                values, numbers = np.unique(np.asarray(item[k]), return_counts=True)
+                for value, number in zip(values.tolist(), numbers.tolist()):
+                    counts[int(value)] = counts.get(int(value), 0) + int(number)
+        return counts
 
     def describe_item(self, index: int, item: Any) -> tuple:
         """`(input_shape, input_dtype, target_shape, target_dtype, target_value)` of the first input and target."""

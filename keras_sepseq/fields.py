@@ -146,6 +146,17 @@ class Field:
             return self.batch(indices, [None] * len(indices), empty=empty)
         return self.batch(indices, [slab[i] for i in indices], empty=empty)
 
+    def item_signature(self, item: Any) -> Any:
+        """What must match between the items of two samples for them to share a batch: the item's shape.
+
+        Args:
+            item: A loaded item, or `None`.
+
+        Returns:
+            A comparable value.
+        """
+        return None if item is None else np.shape(item)
+
     def fixed_shape(self) -> bool:
         """Whether every item a cache keeps has one shape known before loading (so caches can preallocate).
 
@@ -462,6 +473,10 @@ class PaddedField(Field):
     def item_from_memory(self, index: int) -> Any:
         """The in-memory array of sample `index` (padding needs every item)."""
         return self.values[index]
+
+    def item_signature(self, item: Any) -> Any:
+        """The trailing (feature) shape: lengths may differ."""
+        return None if item is None else np.shape(item)[1:]
 
     def length(self, index: int) -> int:
         """The length of sample `index`, from memory or the `.npy` header (not the data)."""

@@ -99,6 +99,7 @@ def inspect_files(
         result["label_shapes"] = summary["label_shapes"]
         result["label_dtypes"] = summary["label_dtypes"]
         result["classes"] = summary["label_values"]
+        result["class_pixels"] = summary["class_pixels"]
     result["ok"] = matching.ok and not result["bad"]
     return result
 
@@ -150,6 +151,7 @@ def format_inspection(result: dict[str, Any], *, shown: int = 20) -> str:
     lines += histogram("label shapes", result.get("label_shapes", {}))
     lines += histogram("label dtypes", result.get("label_dtypes", {}))
     lines += histogram("classes", result.get("classes", {}))
+    lines += histogram("mask pixels per class", result.get("class_pixels", {}))
     lines.append("ok: every file paired and loaded" if result["ok"] else "problems found")
     return "\n".join(lines)
 
@@ -189,6 +191,10 @@ def contact_sheet(
 ) -> tuple[Image.Image, list[str]]:
     """A grid of `n` random samples, each with its label and file name written under it.
 
+    Label files that are images are masks: each is drawn over its image in
+    one colour per class value (`mask_colours`), and the values it holds
+    are written under it.
+
     Args:
         image_paths: Paired input files.
         label_paths: Their `.npy` label files.
@@ -208,6 +214,7 @@ def contact_sheet(
     >>> sheet.save("grid.png")  # doctest: +SKIP
     """
     from keras_sepseq.images import decode_image
+    from keras_sepseq.masks import looks_like_images, read_mask, resize_nearest
     from keras_sepseq.npy import load_npy
 
     count = min(n, len(image_paths))
@@ -232,7 +239,16 @@ def contact_sheet(
                 thumb, (cell, cell), Image.Resampling.NEAREST if grow else Image.Resampling.LANCZOS
             )
             sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
-            text = label_text(load_npy(label_paths[index]))
+            if looks_like_images([label_paths[index]]):
+                mask = read_mask(label_paths[index])
+                mask = mask if mask.ndim == 2 else mask[..., 0]
+                small = resize_nearest(mask, (thumb.height, thumb.width))
+                overlay = Image.fromarray(mask_colours(small))
+                thumb = Image.blend(thumb.convert("RGB"), overlay, 0.45)
+                sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
+                text = "mask " + label_text(np.unique(mask))
+            else:
+                text = label_text(load_npy(label_paths[index]))
         except Exception as e:
             draw.rectangle((left, top, left + cell - 1, top + cell - 1), fill="#dddddd")
             draw.text((left + 8, top + cell // 2 - 6), "unreadable", fill="#a00000", font=font)
@@ -241,3 +257,28 @@ def contact_sheet(
         draw.text((left, top + cell + 2), text, fill="black", font=font)
         draw.text((left, top + cell + 17), name[:24], fill="#666666", font=font)
     return sheet, problems
+
+
+_CLASS_COLOURS = np.array(
+    [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+     (170, 110, 40), (255, 250, 200), (128, 0, 0)],
+    dtype=np.uint8,
+)  # fmt: skip
+
+
+def mask_colours(mask: np.ndarray) -> np.ndarray:
+    """An RGB picture of a mask: class 0 black, then one distinct colour per class value (repeating after 16).
+
+    Args:
+        mask: `(H, W)` class values.
+
+    Returns:
+        `(H, W, 3)` `uint8`.
+
+    Example:
+
+    >>> mask_colours(np.array([[0, 1]])).tolist()
+    [[[0, 0, 0], [230, 25, 75]]]
+    """
+    return _CLASS_COLOURS[np.asarray(mask).astype(np.int64) % len(_CLASS_COLOURS)]

@@ -15,7 +15,15 @@ from typing import Any, TypedDict
 
 from keras_sepseq.cache import DEFAULT_BUDGET
 
-__all__ = ["DEFAULTS", "IMAGE_DEFAULTS", "ImageOptions", "SequenceOptions", "resolve_options"]
+__all__ = [
+    "DEFAULTS",
+    "IMAGE_DEFAULTS",
+    "MASK_DEFAULTS",
+    "ImageOptions",
+    "MaskOptions",
+    "SequenceOptions",
+    "resolve_options",
+]
 
 
 class SequenceOptions(TypedDict, total=False):
@@ -79,6 +87,21 @@ IMAGE_DEFAULTS: dict[str, Any] = {
     "max_image_pixels": None,
 }
 """The default of each of `ImageOptions`."""
+
+
+class MaskOptions(TypedDict, total=False):
+    """How mask values are checked and mapped: the keywords of `MaskField` and of `SeparatedSequence` with masks.
+
+    See `keras_sepseq.masks.MaskField` for what each does.
+    """
+
+    num_classes: int | None
+    ignore_index: int | None
+    palette: Any
+
+
+MASK_DEFAULTS: dict[str, Any] = {"num_classes": None, "ignore_index": None, "palette": None}
+"""The default of each of `MaskOptions`."""
 
 
 def resolve_options(

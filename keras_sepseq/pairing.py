@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any, overload
 
 Key = Callable[[str], Hashable] | str | None
 
@@ -112,17 +113,33 @@ def match_files(
     )
 
 
+@overload
+def pair_files(*, key: Key = None, **patterns: str | os.PathLike) -> dict[str, list[str]]: ...
+
+
+@overload
 def pair_files(
-    image_pattern: str | os.PathLike,
-    label_pattern: str | os.PathLike,
+    image_pattern: str | os.PathLike, label_pattern: str | os.PathLike, *, key: Key = None
+) -> tuple[list[str], list[str]]: ...
+
+
+def pair_files(
+    image_pattern: str | os.PathLike | None = None,
+    label_pattern: str | os.PathLike | None = None,
     *,
     key: Key = None,
-) -> tuple[list[str], list[str]]:
-    """Globs images and labels and pairs them by a key taken from each file name.
+    **patterns: str | os.PathLike,
+) -> Any:
+    """Globs images and labels (or any number of named patterns) and pairs them by a key taken from each file name.
 
     `image_001.png` pairs with `label_001.npy`, and `scan_17.png` with
     `17.npy` (default key: the last run of digits in the stem, compared as
     an integer, else the whole stem). Patterns accept `**` for recursion.
+    With named patterns instead of the two positional ones, any number of
+    files per sample pair up: `pair_files(t1="scans/*_t1.png",
+    t2="scans/*_t2.png", mask="masks/*.png")` returns
+    `{"t1": [...], "t2": [...], "mask": [...]}`, ready for fields of those
+    names.
 
     Args:
         image_pattern: A glob pattern for the input files.
@@ -131,10 +148,13 @@ def pair_files(
             `default_key`); a callable taking the path; or a regular
             expression searched in the file name, whose first group (or
             whole match) is the key.
+        **patterns: Named glob patterns, instead of `image_pattern` and
+            `label_pattern` (at least two).
 
     Returns:
         `(image_paths, label_paths)`: two lists of equal length, paired
-        position by position, in sorted key order (numbers before names).
+        position by position, in sorted key order (numbers before names);
+        with named patterns, a dict of such lists by name.
 
     Raises:
         ValueError: If a pattern matches no file; if files on either side
@@ -147,7 +167,19 @@ def pair_files(
     >>> images, labels = pair_files("data/image_*.png", "data/label_*.npy")  # doctest: +SKIP
     >>> images[0], labels[0]  # doctest: +SKIP
     ('data/image_000.png', 'data/label_000.npy')
+    >>> files = pair_files(t1="scans/*_t1.png", t2="scans/*_t2.png", mask="masks/*.png")  # doctest: +SKIP
+    >>> sorted(files), len(files["mask"])  # doctest: +SKIP
+    (['mask', 't1', 't2'], 120)
     """
+    if patterns:
+        if image_pattern is not None or label_pattern is not None:
+            raise ValueError(
+                "pair_files takes either two patterns (image_pattern, label_pattern) or named patterns, not both. "
+                f"Received positional patterns and {sorted(patterns)}"
+            )
+        return _pair_named(patterns, key)
+    if image_pattern is None or label_pattern is None:
+        raise ValueError("pair_files needs `image_pattern` and `label_pattern`, or at least two named patterns.")
     m = match_files(image_pattern, label_pattern, key=key)
     for name, clashes in (("image_pattern", m.duplicate_images), ("label_pattern", m.duplicate_labels)):
         if clashes:
@@ -172,6 +204,36 @@ def pair_files(
     if problems:
         raise ValueError("pair_files found unpaired files: " + "; ".join(problems) + ".")
     return m.image_paths, m.label_paths
+
+
+def _pair_named(patterns: dict[str, str | os.PathLike], key: Key) -> dict[str, list[str]]:
+    """`pair_files` with named patterns: every name's files by key, orphans and duplicates named by pattern."""
+    if len(patterns) < 2:
+        raise ValueError(f"pair_files needs at least two named patterns. Received: {sorted(patterns)}")
+    key_fn = _key_function(key)
+    indexed = {name: _index(name, pattern, key_fn) for name, pattern in patterns.items()}
+    for name, (_, clashes) in indexed.items():
+        if clashes:
+            shown = "; ".join(
+                f"key {k!r}: {_show(v)}" for k, v in sorted(clashes.items(), key=lambda kv: _sort_key(kv[0]))[:_SHOWN]
+            )
+            raise ValueError(
+                f"`{name}` matched several files with the same key ({len(clashes)} duplicate keys, "
+                f"first: {shown}). Pass `key=` to tell them apart."
+            )
+    keys = [set(files) for files, _ in indexed.values()]
+    common = set.intersection(*keys)
+    problems = []
+    for name, (files, _) in indexed.items():
+        orphans = sorted(files[k] for k in files if k not in common)
+        if orphans:
+            problems.append(
+                f"{len(orphans)} of {len(files)} `{name}` files lack a partner in another pattern (first: {_show(orphans)})"
+            )
+    if problems:
+        raise ValueError("pair_files found unpaired files: " + "; ".join(problems) + ".")
+    ordered = sorted(common, key=_sort_key)
+    return {name: [files[k] for k in ordered] for name, (files, _) in indexed.items()}
 
 
 def _key_function(key: Key) -> Callable[[str], Hashable]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,23 +11,31 @@ from keras_sepseq import images
 from keras_sepseq.checks import check_paths, check_targets
 from keras_sepseq.field_sequence import FieldSequence
 from keras_sepseq.fields import ArrayField, Field, ImageField
+from keras_sepseq.masks import MaskField, looks_like_images, read_mask
 from keras_sepseq.npy import load_npy
-from keras_sepseq.options import DEFAULTS, IMAGE_DEFAULTS, resolve_options
+from keras_sepseq.options import DEFAULTS, IMAGE_DEFAULTS, MASK_DEFAULTS, resolve_options
 from keras_sepseq.paths import PathArray, PathLike
 from keras_sepseq.sequence import BaseSequence
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from keras_sepseq.options import ImageOptions, SequenceOptions
+    from keras_sepseq.options import ImageOptions, MaskOptions, SequenceOptions
 
-    class SeparatedOptions(ImageOptions, SequenceOptions, total=False):
+    class SeparatedOptions(ImageOptions, MaskOptions, SequenceOptions, total=False):
         """`SeparatedSequence`'s keywords: how images are decoded, and the options every sequence shares."""
 
 
 __all__ = ["SeparatedSequence"]
 
 Labels = Sequence[PathLike] | PathArray | np.ndarray | Sequence[Any] | None
+
+
+def _first(values: Any) -> Any:
+    try:
+        return values[0]
+    except (TypeError, IndexError, KeyError):
+        return values
 
 
 def _image_setting(name: str, doc: str) -> Any:
@@ -92,6 +100,8 @@ class SeparatedSequence(FieldSequence):
         image_paths: Sequence[PathLike] | PathArray,
         label_paths: Labels,
         batch_size: int = 32,
+        *,
+        class_weight: Mapping[int, float] | None = None,
         **options: Unpack[SeparatedOptions],
     ) -> None:
         paths = check_paths("image_paths", image_paths)
@@ -100,21 +110,33 @@ class SeparatedSequence(FieldSequence):
         )
         custom_input = type(self).load_input is not SeparatedSequence.load_input
         custom_target = type(self).load_target is not SeparatedSequence.load_target
-        resolve_options(dict(options), owner=type(self).__name__, defaults={**IMAGE_DEFAULTS, **DEFAULTS})
-        decoding: dict[str, Any] = {name: options.pop(name) for name in IMAGE_DEFAULTS if name in options}  # type: ignore[misc]
+        allowed = {**IMAGE_DEFAULTS, **MASK_DEFAULTS, **DEFAULTS}
+        resolve_options(dict(options), owner=type(self).__name__, defaults=allowed)
+        rest: dict[str, Any] = dict(options)
+        decoding = {name: rest.pop(name) for name in IMAGE_DEFAULTS if name in rest}
+        masking = {name: rest.pop(name) for name in MASK_DEFAULTS if name in rest}
         image = ImageField(paths, loader=self.load_input if custom_input else None, **decoding)
         target: Field | None = None
-        if label_files is not None:
-            target = ArrayField(label_files, kind="label", loader=self.load_target if custom_target else None)
+        hook = self.load_target if custom_target else None
+        if label_files is not None and looks_like_images(label_files):  # label images: segmentation masks
+            target = MaskField(label_files, image_size=image.image_size, loader=hook, **masking)
+        elif masking or class_weight is not None:
+            raise ValueError(
+                f"{', '.join(f'`{k}`' for k in [*masking, *(['class_weight'] if class_weight else [])])} "
+                "apply to masks: label files that are images (.png, .tif, ...). "
+                f"Received label_paths of another kind: {_first(label_paths)!r}"
+            )
+        elif label_files is not None:
+            target = ArrayField(label_files, kind="label", loader=hook)
         elif in_memory is not None:
             target = ArrayField(in_memory, kind="label")
-        cache = options.get("cache")
+        cache = rest.get("cache")
         if cache not in (None, "memory") and image.image_size is None and not custom_input:
             raise ValueError(
                 "cache=<directory> needs `image_size`, so that every cached image has one shape. "
                 f"Received: cache={cache!r}, image_size=None"
             )
-        super().__init__(image, target, batch_size, **options)
+        super().__init__(image, target, batch_size, class_weight=class_weight, **rest)
 
     # The settings, as attributes (read from the fields).
 
@@ -122,6 +144,11 @@ class SeparatedSequence(FieldSequence):
     def image_field(self) -> ImageField:
         """The `ImageField` of the images."""
         return self.fields[0][1]  # type: ignore[return-value]
+
+    @property
+    def target_field(self) -> Field | None:
+        """The labels' field: an `ArrayField`, a `MaskField` for label images, or `None`."""
+        return self.fields[1][1] if len(self.fields) > 1 else None
 
     @property
     def image_paths(self) -> PathArray:
@@ -185,7 +212,10 @@ class SeparatedSequence(FieldSequence):
     def load_target(self, path: str) -> np.ndarray:
         """Loads one sample's label. Override for other formats.
 
-        The default reads a `.npy` file with `allow_pickle=False`.
+        The default reads a `.npy` file with `allow_pickle=False`, or, when
+        the label files are images, the mask's values as stored
+        (`read_mask`); the mask field then maps, resizes and checks what
+        this returns.
 
         Args:
             path: The sample's label file.
@@ -203,7 +233,7 @@ class SeparatedSequence(FieldSequence):
         ...     def load_target(self, path):
         ...         return np.array(int(open(path).read()))
         """
-        return load_npy(path)
+        return read_mask(path) if isinstance(self.target_field, MaskField) else load_npy(path)
 
     def fixed_sample_shape(self) -> bool:
         """Whether every sample has one shape: true with `image_size` set."""
@@ -214,14 +244,18 @@ class SeparatedSequence(FieldSequence):
         labels = (
             self.label_paths if self.label_paths is not None else ("in memory" if self.labels is not None else None,)
         )
-        return BaseSequence.cache_key(self) + (  # the key of the first release: caches written then stay found
-            self.color_mode,
-            self.image_size,
-            self.interpolation,
-            self.antialias,
-            self.image_paths,
-            labels,
-            ("decoder revision", images.DECODER_REVISION),
+        return (
+            BaseSequence.cache_key(self)
+            + (  # the key of the first release: caches written then stay found
+                self.color_mode,
+                self.image_size,
+                self.interpolation,
+                self.antialias,
+                self.image_paths,
+                labels,
+                ("decoder revision", images.DECODER_REVISION),
+            )
+            + (self.target_field.cache_key() if isinstance(self.target_field, MaskField) else ())
         )
 
     def __repr__(self) -> str:

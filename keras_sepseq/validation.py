@@ -29,6 +29,8 @@ class ValidationReport:
         label_dtypes: ... each label dtype.
         label_values: For integer scalar labels, how many samples had each
             value (class counts).
+        class_pixels: For masks, how many pixels of each class value over
+            the dataset (`ignore_index` included).
     """
 
     num_samples: int
@@ -38,6 +40,7 @@ class ValidationReport:
     label_shapes: Counter = field(default_factory=Counter)
     label_dtypes: Counter = field(default_factory=Counter)
     label_values: Counter = field(default_factory=Counter)
+    class_pixels: Counter = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
@@ -66,6 +69,7 @@ class ValidationReport:
             "label_shapes": keyed(self.label_shapes),
             "label_dtypes": keyed(self.label_dtypes),
             "label_values": {str(k): v for k, v in sorted(self.label_values.items())},
+            "class_pixels": {str(k): v for k, v in sorted(self.class_pixels.items())},
         }
 
     def __str__(self) -> str:
@@ -80,6 +84,10 @@ class ValidationReport:
                 lines.append(f"  {title}: {shown}{more}")
         if self.label_values:
             lines.append("  classes: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(self.label_values.items())[:20]))
+        if self.class_pixels:
+            total = sum(self.class_pixels.values())
+            shown = ", ".join(f"{k}: {v:,} ({v / total:.1%})" for k, v in sorted(self.class_pixels.items())[:20])
+            lines.append("  class pixels: " + shown)
         for bad in self.bad[:20]:
             lines.append(f"  bad sample {bad.index} {bad.path!r}: {bad.reason}")
         if len(self.bad) > 20:
@@ -149,9 +157,22 @@ class Validating:
                             f"({self.sample_path(reference[0])!r}), the first that loads",
                         ))  # fmt: skip
                     report.count(*self.describe_item(index, item))
+                    report.class_pixels.update(self.class_pixels(index, item))
                 if bar is not None:
                     bar.update(min(start + chunk, self.num_samples))
         return report
+
+    def class_pixels(self, index: int, item: Any) -> dict[int, int]:
+        """How many pixels of each class value a loaded sample's mask holds; `{}` for samples without masks.
+
+        Args:
+            index: The sample index.
+            item: Its loaded item.
+
+        Returns:
+            `{class_value: pixel_count}`.
+        """
+        return {}
 
     def describe_item(self, index: int, item: Any) -> tuple:
         """`(input_shape, input_dtype, label_shape, label_dtype, label_value)` of a loaded sample, for reports.

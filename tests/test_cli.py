@@ -228,3 +228,38 @@ def test_label_text(label, text):
     from keras_sepseq.inspection import label_text
 
     assert label_text(label) == text
+
+
+def test_inspect_and_preview_show_masks(tmp_path, capsys):
+    from PIL import Image
+
+    from keras_sepseq.demo import make_segmentation_dataset
+
+    make_segmentation_dataset(str(tmp_path / "shapes"), samples=6, size=24, seed=1)
+    pattern = [str(tmp_path / "shapes" / "image_*.png"), str(tmp_path / "shapes" / "mask_*.png")]
+    assert main(["inspect", *pattern, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    pixels = report["class_pixels"]
+    assert sum(pixels.values()) == 6 * 24 * 24 and set(pixels) <= {"0", "1", "2", "3", "255"} and "0" in pixels
+    assert main(["inspect", *pattern]) == 0
+    assert "mask pixels per class: 0:" in capsys.readouterr().out
+    out = tmp_path / "sheet.png"
+    assert main(["preview", *pattern, "--out", str(out), "--n", "4", "--size", "48"]) == 0
+    assert Image.open(out).size[0] > 48
+
+
+def test_the_contact_sheet_draws_each_mask_over_its_image(tmp_path):
+    from PIL import Image
+
+    from keras_sepseq.inspection import contact_sheet, mask_colours
+
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(tmp_path / "image_1.png")
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:, 8:] = 2
+    Image.fromarray(mask).save(tmp_path / "mask_1.png")
+    sheet, problems = contact_sheet([str(tmp_path / "image_1.png")], [str(tmp_path / "mask_1.png")], n=1, cell=16)
+    assert problems == []
+    cell = np.asarray(sheet)[6:22, 6:22].astype(float)  # the one cell, after the 6 px margin
+    expected_right = 128 * 0.55 + mask_colours(np.array([2]))[0] * 0.45
+    np.testing.assert_allclose(cell[:, 12], np.tile(expected_right, (16, 1)), atol=1.5)
+    np.testing.assert_allclose(cell[:, 2], np.full((16, 3), 128 * 0.55), atol=1.5)  # class 0 is drawn black

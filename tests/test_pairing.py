@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,41 @@ def test_result_feeds_separated_sequence(tmp_path, indexed_dataset):
 
     np.testing.assert_array_equal(decode_index(x), np.arange(12))
     np.testing.assert_array_equal(y, np.arange(12))
+
+
+def touch_all(folder, names):
+    os.makedirs(folder, exist_ok=True)
+    for name in names:
+        open(os.path.join(folder, name), "wb").close()
+
+
+def test_named_patterns_pair_any_number_of_files_per_sample(tmp_path):
+    touch_all(tmp_path / "scans", [f"p{i}_t1.png" for i in range(4)] + [f"p{i}_t2.png" for i in range(4)])
+    touch_all(tmp_path / "masks", [f"p{i}.png" for i in range(4)])
+    files = pair_files(
+        t1=str(tmp_path / "scans/*_t1.png"), t2=str(tmp_path / "scans/*_t2.png"), mask=str(tmp_path / "masks/*.png"),
+        key=r"p(\d+)",
+    )  # fmt: skip
+    assert list(files) == ["t1", "t2", "mask"]
+    assert [os.path.basename(p) for p in files["t2"]] == [f"p{i}_t2.png" for i in range(4)]
+    assert [os.path.basename(p) for p in files["mask"]] == [f"p{i}.png" for i in range(4)]
+
+
+def test_named_patterns_name_the_pattern_of_each_orphan(tmp_path):
+    touch_all(tmp_path, ["a_1.png", "a_2.png", "a_3.png", "b_1.png", "b_2.png", "c_1.npy", "c_2.npy", "c_9.npy"])
+    with pytest.raises(ValueError, match=r"1 of 3 `a` files lack a partner.*a_3.png.*1 of 3 `c` files.*c_9.npy") as e:
+        pair_files(a=str(tmp_path / "a_*"), b=str(tmp_path / "b_*"), c=str(tmp_path / "c_*"))
+    assert "`b`" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        pytest.param(("x*",), {"y": "y*"}, r"either two patterns .* or named patterns, not both", id="both forms"),
+        pytest.param((), {"only": "x*"}, r"at least two named patterns", id="one named pattern"),
+        pytest.param(("x*",), {}, r"needs `image_pattern` and `label_pattern`", id="one positional pattern"),
+    ],
+)
+def test_named_pattern_misuse_is_explained(args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pair_files(*args, **kwargs)
