@@ -39,6 +39,9 @@ _EXPORTS = {
     "ArrayField": "fields",
     "PaddedField": "fields",
     "MaskField": "masks",
+    "from_directory": "datasets",
+    "from_table": "datasets",
+    "split_by_key": "datasets",
     "PaddedSequence": "padded",
     "bucketed_order": "padding",
     "pad_batch": "padding",
@@ -51,6 +54,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from keras_sepseq.datasets import from_directory, from_table, split_by_key
     from keras_sepseq.errors import SampleError, ShapeMismatchError
     from keras_sepseq.field_sequence import FieldSequence
     from keras_sepseq.fields import ArrayField, Field, ImageField, PaddedField
@@ -100,6 +104,8 @@ __all__ = [
     "decode_image",
     "default_key",
     "epoch_order",
+    "from_directory",
+    "from_table",
     "match_files",
     "Matching",
     "load_npy",
@@ -109,5 +115,6 @@ __all__ = [
     "padding_weights",
     "read_image",
     "resize_image",
+    "split_by_key",
     "write_pixels",
 ]

@@ -105,6 +105,12 @@ class FieldSequence(BaseSequence):
         batch_size: Samples per batch. Defaults to 32.
         sample_weights: One weight per sample (an array-like), or `None`
             (the default). Needs `targets`.
+        class_weight: `{class_id: weight}` for the one `MaskField` target:
+            batches gain a `(B, H, W)` `sample_weight` where each pixel
+            weighs its class's weight (unlisted classes 1, as in Keras;
+            `ignore_index` pixels 0), times `sample_weights` and the weights
+            `on_error="skip"` adds. Keras's own `class_weight` refuses
+            targets of rank 3 or more. Defaults to `None`.
         **options: The options every sequence shares (`shuffle`, `seed`,
             `drop_remainder`, `workers`, `use_multiprocessing`,
             `max_queue_size`, `cache`, `cache_budget`, `on_error`,

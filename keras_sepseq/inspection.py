@@ -246,7 +246,7 @@ def contact_sheet(
                 overlay = Image.fromarray(mask_colours(small))
                 thumb = Image.blend(thumb.convert("RGB"), overlay, 0.45)
                 sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
-                text = "mask " + label_text(np.unique(mask))
+                text = " ".join(str(v) for v in np.unique(mask).tolist())
             else:
                 text = label_text(load_npy(label_paths[index]))
         except Exception as e:
@@ -254,8 +254,13 @@ def contact_sheet(
             draw.text((left + 8, top + cell // 2 - 6), "unreadable", fill="#a00000", font=font)
             text = "?"
             problems.append(f"{image_paths[index]}: {type(e).__name__}: {e}")
-        draw.text((left, top + cell + 2), text, fill="black", font=font)
-        draw.text((left, top + cell + 17), name[:24], fill="#666666", font=font)
+        fits = max(6, cell // 7)  # characters of the 12 px font that fit under a cell
+        draw.text(
+            (left, top + cell + 2), text if len(text) <= fits else text[: fits - 1] + "…", fill="black", font=font
+        )
+        draw.text(
+            (left, top + cell + 17), name if len(name) <= fits else name[: fits - 1] + "…", fill="#666666", font=font
+        )
     return sheet, problems
 
 

@@ -60,10 +60,16 @@ class SeparatedSequence(FieldSequence):
 
     Args:
         image_paths: One path per sample (`str` or `os.PathLike`).
-        label_paths: One `.npy` path per sample; or an in-memory array (or
-            list) holding one label per image; or `None` for inputs only
-            (`seq[i]` is then `(x,)`, e.g. for `predict`).
+        label_paths: One `.npy` path per sample; or one label image per
+            sample (`.png`, `.tif`, ...), read as a segmentation mask
+            (`MaskField`: class ids, resized like the image by nearest
+            neighbour only, batched as `(B, H, W)`); or an in-memory array
+            (or list) holding one label per image; or `None` for inputs
+            only (`seq[i]` is then `(x,)`, e.g. for `predict`).
         batch_size: Samples per batch. Defaults to 32.
+        class_weight: With masks, `{class_id: weight}`: batches gain a
+            `(B, H, W)` `sample_weight` (see `FieldSequence`). Defaults to
+            `None`.
         **options: How images are decoded (`image_size`, `color_mode`,
             `interpolation`, `antialias`, `dtype`, `max_image_pixels`,
             documented on `ImageField`), and the options every sequence
@@ -71,7 +77,8 @@ class SeparatedSequence(FieldSequence):
             `use_multiprocessing`, `max_queue_size`, `cache`,
             `cache_budget`, `on_error`, `max_errors`, `retries`,
             `num_shards`, `shard_index`, `shard`, documented on
-            `BaseSequence`). Here `cache="memory"` keeps each
+            `BaseSequence`); with masks also `num_classes`,
+            `ignore_index` and `palette` (documented on `MaskField`). Here `cache="memory"` keeps each
             decoded, resized image (in its source precision, e.g. uint8)
             and its label; a cache directory needs `image_size`. A sample
             is decoded again when its image file's size or modification
