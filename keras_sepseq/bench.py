@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_sepseq import bench_candidates
 from keras_sepseq.memory import PeakMemory, rss_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -182,63 +183,6 @@ class Result:
     epochs: list[list[float]] = field(default_factory=list)
     note: str = ""
     best: float = 0.0
-
-
-# Candidates.
-
-
-def _tf_pipeline(paths, labels, size, batch_size, seed):
-    import tensorflow as tf
-
-    def load(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        return tf.image.resize(image, size), label
-
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels)))
-    ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def _pil_load(path: str, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return (
-            np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32)
-            / 255.0
-        )
-
-
-def _generator(paths, labels, size, batch_size, seed):
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(len(paths))
-        for start in range(0, len(paths), batch_size):
-            chosen = order[start : start + batch_size]
-            yield np.stack([_pil_load(paths[i], size) for i in chosen]), np.asarray(labels)[chosen]
-
-
-def _plain_pydataset(paths, labels, size, batch_size, workers):
-    import keras
-
-    class Plain(keras.utils.PyDataset):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.order = np.arange(len(paths))
-
-        def __len__(self):
-            return -(-len(paths) // batch_size)
-
-        def __getitem__(self, i):
-            chosen = self.order[i * batch_size : (i + 1) * batch_size]
-            return np.stack([_pil_load(paths[j], size) for j in chosen]), np.asarray(labels)[chosen]
-
-        def on_epoch_end(self):
-            np.random.shuffle(self.order)
-
-    return Plain(workers=workers)
 
 
 def decode_rate(paths: list[str], size: tuple[int, int], seconds: float = 3.0) -> float:
@@ -505,14 +449,26 @@ def run_bench(
             self.rates.append(len(paths) / (time.perf_counter() - self.start))  # every candidate serves each image once
 
     steps = -(-len(paths) // batch_size)
+    margin = max(2, size[0] // 8)  # augmented candidates resize this much larger, then crop back to `size`
+    larger = (size[0] + margin, size[1] + margin)
+
+    def augmentation() -> list:
+        import keras
+
+        return [
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomCrop(size[0], size[1]),
+            keras.layers.RandomBrightness(0.1, value_range=(0.0, 1.0)),
+        ]
+
     cache_dir = ""  # a fresh folder each round, so that every round's first epoch is cold
     candidates: list[tuple[str, str, Callable[[], Any] | None, dict]] = [
         ("tf.data pipeline", "the classic recipe: from_tensor_slices, map(AUTOTUNE), shuffle, batch, prefetch",
-         lambda: _tf_pipeline(paths, labels, size, batch_size, 0), {}),
+         lambda: bench_candidates.tf_pipeline(paths, labels, size, batch_size, 0), {}),
         ("Python generator", "per-sample Pillow decode, np.stack, no workers",
-         lambda: _generator(paths, labels, size, batch_size, 0), {"steps_per_epoch": steps}),
+         lambda: bench_candidates.generator(paths, labels, size, batch_size, 0), {"steps_per_epoch": steps}),
         (f"plain PyDataset, {workers} threads", "Pillow decode + np.stack in __getitem__, Keras's thread workers",
-         lambda: _plain_pydataset(paths, labels, size, batch_size, workers), {}),
+         lambda: bench_candidates.plain_pydataset(paths, labels, size, batch_size, workers), {}),
         (f"SeparatedSequence, {workers} threads", "",
          lambda: SeparatedSequence(paths, labels, batch_size, image_size=size, seed=0, workers=workers), {}),
         (f"SeparatedSequence, {workers} processes", "",
@@ -525,6 +481,11 @@ def run_bench(
                                    cache=cache_dir), {}),
         ("numpy arrays in RAM", "fit(x, y) on float32 arrays decoded beforehand: the ceiling",
          None, {}),
+        ("tf.data pipeline, augmented", "the recipe plus tf.image random_crop, random_flip_left_right, random_brightness",
+         lambda: bench_candidates.tf_augmented_pipeline(paths, labels, size, batch_size, 0, margin), {}),
+        ("SeparatedSequence, cache='memory', augmented", "threads; Keras RandomFlip, RandomCrop, RandomBrightness after the cache",
+         lambda: SeparatedSequence(paths, labels, batch_size, image_size=larger, seed=0, workers=workers,
+                                   cache="memory", cache_budget="64GB", augment=augmentation()), {}),
     ]  # fmt: skip
     runs: dict[str, list[tuple[list[float], float]]] = {}
     singles = []
@@ -538,7 +499,7 @@ def run_bench(
             timer = Timer()
             with PeakMemory() as memory:
                 if make is None:
-                    x = np.stack([_pil_load(p, size) for p in paths])
+                    x = np.stack([bench_candidates.pil_load(p, size) for p in paths])
                     model.fit(x, labels, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[timer])
                     del x
                 else:
@@ -590,6 +551,21 @@ def run_bench(
             "steady_vs_numpy": r.steady / ceiling.steady if ceiling else None,
             "best_vs_numpy": r.best / ceiling.best if ceiling else None,
         }
+    augmented = {r.name: r for r in results}
+    ours = augmented.get("SeparatedSequence, cache='memory', augmented")
+    theirs = augmented.get("tf.data pipeline, augmented")
+    plain = augmented.get("SeparatedSequence, cache='memory'")
+    if ours is not None:
+        ratios[ours.name].update(
+            {
+                "cold_vs_augmented_pipeline": ours.cold / theirs.cold if theirs else None,
+                "steady_vs_augmented_pipeline": ours.steady / theirs.steady if theirs else None,
+                "steady_vs_unaugmented_cache": ours.steady / plain.steady if plain else None,
+            }
+        )
+        for key, value in ratios[ours.name].items():
+            if key.endswith(("augmented_pipeline", "unaugmented_cache")) and value is not None:
+                log(f"augmented cache {key.replace('_', ' ')}: {value:.2f}x")
     return {
         "settings": {"samples": len(paths), "image_size": list(size), "batch_size": batch_size, "epochs": epochs,
                      "workers": workers, "cores": os.cpu_count(), "repeats": repeats},

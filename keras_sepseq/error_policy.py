@@ -62,6 +62,7 @@ class ErrorPolicy:
         def num_samples(self) -> int: ...
         def load_item(self, index: int) -> Any: ...
         def collate(self, indices: np.ndarray, items: list[Any], position: int | None = None) -> tuple: ...
+        def collate_placeholder(self, indices: np.ndarray, items: list[Any], position: int | None = None) -> tuple: ...
 
     def init_error_policy(self, *, on_error: str, max_errors: int | float | None, retries: int) -> None:
         """Checks and stores the error settings (called by `BaseSequence.__init__`).
@@ -97,7 +98,7 @@ class ErrorPolicy:
             weights = np.ones(len(keep), np.float32)
         else:  # every sample failed: one placeholder that counts for nothing
             first, item = self.reference_item()
-            batch = self.collate(np.array([first]), [item], position)
+            batch = self.collate_placeholder(np.array([first]), [item], position)
             weights = np.zeros(1, np.float32)
         if len(batch) == 3:
             return batch[0], batch[1], batch[2] * weights.reshape((-1,) + (1,) * (batch[2].ndim - 1))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from keras_sepseq.augment import batch_seed, sample_rng
 from keras_sepseq.fields import Field, ImageField, PaddedField
 from keras_sepseq.masks import MaskField
 from keras_sepseq.sequence import BaseSequence
@@ -87,6 +88,13 @@ def _check_class_weight(class_weight: Any, targets: tuple[tuple[str, Field], ...
     return table
 
 
+def _keep_mask_dtype(field: Field, value: Any, before: Any) -> Any:
+    """A mask comes out of augmentation in the dtype it went in with (rounded), other fields as returned."""
+    if isinstance(field, MaskField) and value is not None and np.asarray(value).dtype != np.asarray(before).dtype:
+        return np.rint(np.asarray(value)).astype(np.asarray(before).dtype)
+    return value
+
+
 class FieldSequence(BaseSequence):
     """Batches of samples made of named fields: several images, masks, arrays or padded sequences per sample.
 
@@ -134,6 +142,9 @@ class FieldSequence(BaseSequence):
     >>> model.fit(seq, epochs=10)  # doctest: +SKIP
     """
 
+    single_field_names: tuple[str, str] = ("input", "target")
+    """The names a single input field and a single target field go by (in `augment` samples and messages)."""
+
     def __init__(
         self,
         inputs: Fields,
@@ -149,7 +160,8 @@ class FieldSequence(BaseSequence):
         self.inputs = inputs
         self.targets = targets
         slots: list[tuple[str, Field]] = []
-        for names, given, default in ((self._input_names, inputs, "input"), (self._target_names, targets, "target")):
+        single = self.single_field_names
+        for names, given, default in ((self._input_names, inputs, single[0]), (self._target_names, targets, single[1])):
             if names is None:
                 slots.append((default, given))  # type: ignore[arg-type]
             else:
@@ -177,6 +189,12 @@ class FieldSequence(BaseSequence):
         self.sample_weights = sample_weights
         self.class_weight = _check_class_weight(class_weight, self.fields[self.input_count :])
         super().__init__(num_samples, batch_size, **options)
+        if self.augmentation is not None and not self.augmentation.per_sample:
+            images = [field for _, field in self.fields if isinstance(field, ImageField)]
+            if not images:
+                raise ValueError("`augment` Keras layers transform images: this sequence has no image field.")
+            for field in images:
+                self.augmentation.check_images(field.dtype)
 
     @property
     def input_count(self) -> int:
@@ -267,22 +285,81 @@ class FieldSequence(BaseSequence):
             ShapeMismatchError: If a field's items differ in shape; names
                 two files.
         """
+        items = self.augmented_items(indices, items)
         arrays = [
             self._batch_field(k, field, indices, [item[k] for item in items], position)
             for k, (_, field) in enumerate(self.fields)
         ]
-        return self._structure(indices, arrays)
+        return self._structure(indices, self._augmented_batch(arrays, position))
+
+    def collate_placeholder(self, indices: np.ndarray, items: list, position: int | None = None) -> tuple:
+        """`collate` without augmentation: the placeholder of a batch of bad samples is never augmented."""
+        self._placeholder = True
+        try:
+            return self.collate(indices, items, position)
+        finally:
+            self._placeholder = False
 
     def collate_cached(self, indices: np.ndarray, slabs: tuple, position: int | None = None) -> Any:
         """A batch straight from the cache's arrays (one per field; `None` for values in memory)."""
         if any(isinstance(field, PaddedField) for _, field in self.fields):
             return NotImplemented  # padding needs the items' lengths: the general path handles it
+        if self.augmentation is not None and self.augmentation.per_sample:
+            return NotImplemented  # a callable takes one sample at a time: the general path handles it
         arrays = []
         for k, (_, field) in enumerate(self.fields):
             slab = slabs[k]
             items = [None] * len(indices) if slab is None else [slab[i] for i in indices]
             arrays.append(self._batch_field(k, field, indices, items, position))
-        return self._structure(indices, arrays)
+        return self._structure(indices, self._augmented_batch(arrays, position))
+
+    # Augmentation (see keras_sepseq.augment): after the cache, in the process that assembles batches.
+
+    def augmented_items(self, indices: np.ndarray, items: list) -> list:
+        """The items after a per-sample `augment` callable (unchanged without one, or for a placeholder).
+
+        Each sample's fields go to the callable as a dict by field name
+        (values in memory included), with `sample_rng(seed, epoch,
+        index)`; masks come back in the dtype they went in with.
+
+        Args:
+            indices: Sample indices, in batch order.
+            items: Their loaded items.
+
+        Returns:
+            The items to batch.
+        """
+        augmentation = self.augmentation
+        if augmentation is None or not augmentation.per_sample or getattr(self, "_placeholder", False):
+            return items
+        out = []
+        for index, item in zip(indices, items):
+            index = int(index)
+            sample = {
+                name: item[k] if item[k] is not None else field.batch(np.array([index]), [None])[0]
+                for k, (name, field) in enumerate(self.fields)
+            }
+            result = augmentation.sample(sample, sample_rng(self.seed, self.epoch, index), index)
+            fields = tuple(
+                _keep_mask_dtype(field, result[name], sample[name]) for name, field in self.fields
+            )  # fmt: skip
+            out.append(fields + tuple(item[len(self.fields) :]))
+        return out
+
+    def _augmented_batch(self, arrays: list, position: int | None) -> list:
+        """The batch's arrays after `augment` Keras layers: one transformation for every image and mask field."""
+        augmentation = self.augmentation
+        if augmentation is None or augmentation.per_sample or getattr(self, "_placeholder", False):
+            return arrays
+        images = {k: arrays[k] for k, (_, field) in enumerate(self.fields) if isinstance(field, ImageField)}
+        masks = {k: arrays[k] for k, (_, field) in enumerate(self.fields) if isinstance(field, MaskField)}
+        ignore = {k: cast(MaskField, self.fields[k][1]).ignore_index for k in masks}
+        seed = batch_seed(self.seed, self.epoch, 0 if position is None else position)
+        new_images, new_masks = augmentation.batch(images, masks, seed, ignore)  # type: ignore[arg-type]
+        out = list(arrays)
+        for k, value in {**new_images, **new_masks}.items():
+            out[cast(int, k)] = value
+        return out
 
     def _batch_field(self, k: int, field: Field, indices: np.ndarray, items: list, position: int | None) -> Any:
         if isinstance(field, PaddedField):
@@ -315,7 +392,7 @@ class FieldSequence(BaseSequence):
         Returns:
             `{0: 1 / 255}` then, else `{}` (dict inputs cross as they are).
         """
-        if self._input_names is None:
+        if self._input_names is None and self.augmentation is None:  # augmented images cross in their own dtype
             scale = self.fields[0][1].deferred_scale()
             if scale is not None:
                 return {0: scale}
@@ -332,10 +409,16 @@ class FieldSequence(BaseSequence):
         reference = None
         if any(not field.in_memory for _, field in self.fields):
             reference = self.reference_item()[1]
+        layers = self.augmentation if self.augmentation is not None and not self.augmentation.per_sample else None
         specs = []
         for k, (_, field) in enumerate(self.fields):
             item = None if reference is None else reference[k]
-            specs.append(tf.TensorSpec((None,) + tuple(field.spec_shape(item)), tf.as_dtype(field.spec_dtype(item))))
+            shape = tuple(field.spec_shape(item))
+            if layers is not None and isinstance(field, ImageField):
+                shape = layers.output_shape(shape)  # a crop changes the size
+            elif layers is not None and isinstance(field, MaskField):
+                shape = layers.output_shape(shape + (1,))[:-1]
+            specs.append(tf.TensorSpec((None,) + shape, tf.as_dtype(field.spec_dtype(item))))
         n = self.input_count
         x = specs[0] if self._input_names is None else dict(zip(self._input_names, specs[:n]))
         if self._target_names == {}:
@@ -344,7 +427,10 @@ class FieldSequence(BaseSequence):
         signature = [x, y]
         if self.class_weight is not None:
             mask = next(field for _, field in self.fields[n:] if isinstance(field, MaskField))
-            signature.append(tf.TensorSpec((None,) + tuple(mask.spec_shape(None)), tf.float32))
+            shape = tuple(mask.spec_shape(None))
+            if layers is not None:
+                shape = layers.output_shape(shape + (1,))[:-1]
+            signature.append(tf.TensorSpec((None,) + shape, tf.float32))
         elif self.sample_weights is not None or self.on_error == "skip":
             signature.append(tf.TensorSpec((None,), tf.float32))
         return tuple(signature)

@@ -389,7 +389,10 @@ class ArrayField(Field):
     def batch(self, indices, items, *, position=None, empty=np.empty):
         """Stacks the items with their own dtype, or takes the rows of the in-memory values."""
         if self.values is not None:
-            return self.values[indices]
+            if all(item is None for item in items):
+                return self.values[indices]
+            items = [self.values[i] if item is None else item for i, item in zip(indices, items)]  # augmented
+            return np.stack([np.asarray(item, dtype=self.values.dtype) for item in items])
         paths = cast(PathArray, self.paths)
         return stack_arrays(items, lambda k: repr(paths[indices[k]]), what=self.kind)
 

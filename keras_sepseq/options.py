@@ -43,6 +43,7 @@ class SequenceOptions(TypedDict, total=False):
     num_shards: int
     shard_index: int
     shard: str | None
+    augment: Any
 
 
 DEFAULTS: dict[str, Any] = {
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "num_shards": 1,
     "shard_index": 0,
     "shard": None,
+    "augment": None,
 }
 """The default of each of `SequenceOptions`."""
 

@@ -99,6 +99,8 @@ class PaddedSequence(FieldSequence):
     >>> model.fit(seq, epochs=5)  # doctest: +SKIP
     """
 
+    single_field_names = ("sequence", "label")
+
     def __init__(
         self,
         sequences: Sequence[PathLike] | PathArray | Sequence[Any],
@@ -401,6 +403,7 @@ class PaddedSequence(FieldSequence):
 
         >>> x, y = seq.collate(indices, [seq.load_item(i) for i in indices])  # doctest: +SKIP
         """
+        items = self.augmented_items(indices, items)
         inputs = [item[0] for item in items]
         sequence_name = self._name(self.sequence_paths, "sequences")
         _check_trailing(inputs, indices, sequence_name, "sequence")

@@ -102,6 +102,8 @@ class SeparatedSequence(FieldSequence):
     >>> model.fit(seq, epochs=10)  # doctest: +SKIP
     """
 
+    single_field_names = ("image", "label")
+
     def __init__(
         self,
         image_paths: Sequence[PathLike] | PathArray,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from keras_sepseq.augment import Augmentation
 from keras_sepseq.cache import DirectoryCache, MemoryCache, fingerprint, parse_bytes
 from keras_sepseq.checks import check_int
 from keras_sepseq.engine import BatchBuffers, WorkerPool
@@ -147,6 +148,14 @@ class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.util
         self.cache_budget = parse_bytes(o["cache_budget"])
         self._cache: MemoryCache | DirectoryCache | None = None
         self.init_error_policy(on_error=o["on_error"], max_errors=o["max_errors"], retries=o["retries"])
+        self.augmentation: Augmentation | None = None
+        if o["augment"] is not None:
+            if not hasattr(self, "fields"):
+                raise ValueError(
+                    "`augment` works on sequences of named fields (FieldSequence, SeparatedSequence, PaddedSequence); "
+                    f"{type(self).__name__} has none."
+                )
+            self.augmentation = Augmentation(o["augment"])
         self.init_order(
             num_samples,
             batch_size,
@@ -360,6 +369,19 @@ class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.util
         """
         raise NotImplementedError("subclasses of BaseSequence implement collate(indices, items, position)")
 
+    def collate_placeholder(self, indices: np.ndarray, items: list[Any], position: int | None = None) -> tuple:
+        """`collate` for the weight-0 placeholder a batch of only bad samples is served as; never augmented.
+
+        Args:
+            indices: The placeholder's sample index.
+            items: Its item.
+            position: As for `collate`.
+
+        Returns:
+            The batch.
+        """
+        return self.collate(indices, items, position)
+
     def collate_cached(self, indices: np.ndarray, slabs: tuple, position: int | None = None) -> Any:
         """Assembles a batch straight from a cache's arrays, when every sample of it is cached.
 
@@ -422,4 +444,5 @@ class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.util
         state["_cache"] = None  # workers never read the cache; it stays with the process that fills it
         state["_errors"], state["_skipped_this_epoch"] = {}, []  # kept by the process that collates
         state.pop("_keras_cursor", None)
+        state["augmentation"] = None  # workers load; augmentation runs where batches are assembled
         return state

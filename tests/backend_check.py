@@ -129,6 +129,14 @@ def mean_iou(logits, masks, num_classes, ignore=255):
     return float(np.mean(ious))
 
 
+def expect(score, minimum, what):
+    """Prints `ok` with the mean IoU, or `FAIL` and exits when it is below `minimum`."""
+    if score < minimum:
+        print(f"FAIL {what}: mean IoU {score:.2f}")
+        sys.exit(1)
+    print(f"ok {what}: mean IoU {score:.2f}")
+
+
 def train_segmenter(train, val, inputs, num_classes, epochs):
     """A small fully convolutional model (logits out: softmax + sparse cross-entropy on 4-D outputs fails on torch
     in Keras 3.15, "grad_input must be contiguous"), trained on `train`, scored by mean IoU on `val`'s first batch."""
@@ -164,12 +172,27 @@ def segmentation_checks(folder):
             images[:200], masks[:200], batch_size=16, image_size=(32, 32), num_classes=4, ignore_index=255, seed=0,
             **options,
         )  # fmt: skip
-        score = train_segmenter(train, val, {"image": (32, 32, 3)}, 4, epochs=10)
+        expect(train_segmenter(train, val, {"image": (32, 32, 3)}, 4, epochs=10), 0.6, f"segmentation {mode}")
         train.close()
-        if score < 0.6:
-            print(f"FAIL segmentation {mode}: mean IoU {score:.2f}")
-            sys.exit(1)
-        print(f"ok segmentation {mode}: mean IoU {score:.2f}")
+    # Augmented on this backend: Keras's layers run in the backend's ops; flips and crops keep masks on images,
+    # threads and processes give the same bytes, and it still learns.
+    augment = [keras.layers.RandomFlip("horizontal"), keras.layers.RandomCrop(28, 28)]
+
+    def augmented(**options):
+        return SeparatedSequence(
+            images[:200], masks[:200], batch_size=16, num_classes=4, ignore_index=255, seed=0, augment=augment,
+            **options,
+        )  # fmt: skip
+
+    threads, processes = augmented(workers=2, cache="memory"), augmented(workers=2, use_multiprocessing=True)
+    if threads[3][0].tobytes() != processes[3][0].tobytes():
+        print("FAIL augmentation: threads and processes differ")
+        sys.exit(1)
+    processes.close()
+    val_crop = SeparatedSequence(images[200:], masks[200:], batch_size=40, num_classes=4, ignore_index=255,
+                                 shuffle=False, augment=keras.layers.CenterCrop(28, 28))  # fmt: skip
+    expect(train_segmenter(threads, val_crop, {"image": (28, 28, 3)}, 4, epochs=10), 0.6, "augmented segmentation")
+    threads.close()
     # Two scans per sample: class 1 where only t1 is bright, 2 where only t2 is, 3 where both are.
     rng = np.random.default_rng(1)
     scans = os.path.join(folder, "scans")
@@ -198,10 +221,7 @@ def segmentation_checks(folder):
     score = train_segmenter(train, two_scans(slice(128, 160), batch_size=32, shuffle=False),
                             {"t1": (32, 32, 1), "t2": (32, 32, 1)}, 4, epochs=12)  # fmt: skip
     train.close()
-    if score < 0.8:
-        print(f"FAIL two scans per sample: mean IoU {score:.2f}")
-        sys.exit(1)
-    print(f"ok two scans per sample: mean IoU {score:.2f}")
+    expect(score, 0.8, "two scans per sample")
 
 
 if __name__ == "__main__":

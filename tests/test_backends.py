@@ -34,4 +34,4 @@ def test_exactly_once_under_every_backend(backend):
     )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert f"backend {backend} all ok" in done.stdout
-    assert done.stdout.count("ok ") == 9  # 3 sequence classes x threads and processes, 3 segmentation runs
+    assert done.stdout.count("ok ") == 10  # 3 sequence classes x threads and processes, 4 segmentation runs

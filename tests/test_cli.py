@@ -114,7 +114,7 @@ def test_bench_quick_smoke_run(tmp_path, capsys):
     assert names == [
         "tf.data pipeline", "Python generator", "plain PyDataset, 2 threads", "SeparatedSequence, 2 threads",
         "SeparatedSequence, 2 processes", "SeparatedSequence, cache='memory'", "SeparatedSequence, cache=<dir>",
-        "numpy arrays in RAM",
+        "numpy arrays in RAM", "tf.data pipeline, augmented", "SeparatedSequence, cache='memory', augmented",
     ]  # fmt: skip
     for result in report["results"]:
         assert result["cold"] > 0 and result["steady"] > 0
@@ -122,6 +122,9 @@ def test_bench_quick_smoke_run(tmp_path, capsys):
         assert result["cold"] == pytest.approx(sum(rates[0] for rates in result["epochs"]) / 2)  # the median of two
         assert report["ratios"][result["name"]]["cold_vs_pipeline"] > 0
     assert report["ratios"]["tf.data pipeline"]["cold_vs_pipeline"] == 1.0
+    augmented = report["ratios"]["SeparatedSequence, cache='memory', augmented"]
+    assert augmented["steady_vs_augmented_pipeline"] > 0 and augmented["steady_vs_unaugmented_cache"] > 0
+    assert "augmented cache steady vs augmented pipeline" in out
     assert report["ratios"]["numpy arrays in RAM"]["steady_vs_numpy"] == 1.0
     for result in report["results"]:
         assert result["best"] == max(max(rates[1:]) for rates in result["epochs"])
