@@ -106,6 +106,29 @@ def _keras_layers(augment: Any) -> list | None:
     return None
 
 
+_FAST_LAYERS = ("RandomFlip", "RandomCrop", "RandomBrightness", "RandomContrast")
+
+
+def _fast_layers(layers: list) -> bool:
+    """Whether every layer is one whose transform NumPy applies as views or one vector operation per batch.
+
+    Flips and crops become slices of each sample (no copy before the batch is assembled), brightness and
+    contrast one operation on the batch; read from each layer's public config. A contrast before a crop is
+    left to Keras (its per-image mean depends on the crop).
+    """
+    import keras
+
+    names = []
+    for layer in layers:
+        kind = type(layer).__name__
+        if kind not in _FAST_LAYERS or type(layer) is not getattr(keras.layers, kind):
+            return False
+        if layer.get_config().get("data_format", "channels_last") != "channels_last":
+            return False
+        names.append(kind)
+    return not any(n == "RandomCrop" and "RandomContrast" in names[:k] for k, n in enumerate(names))
+
+
 class Augmentation:
     """What `augment=` became: per-sample callables or per-batch Keras layers, applied to fields by name.
 
@@ -134,8 +157,9 @@ class Augmentation:
                     )
             self.layers: list = layers
             self.function: SampleAugment | None = None
+            self.fast = _fast_layers(layers)
         elif callable(augment):
-            self.layers, self.function = [], augment
+            self.layers, self.function, self.fast = [], augment, False
         else:
             raise TypeError(
                 "`augment` must be Keras augmentation layers (a layer, a list, a keras.Sequential) or a callable "
@@ -230,6 +254,89 @@ class Augmentation:
                     f"`augment` layer {type(layer).__name__} has value_range={tuple(value_range)}, but the images are "
                     f"{np.dtype(dtype).name} in [0, 1]: create it with value_range=(0, 1)."
                 )
+
+    def plan(self, rng: np.random.Generator, sizes: list[tuple[int, int]]) -> list[dict]:
+        """One sample's draws per layer, for the fast layers: flips, crop offsets, brightness and contrast.
+
+        Args:
+            rng: The batch's generator.
+            sizes: Each sample's `(H, W)` before the layers.
+
+        Returns:
+            Per sample, `{"flip": (vertical, horizontal), "crop": (top, left, h, w) or None, "photometric":
+            [("brightness", delta, value_range) or ("contrast", factor, value_range), ...]}` in layer order.
+
+        Raises:
+            ValueError: If a crop is larger than a sample.
+        """
+        plans: list[dict] = [{"flip": (False, False), "crop": None, "photometric": []} for _ in sizes]
+        for layer in self.layers:
+            config = layer.get_config()
+            kind = type(layer).__name__
+            for plan, size in zip(plans, sizes):
+                height, width = plan["crop"][2:] if plan["crop"] else size
+                if kind == "RandomFlip":
+                    vertical, horizontal = plan["flip"]
+                    if config["mode"] in ("horizontal", "horizontal_and_vertical"):
+                        horizontal ^= bool(rng.random() < 0.5)
+                    if config["mode"] in ("vertical", "horizontal_and_vertical"):
+                        vertical ^= bool(rng.random() < 0.5)
+                    plan["flip"] = (vertical, horizontal)
+                elif kind == "RandomCrop":
+                    h, w = int(config["height"]), int(config["width"])
+                    if h > height or w > width:
+                        raise ValueError(f"RandomCrop({h}, {w}) is larger than a sample of size {(height, width)}")
+                    top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+                    # The offsets are in the current (possibly flipped) view: map them to the unflipped window.
+                    vertical, horizontal = plan["flip"]
+                    top = height - top - h if vertical else top
+                    left = width - left - w if horizontal else left
+                    base = plan["crop"][:2] if plan["crop"] else (0, 0)
+                    plan["crop"] = (base[0] + top, base[1] + left, h, w)
+                elif kind == "RandomBrightness":
+                    low, high = config["factor"]
+                    value_range = config["value_range"]
+                    delta = rng.uniform(low, high) * (value_range[1] - value_range[0])
+                    plan["photometric"].append(("brightness", float(delta), tuple(value_range)))
+                else:  # RandomContrast
+                    low, high = config["factor"]
+                    factor = float(rng.uniform(1.0 - low, 1.0 + high))
+                    plan["photometric"].append(("contrast", factor, tuple(config["value_range"])))
+        return plans
+
+    @staticmethod
+    def geometric(item: np.ndarray, plan: dict) -> np.ndarray:
+        """One sample's item after its crop window and flips: a view, no copy (the batch assembly copies it)."""
+        if plan["crop"] is not None:
+            top, left, h, w = plan["crop"]
+            item = item[top : top + h, left : left + w]
+        vertical, horizontal = plan["flip"]
+        if vertical:
+            item = item[::-1]
+        if horizontal:
+            item = item[:, ::-1]
+        return item
+
+    @staticmethod
+    def photometric(batch: np.ndarray, plans: list[dict]) -> np.ndarray:
+        """The image batch after each sample's brightness and contrast changes (one vector operation per layer)."""
+        steps = len(plans[0]["photometric"]) if plans else 0
+        if not steps:
+            return batch
+        values = batch if batch.dtype == np.float32 else batch.astype(np.float32)
+        shape = (len(plans),) + (1,) * (batch.ndim - 1)
+        for step in range(steps):
+            kind, _, (low, high) = plans[0]["photometric"][step]
+            amounts = np.array([p["photometric"][step][1] for p in plans], np.float32).reshape(shape)
+            if kind == "brightness":
+                values += amounts
+            else:
+                mean = values.mean(axis=(1, 2), keepdims=True)
+                values -= mean
+                values *= amounts
+                values += mean
+            np.clip(values, low, high, out=values)
+        return _as_dtype(values, batch.dtype)
 
     def output_shape(self, shape: tuple) -> tuple:
         """The per-sample shape `(H, W, C)` an image batch has after the layers (crops change it)."""

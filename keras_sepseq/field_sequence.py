@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from keras_sepseq.augment import batch_seed, sample_rng
+from keras_sepseq.augment import Augmentation, batch_seed, sample_rng
 from keras_sepseq.fields import Field, ImageField, PaddedField
 from keras_sepseq.masks import MaskField
 from keras_sepseq.sequence import BaseSequence
@@ -286,11 +286,8 @@ class FieldSequence(BaseSequence):
                 two files.
         """
         items = self.augmented_items(indices, items)
-        arrays = [
-            self._batch_field(k, field, indices, [item[k] for item in items], position)
-            for k, (_, field) in enumerate(self.fields)
-        ]
-        return self._structure(indices, self._augmented_batch(arrays, position))
+        columns = [[item[k] for item in items] for k in range(len(self.fields))]
+        return self._structure(indices, self._arrays(indices, columns, position))
 
     def collate_placeholder(self, indices: np.ndarray, items: list, position: int | None = None) -> tuple:
         """`collate` without augmentation: the placeholder of a batch of bad samples is never augmented."""
@@ -306,12 +303,44 @@ class FieldSequence(BaseSequence):
             return NotImplemented  # padding needs the items' lengths: the general path handles it
         if self.augmentation is not None and self.augmentation.per_sample:
             return NotImplemented  # a callable takes one sample at a time: the general path handles it
+        columns = [
+            [None] * len(indices) if slab is None else [slab[i] for i in indices] for slab in slabs[: len(self.fields)]
+        ]
+        return self._structure(indices, self._arrays(indices, columns, position))
+
+    def _arrays(self, indices: np.ndarray, columns: list[list], position: int | None) -> list:
+        """Each field's batch from its items, augmented by `augment` layers when there are some."""
+        plans = self._fast_plans(columns, position)
         arrays = []
         for k, (_, field) in enumerate(self.fields):
-            slab = slabs[k]
-            items = [None] * len(indices) if slab is None else [slab[i] for i in indices]
+            items = columns[k]
+            if plans is not None and isinstance(field, (ImageField, MaskField)):
+                items = [Augmentation.geometric(np.asarray(item), plan) for item, plan in zip(items, plans)]
             arrays.append(self._batch_field(k, field, indices, items, position))
-        return self._structure(indices, self._augmented_batch(arrays, position))
+        if plans is None:
+            return self._augmented_batch(arrays, position)
+        for k, (_, field) in enumerate(self.fields):
+            if isinstance(field, ImageField):
+                arrays[k] = Augmentation.photometric(arrays[k], plans)
+        return arrays
+
+    def _fast_plans(self, columns: list[list], position: int | None) -> list[dict] | None:
+        """The per-sample draws of flips, crops, brightness and contrast, when NumPy applies every layer; else None.
+
+        Drawn from `numpy.random.default_rng([seed, epoch, position, 2])`, sample by sample in batch order.
+        """
+        augmentation = self.augmentation
+        if augmentation is None or not augmentation.fast or getattr(self, "_placeholder", False):
+            return None
+        spatial = [columns[k] for k, (_, field) in enumerate(self.fields) if isinstance(field, (ImageField, MaskField))]
+        sizes = [tuple(np.shape(item)[:2]) for item in spatial[0]]
+        if any(tuple(np.shape(item)[:2]) != size for items in spatial[1:] for item, size in zip(items, sizes)):
+            return None  # fields of different sizes: Keras's layers scale the transform to each
+        rng = np.random.default_rng([self.seed, self.epoch, 0 if position is None else position, 2])
+        try:
+            return augmentation.plan(rng, sizes)
+        except ValueError:
+            return None  # a crop larger than a sample: Keras's RandomCrop resizes first
 
     # Augmentation (see keras_sepseq.augment): after the cache, in the process that assembles batches.
 

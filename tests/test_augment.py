@@ -206,3 +206,31 @@ def test_bad_augment_arguments_are_named(tmp_path, kwargs, error, message):
     images, masks = write_coordinate_pairs(tmp_path / "data", 2)
     with pytest.raises(error, match=message):
         SeparatedSequence(images, masks, **kwargs)
+
+
+def test_fast_flips_and_crops_cut_real_windows_of_the_flipped_image(tmp_path):
+    seq = segmentation(tmp_path / "data", augment=[keras.layers.RandomFlip("horizontal_and_vertical"),
+                                                    keras.layers.RandomCrop(10, 13)])  # fmt: skip
+    assert seq.augmentation.fast
+    x, _ = seq[0]
+    rows, cols = x[..., 0].astype(int), x[..., 1].astype(int)
+    for k in range(len(x)):
+        assert set(np.unique(np.diff(rows[k], axis=0))) in ({1}, {-1})  # whole rows, in order or reversed
+        assert set(np.unique(np.diff(cols[k], axis=1))) in ({1}, {-1})
+    flips = {(rows[k, 1, 0] < rows[k, 0, 0], cols[k, 0, 1] < cols[k, 0, 0]) for k in range(len(x))}
+    assert len(flips) > 1  # samples of a batch draw their own flips
+
+
+def test_fast_brightness_shifts_each_sample_by_its_own_amount(tmp_path):
+    from keras_sepseq.demo import make_segmentation_dataset
+
+    images, masks = make_segmentation_dataset(str(tmp_path / "shapes"), samples=10, size=24)  # values across [0, 1]
+    plain = SeparatedSequence(images, masks, batch_size=10, shuffle=False)
+    bright = SeparatedSequence(images, masks, batch_size=10, shuffle=False,
+                               augment=keras.layers.RandomBrightness(0.2, value_range=(0, 1)))  # fmt: skip
+    (x, _), (y, _) = plain[0], bright[0]
+    inside = (x > 0.25) & (x < 0.75)  # away from the clip at 0 and 1
+    differences = [(y[k] - x[k])[inside[k]] for k in range(10)]
+    assert all(np.ptp(d) < 1e-5 and abs(d.mean()) <= 0.2 for d in differences)  # one shift per sample
+    assert len({round(float(d.mean()), 4) for d in differences}) > 5
+    assert y.min() >= 0 and y.max() <= 1
