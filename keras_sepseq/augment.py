@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import cv2
 import numpy as np
 
 __all__ = ["Augmentation", "batch_seed", "sample_rng"]
@@ -158,8 +159,9 @@ class Augmentation:
             self.layers: list = layers
             self.function: SampleAugment | None = None
             self.fast = _fast_layers(layers)
+            self.configs = [layer.get_config() for layer in layers] if self.fast else []
         elif callable(augment):
-            self.layers, self.function, self.fast = [], augment, False
+            self.layers, self.function, self.fast, self.configs = [], augment, False, []
         else:
             raise TypeError(
                 "`augment` must be Keras augmentation layers (a layer, a list, a keras.Sequential) or a callable "
@@ -270,8 +272,7 @@ class Augmentation:
             ValueError: If a crop is larger than a sample.
         """
         plans: list[dict] = [{"flip": (False, False), "crop": None, "photometric": []} for _ in sizes]
-        for layer in self.layers:
-            config = layer.get_config()
+        for layer, config in zip(self.layers, self.configs):
             kind = type(layer).__name__
             for plan, size in zip(plans, sizes):
                 height, width = plan["crop"][2:] if plan["crop"] else size
@@ -306,7 +307,12 @@ class Augmentation:
 
     @staticmethod
     def geometric(item: np.ndarray, plan: dict) -> np.ndarray:
-        """One sample's item after its crop window and flips: a view, no copy (the batch assembly copies it)."""
+        """One sample's item after its crop window and flips.
+
+        A crop and a vertical flip are views (the batch assembly copies them
+        once); a horizontal flip is a copy by OpenCV, because a view reversed
+        along the width would make the batch assembly copy pixel by pixel.
+        """
         if plan["crop"] is not None:
             top, left, h, w = plan["crop"]
             item = item[top : top + h, left : left + w]
@@ -314,7 +320,11 @@ class Augmentation:
         if vertical:
             item = item[::-1]
         if horizontal:
-            item = item[:, ::-1]
+            if item.dtype in (np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64) and item.ndim in (2, 3):
+                flipped = cv2.flip(np.ascontiguousarray(item), 1)
+                item = flipped if flipped.shape == item.shape else flipped.reshape(item.shape)
+            else:
+                item = np.ascontiguousarray(item[:, ::-1])
         return item
 
     @staticmethod
