@@ -167,10 +167,10 @@ class FieldSequence(BaseSequence):
             else:
                 slots.extend(names.items())
         self.fields: tuple[tuple[str, Field], ...] = _masks_sized_like_images(tuple(slots))
-        if self._input_names is not None:
-            self.inputs = dict(self.fields[: len(self._input_names)])
-        if self._target_names:
-            self.targets = dict(self.fields[len(self.fields) - len(self._target_names) :])
+        n = 1 if self._input_names is None else len(self._input_names)
+        self.inputs = self.fields[0][1] if self._input_names is None else dict(self.fields[:n])  # masks sized
+        if targets is not None:
+            self.targets = self.fields[n][1] if self._target_names is None else dict(self.fields[n:])
         counts = {name: len(field) for name, field in self.fields}
         if len(set(counts.values())) > 1:
             listed = ", ".join(f"{name}: {count}" for name, count in counts.items())

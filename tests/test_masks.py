@@ -170,7 +170,7 @@ def test_a_mask_takes_the_size_of_its_image_field(tmp_path):
         {"image": ImageField(images, image_size=(8, 12), dtype="uint8")}, {"mask": MaskField(masks)}, batch_size=3
     )
     x, y = seq[0]
-    assert y["mask"].shape == (3, 8, 12)
+    assert y["mask"].shape == (3, 8, 12) and seq.targets["mask"].image_size == (8, 12)
     with pytest.raises(
         ValueError, match=r"the mask field 'mask' has no `image_size`, and the image fields have several"
     ):
