@@ -182,14 +182,7 @@ def pair_files(
         raise ValueError("pair_files needs `image_pattern` and `label_pattern`, or at least two named patterns.")
     m = match_files(image_pattern, label_pattern, key=key)
     for name, clashes in (("image_pattern", m.duplicate_images), ("label_pattern", m.duplicate_labels)):
-        if clashes:
-            shown = "; ".join(
-                f"key {k!r}: {_show(v)}" for k, v in sorted(clashes.items(), key=lambda kv: _sort_key(kv[0]))[:_SHOWN]
-            )
-            raise ValueError(
-                f"`{name}` matched several files with the same key ({len(clashes)} duplicate keys, "
-                f"first: {shown}). Pass `key=` to tell them apart."
-            )
+        _refuse_duplicates(name, clashes)
     problems = []
     total_images, total_labels = len(m.image_paths) + len(m.orphan_images), len(m.label_paths) + len(m.orphan_labels)
     for side, orphans, total, partner in (
@@ -206,6 +199,18 @@ def pair_files(
     return m.image_paths, m.label_paths
 
 
+def _refuse_duplicates(name: str, clashes: dict) -> None:
+    """Raises, naming pattern `name` and its first keys shared by several files, if there are any."""
+    if clashes:
+        shown = "; ".join(
+            f"key {k!r}: {_show(v)}" for k, v in sorted(clashes.items(), key=lambda kv: _sort_key(kv[0]))[:_SHOWN]
+        )
+        raise ValueError(
+            f"`{name}` matched several files with the same key ({len(clashes)} duplicate keys, "
+            f"first: {shown}). Pass `key=` to tell them apart."
+        )
+
+
 def _pair_named(patterns: dict[str, str | os.PathLike], key: Key) -> dict[str, list[str]]:
     """`pair_files` with named patterns: every name's files by key, orphans and duplicates named by pattern."""
     if len(patterns) < 2:
@@ -213,14 +218,7 @@ def _pair_named(patterns: dict[str, str | os.PathLike], key: Key) -> dict[str, l
     key_fn = _key_function(key)
     indexed = {name: _index(name, pattern, key_fn) for name, pattern in patterns.items()}
     for name, (_, clashes) in indexed.items():
-        if clashes:
-            shown = "; ".join(
-                f"key {k!r}: {_show(v)}" for k, v in sorted(clashes.items(), key=lambda kv: _sort_key(kv[0]))[:_SHOWN]
-            )
-            raise ValueError(
-                f"`{name}` matched several files with the same key ({len(clashes)} duplicate keys, "
-                f"first: {shown}). Pass `key=` to tell them apart."
-            )
+        _refuse_duplicates(name, clashes)
     keys = [set(files) for files, _ in indexed.values()]
     common = set.intersection(*keys)
     problems = []
