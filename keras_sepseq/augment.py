@@ -169,6 +169,11 @@ class Augmentation:
             )
 
     @property
+    def geometric_only(self) -> bool:
+        """Whether NumPy applies every layer and none changes pixel values (flips and crops only)."""
+        return self.fast and all(type(layer).__name__ in ("RandomFlip", "RandomCrop") for layer in self.layers)
+
+    @property
     def per_sample(self) -> bool:
         """Whether this is a callable applied to one sample at a time."""
         return self.function is not None

@@ -421,7 +421,8 @@ class FieldSequence(BaseSequence):
         Returns:
             `{0: 1 / 255}` then, else `{}` (dict inputs cross as they are).
         """
-        if self._input_names is None and self.augmentation is None:  # augmented images cross in their own dtype
+        keeps_pixels = self.augmentation is None or self.augmentation.geometric_only  # flips and crops move pixels only
+        if self._input_names is None and keeps_pixels:
             scale = self.fields[0][1].deferred_scale()
             if scale is not None:
                 return {0: scale}

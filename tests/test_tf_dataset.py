@@ -148,6 +148,26 @@ def test_images_cross_into_the_graph_as_uint8_and_arrive_as_collate_makes_them(t
     seq.close()
 
 
+def test_flipped_and_cropped_images_still_cross_as_uint8(tmp_path):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(10):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(paths[-1])
+    flips_and_crops = [keras.layers.RandomFlip("horizontal"), keras.layers.RandomCrop(8, 6)]
+    seq = SeparatedSequence(
+        paths, np.arange(10), batch_size=4, shuffle=False, workers=2, seed=3, augment=flips_and_crops
+    )
+    assert seq.deferred_scaling() == {0: 1 / 255}  # pixels only move: they can cross as uint8
+    spec, batches = keras_batches(seq)
+    assert spec[0] == tf.TensorSpec((None, 8, 6, 3), tf.float32)
+    for position, batch in enumerate(batches):
+        same_bits(batch[0], seq[position][0])
+    seq.close()
+    brighter = flips_and_crops + [keras.layers.RandomBrightness(0.1, value_range=(0, 1))]
+    assert SeparatedSequence(paths, np.arange(10), augment=brighter).deferred_scaling() == {}  # values change: float
+
+
 def test_a_batch_with_a_16_bit_image_crosses_scaled_and_keeps_its_precision(tmp_path):
     import cv2
 
