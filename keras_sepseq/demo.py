@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from keras_sepseq.checks import check_int
+
 CLASS_NAMES = ("horizontal bar", "vertical bar", "filled square", "hollow square")
 _FORMAT_VERSION = 1
 
@@ -107,10 +109,7 @@ def make_demo_dataset(
 
     >>> images, labels = make_demo_dataset("/tmp/demo", samples=100)  # doctest: +SKIP
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 8:
-        raise ValueError(f"`samples` must be an integer >= 8. Received: samples={samples!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
-        raise ValueError(f"`size` must be an integer >= 16. Received: size={size!r}")
+    samples, size = check_int("samples", samples, minimum=8), check_int("size", size, minimum=16)
     width = max(5, len(str(samples - 1)))
     images = [os.path.join(directory, f"image_{i:0{width}d}.png") for i in range(samples)]
     labels = [os.path.join(directory, f"label_{i:0{width}d}.npy") for i in range(samples)]
@@ -215,10 +214,7 @@ def make_segmentation_dataset(
 
     >>> images, masks = make_segmentation_dataset("/tmp/shapes", samples=50)  # doctest: +SKIP
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"`samples` must be an integer >= 1. Received: samples={samples!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
-        raise ValueError(f"`size` must be an integer >= 16. Received: size={size!r}")
+    samples, size = check_int("samples", samples, minimum=1), check_int("size", size, minimum=16)
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
     images, masks = [], []
