@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="also write a bar chart (needs matplotlib)")
     bench.add_argument("--quick", action="store_true", help="a small, fast run: a smoke test, not a measurement")
+    bench.add_argument(
+        "--small",
+        action="store_true",
+        help="instead: small samples (8x8 PNGs, short sequences) with 1 worker, threads, processes and tf.data, "
+        "the engine's own cost per sample, and the GIL ceiling of threads on 16 and 64 cores",
+    )
     bench.set_defaults(handler=_bench)
 
     inspect = commands.add_parser(
@@ -211,6 +217,8 @@ def _bench(args: argparse.Namespace) -> int:
                 "keras-sepseq bench: error: --plot needs matplotlib: pip install 'keras-sepseq[plot]'", file=sys.stderr
             )
             return 2
+    if args.small:
+        return _bench_small(args)
     if args.dir:
         try:
             paths = bench.images_in(args.dir)[:samples]
@@ -250,6 +258,32 @@ def _bench(args: argparse.Namespace) -> int:
     if args.plot:
         bench_report.plot_report(report, args.plot)
         print(f"bar chart written to {args.plot}")
+    return 0
+
+
+def _bench_small(args: argparse.Namespace) -> int:
+    import json
+
+    from keras_sepseq import bench, bench_small
+    from keras_sepseq.demo import default_demo_dir
+
+    root = args.synthetic or os.path.join(os.path.dirname(default_demo_dir()), "bench")
+    photos = (
+        bench.images_in(args.dir) if args.dir else bench.make_bench_dataset(root, samples=48 if args.quick else 200)[0]
+    )
+    samples = args.samples or (600 if args.quick else 6000)
+    size = tuple(args.image_size or ((64, 64) if args.quick else (128, 128)))
+    print(f"small samples: {samples} of each kind in {os.path.join(root, 'small')}; photos: {len(photos)}, "
+          f"resized to {size[0]}x{size[1]}; {args.workers} workers, {os.cpu_count()} cores")  # fmt: skip
+    report = bench_small.run_small(
+        os.path.join(root, "small"), photos[:200], size, samples=samples, workers=args.workers,
+        seconds=0.3 if args.quick else 2.0,
+    )  # fmt: skip
+    print(bench_small.format_small(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"measurements written to {args.json}")
     return 0
 
 

@@ -35,6 +35,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -45,6 +46,8 @@ from multiprocessing import resource_tracker, shared_memory
 from typing import Any, NamedTuple, cast
 
 import numpy as np
+
+from keras_sepseq.tuning import LoadTuner
 
 _LIVE_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
@@ -96,8 +99,15 @@ class _InSlot(NamedTuple):
     spans: list[tuple[int, int]]
 
 
-def _load_chunk_in_process(indices: list[int], slot: tuple[str, int, int] | None = None) -> Any:
+def _load_chunk_in_process(indices: list[int], slot: tuple[str, int, int] | None = None) -> tuple[float, Any]:
+    """Loads a chunk in a process worker: `(seconds it took, items or an _InSlot)`."""
+    start = time.perf_counter()
     items = _WORKER_DATASET.try_load_items(indices)
+    return time.perf_counter() - start, _packed(items, slot)
+
+
+def _packed(items: list[Any], slot: tuple[str, int, int] | None) -> Any:
+    """`items` with their arrays' bytes left in shared memory `slot` where they fit, else `items`."""
     if slot is None:
         return items
     name, offset, size = slot
@@ -222,6 +232,7 @@ class _Job(NamedTuple):
     chunk: list[int]
     future: Future
     slot: int | None  # the SharedSlots slot the worker writes into, if any
+    level: int  # the tuner's limit when it was submitted
 
 
 class WorkerPool:
@@ -253,8 +264,13 @@ class WorkerPool:
         self._slots_tried = not self.use_processes  # shared memory is made once, sized by the first chunk
         self.hits = 0  # batches that were prefetched by the time they were asked for
         self.misses = 0
+        self.inline = 0  # batches the calling thread loaded itself, as the tuner decided
         self.through_shared_memory = 0  # chunks whose arrays came back in shared memory
         self._owner_pid = os.getpid()
+        self.tuner = LoadTuner(self.workers, threads=not self.use_processes, queue=self.max_queue_size)
+        self._largest_batch = 1
+        self._last_delivered: float | None = None
+        self._epoch: Any = None
         self._executor: ProcessPoolExecutor | ThreadPoolExecutor | None
         if self.use_processes:
             # Workers share the resource tracker running now: shared memory they open is then the same entry
@@ -268,24 +284,33 @@ class WorkerPool:
             )
         else:
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="keras_sepseq")
-            ref = weakref.ref(dataset)
+            ref, tuner = weakref.ref(dataset), self.tuner
 
             def load_chunk(chunk: list[int]) -> list[Any]:
                 owner = ref()
                 if owner is None:
                     raise RuntimeError("the dataset was garbage-collected while loading")
-                return owner.try_load_items(chunk)
+                return tuner.run(owner.try_load_items, chunk)
 
             self._load_chunk = load_chunk
+        owner_ref = weakref.ref(dataset)
+
+        def load_inline(chunk: list[int]) -> list[Any]:
+            owner = owner_ref()
+            if owner is None:
+                raise RuntimeError("the dataset was garbage-collected while loading")
+            return owner.try_load_items(chunk)
+
+        self._inline_loader = load_inline
         _LIVE_POOLS.add(self)
 
     def _start(self, chunk: list[int], slot: int | None = None) -> _Job:
         if not self.use_processes:
-            return _Job(chunk, self._running().submit(self._load_chunk, chunk), None)
+            return _Job(chunk, self._running().submit(self._load_chunk, chunk), None, self.tuner.limit)
         if slot is None and self._slots is not None:
             slot = self._slots.take()
         where = None if slot is None or self._slots is None else self._slots.where(slot)
-        return _Job(chunk, self._running().submit(_load_chunk_in_process, chunk, where), slot)
+        return _Job(chunk, self._running().submit(_load_chunk_in_process, chunk, where), slot, self.tuner.limit)
 
     def _running(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
         if self._executor is None:
@@ -293,7 +318,8 @@ class WorkerPool:
         return self._executor
 
     def _submit(self, indices: np.ndarray) -> list[_Job]:
-        chunks = np.array_split(np.asarray(indices, dtype=np.int64), min(self.workers, len(indices)))
+        self._largest_batch = max(self._largest_batch, len(indices))
+        chunks = np.array_split(np.asarray(indices, dtype=np.int64), self.tuner.chunks(len(indices)))
         return [self._start(chunk) for chunk in (c.tolist() for c in chunks) if chunk]
 
     def _drop(self, job: _Job) -> None:
@@ -307,6 +333,9 @@ class WorkerPool:
         """Waits for `job` and returns its items, out of its slot if the worker used one."""
         try:
             result = self._result(job.future)
+            if self.use_processes:
+                seconds, result = result
+                self.tuner.record(len(job.chunk), seconds)
             if isinstance(result, _InSlot):
                 self.through_shared_memory += 1
                 return cast(SharedSlots, self._slots).read(result)  # a result in a slot implies the slots exist
@@ -314,15 +343,19 @@ class WorkerPool:
             if job.slot is not None and self._slots is not None:
                 self._slots.give(job.slot)
         if not self._slots_tried:
-            self._make_slots(_nbytes(result))
+            self._make_slots(_nbytes(result) * self._largest_batch // max(1, len(job.chunk)))
         return result
 
-    def _make_slots(self, chunk_bytes: int) -> None:
-        """Creates the shared memory for process results, slots twice the size of the first chunk's arrays."""
+    def _make_slots(self, batch_bytes: int) -> None:
+        """Creates the shared memory for process results, slots twice the size of a batch like the first.
+
+        A slot holds a whole batch, since the tuner sends cheap samples to
+        workers in whole batches.
+        """
         self._slots_tried = True
-        if chunk_bytes == 0:
+        if batch_bytes == 0:
             return
-        slot_bytes = max(1 << 16, _aligned(2 * chunk_bytes))
+        slot_bytes = max(1 << 16, _aligned(2 * batch_bytes))
         try:
             stats = os.statvfs("/dev/shm")
             budget = min(SHARED_MEMORY_LIMIT, stats.f_bavail * stats.f_frsize // 4)
@@ -359,6 +392,9 @@ class WorkerPool:
             raise RuntimeError("a WorkerPool cannot be used from a forked child process")
 
     def _drop_other_epochs(self, epoch: Any) -> None:
+        if epoch != self._epoch:
+            self._epoch, self._last_delivered = epoch, None  # the time between epochs is not loading
+            self.tuner.new_epoch()
         for stale in [k for k in self._pending if k[0] != epoch]:
             for job in self._pending.pop(stale):
                 self._drop(job)
@@ -387,7 +423,8 @@ class WorkerPool:
         with self._lock:
             self._check_usable()
             self._drop_other_epochs(upcoming[0][0][0])
-            self._enqueue(upcoming)
+            if not self.tuner.inline:
+                self._enqueue(upcoming)
 
     def load(self, key: tuple, indices: np.ndarray, upcoming: list[tuple[tuple, np.ndarray]]) -> list[Any]:
         """Returns the items of one batch, loading them or collecting what was prefetched.
@@ -418,7 +455,10 @@ class WorkerPool:
             self._check_usable()
             jobs = self._pending.pop(key, None)
             self._drop_other_epochs(key[0])
-            if jobs is None:
+            if jobs is None and self.tuner.inline:
+                self.inline += 1
+                jobs = None
+            elif jobs is None:
                 self.misses += 1
                 waiting = self._take_back()
                 jobs = self._submit(indices)
@@ -426,18 +466,37 @@ class WorkerPool:
                     batch[j] = self._start(job.chunk, job.slot)
             else:
                 self.hits += 1
-            self._enqueue(upcoming)
+            if not self.tuner.inline:
+                self._enqueue(upcoming)
+        if jobs is None:
+            return self._delivered(self._load_inline(indices), 0)
         items: list[Any] = []
         try:
             for k, job in enumerate(jobs):  # noqa: B007 (k: where a failure stopped, below)
                 items.extend(self._collect(job))
-            return items
+            return self._delivered(items, jobs[0].level)
         except BrokenProcessPool as e:
             raise self._died() from e
         except BaseException:
             for job in jobs[k + 1 :]:
                 self._drop(job)
             raise
+
+    def _delivered(self, items: list[Any], level: int) -> list[Any]:
+        """Tells the tuner how long the caller waited since the batch before; returns `items`."""
+        now, last = time.perf_counter(), self._last_delivered
+        self._last_delivered = now
+        if last is not None:
+            self.tuner.delivered(len(items), now - last, level)
+        return items
+
+    def _load_inline(self, indices: np.ndarray) -> list[Any]:
+        """Loads a batch in the calling thread (the tuner found that faster than thread workers), timed."""
+        chunk = np.asarray(indices, dtype=np.int64).tolist()
+        start = time.perf_counter()
+        items = self._inline_loader(chunk)
+        self.tuner.record(len(chunk), time.perf_counter() - start)
+        return items
 
     def _result(self, future: Future) -> list[Any]:
         """Waits for `future`, checking every second that no worker process died meanwhile.

@@ -217,7 +217,10 @@ class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.util
                 loaded = self.try_load_items([int(i) for i in wanted])
             else:
                 pool = self._worker_pool()
-                loaded = pool.load((self.epoch, position), wanted, self._to_load(self._upcoming_positions(position)))
+                upcoming = self._upcoming_positions(position)
+                if pool.tuner.inline:  # this thread loads every batch itself: nothing to prefetch
+                    upcoming = []
+                loaded = pool.load((self.epoch, position), wanted, self._to_load(upcoming))
             for k, item in zip(missing, loaded):
                 items[k] = item
                 if cache is not None and not isinstance(item, SampleError):

@@ -91,6 +91,25 @@ def test_module_runs_as_a_program():
     assert done.returncode == 0 and "demo" in done.stdout
 
 
+def test_bench_small_quick_smoke_run(tmp_path, capsys):
+    report_path = tmp_path / "small.json"
+    code = main(["bench", "--small", "--quick", "--synthetic", str(tmp_path / "data"), "--json", str(report_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads(report_path.read_text())
+    assert report["samples"] == 600 and report["workers"] == 2
+    assert set(report["loaders"]["small PNGs"]) == {"workers=1", "2 threads", "2 processes", "tf.data"}
+    assert set(report["loaders"]["short sequences"]) == {"workers=1", "2 threads", "2 processes"}
+    for rates in report["loaders"].values():
+        assert all(len(epochs) == 3 and min(epochs) > 0 for epochs in rates.values())
+    for cost in report["engine"].values():
+        assert 0 < cost["caller_us"] <= cost["total_us"] + 1e-9
+    assert report["gil"]["photos"]["decode_rate"] > 0
+    assert 0 <= report["gil"]["small PNGs"]["gil_s"] <= report["gil"]["small PNGs"]["alone_s"] + 1e-12
+    assert "engine's own cost" in out and "on 16 cores" in out and "x tf.data" in out
+    assert len(list((tmp_path / "data" / "small").glob("img_*.png"))) == 600
+
+
 def test_bench_quick_smoke_run(tmp_path, capsys):
     report_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(

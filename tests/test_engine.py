@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import decode_index
 
-from keras_sepseq import SampleError, SeparatedSequence
+from keras_sepseq import SampleError, SeparatedSequence, tuning
 from keras_sepseq.engine import BatchBuffers, WorkerDiedError, WorkerPool
 
 MODES = [
@@ -66,12 +66,16 @@ def test_workers_persist_across_epochs(dataset, processes):
 
 
 @pytest.mark.parametrize("batch_size, workers, chunks", [(8, 2, [4, 4]), (5, 3, [2, 2, 1]), (2, 4, [1, 1])])
-def test_each_batch_is_split_across_the_workers(dataset, batch_size, workers, chunks):
+def test_each_batch_of_costly_samples_is_split_across_the_workers(dataset, batch_size, workers, chunks):
     seq = SeparatedSequence(*dataset, batch_size=batch_size, workers=workers)
     seq[0]
+    seq._pool.tuner.sample_seconds = 0.01  # as measured for large photos
     jobs = seq._pool._submit(seq.batch_indices(0))
     assert [len(job.chunk) for job in jobs] == chunks
     assert [len(job.future.result()) for job in jobs] == chunks
+    seq._pool.tuner.sample_seconds = 1e-6  # cheap samples: one worker takes the whole batch
+    jobs = seq._pool._submit(seq.batch_indices(0))
+    assert [len(job.chunk) for job in jobs] == [len(seq.batch_indices(0))]
     seq.close()
 
 
@@ -147,7 +151,9 @@ def test_a_killed_worker_process_fails_fast(dataset):
     seq.close()
 
 
-def test_process_workers_return_arrays_through_shared_memory(dataset):
+def test_process_workers_return_arrays_through_shared_memory(dataset, monkeypatch):
+    monkeypatch.setattr(tuning, "CHUNK_SECONDS", 0.0)  # every batch in one chunk per worker, as for large images
+    monkeypatch.setattr(tuning.LoadTuner, "delivered", lambda *args: None)  # and never loaded by the caller
     before = shared_blocks()
     seq = SeparatedSequence(*dataset, batch_size=4, workers=2, use_multiprocessing=True, shuffle=False, dtype="uint8")
     reference = SeparatedSequence(*dataset, batch_size=4, shuffle=False, dtype="uint8")
@@ -157,8 +163,8 @@ def test_process_workers_return_arrays_through_shared_memory(dataset):
             x, y = seq[p]
             kept.append((x, y, reference[p]))
     pool = seq._pool
-    assert pool._slots is not None and pool._slots.slot_bytes >= 2 * 2 * 6 * 5 * 3  # twice a chunk of two images
-    # The slots are sized by the first chunk; chunks a worker had already started by then use the pipe, none after.
+    assert pool._slots is not None and pool._slots.slot_bytes >= 2 * 4 * 6 * 5 * 3  # twice a batch of four images
+    # The slots are sized from the first chunk; chunks a worker had already started by then use the pipe, none after.
     assert pool.through_shared_memory >= 2 * 2 * len(seq)
     for x, y, (x_ref, y_ref) in kept:  # slots were reused many times: nothing kept was overwritten
         np.testing.assert_array_equal(x, x_ref)

@@ -1,0 +1,372 @@
+"""`keras-sepseq bench --small`: small samples, the engine's own cost, and what threads could reach on more cores.
+
+Three measurements, all in one run so that their ratios compare:
+
+1. Loaders alone (no model), iterating `seq[i]` for three epochs, the last
+   one reported: 8x8 PNGs with scalar `.npy` labels (`SeparatedSequence`)
+   and short `.npy` sequences (`PaddedSequence`), with `workers=1`, two
+   threads and two processes, and `tf.data` (`read_file` + `decode_png`,
+   `AUTOTUNE`, labels in memory) on the same PNGs.
+2. The engine's own cost: a dataset whose loader returns a prepared array,
+   so that nothing is read or decoded; CPU time per sample in the calling
+   process and in all processes together.
+3. The time per sample that threads cannot overlap (held under the GIL,
+   or spent handing it over), from the speed-up of two threads over one
+   (Karp-Flatt). `1 / that time` is the most samples per second any number
+   of threads can load; it is compared with 16 and 64 cores' worth of
+   single-core decoding of the photos workload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from keras_sepseq.memory import _children
+
+_FORMAT = 1
+
+
+def make_small_dataset(directory: str, *, samples: int = 6000, seed: int = 0) -> dict[str, list[str]]:
+    """Writes (once) `samples` 8x8 RGB PNGs, scalar `.npy` labels, and `.npy` sequences of 20-200 x 13.
+
+    Args:
+        directory: The folder; a `small.json` written last marks it complete.
+        samples: Samples of each kind. Defaults to 6000.
+        seed: Random seed. Defaults to 0.
+
+    Returns:
+        `{"images": [...], "labels": [...], "sequences": [...]}` paths.
+
+    Example:
+
+    >>> files = make_small_dataset("/tmp/small", samples=64)  # doctest: +SKIP
+    """
+    from PIL import Image
+
+    files = {
+        "images": [os.path.join(directory, f"img_{i:06d}.png") for i in range(samples)],
+        "labels": [os.path.join(directory, f"label_{i:06d}.npy") for i in range(samples)],
+        "sequences": [os.path.join(directory, f"seq_{i:06d}.npy") for i in range(samples)],
+    }
+    marker, settings = os.path.join(directory, "small.json"), {"format": _FORMAT, "samples": samples, "seed": seed}
+    try:
+        with open(marker) as f:
+            if json.load(f) == settings:
+                return files
+    except (OSError, ValueError):
+        pass
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(samples):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(files["images"][i])
+        np.save(files["labels"][i], np.int64(i % 10))
+        steps = int(rng.integers(20, 201))
+        np.save(files["sequences"][i], rng.normal(size=(steps, 13)).astype(np.float32))
+    with open(marker, "w") as f:
+        json.dump(settings, f)
+    return files
+
+
+def epoch_rates(seq: Any, epochs: int = 3) -> list[float]:
+    """Samples/s of iterating every batch of `seq`, per epoch (the first includes starting workers).
+
+    Args:
+        seq: A keras_sepseq sequence; closed afterwards.
+        epochs: Epochs. Defaults to 3.
+
+    Returns:
+        One rate per epoch.
+    """
+    rates = []
+    try:
+        for _ in range(epochs):
+            start, seen = time.perf_counter(), 0
+            seq.on_epoch_begin()
+            for position in range(len(seq)):
+                seen += len(seq[position][1])
+            seq.on_epoch_end()
+            rates.append(seen / (time.perf_counter() - start))
+    finally:
+        seq.close()
+    return rates
+
+
+def tf_png_rates(images: list[str], labels: np.ndarray, batch_size: int, epochs: int = 3) -> list[float]:
+    """Samples/s of `tf.data` on the PNGs: `read_file` + `decode_png` + float32, `AUTOTUNE`, batched, prefetched.
+
+    Args:
+        images: PNG files.
+        labels: Labels, in memory.
+        batch_size: Samples per batch.
+        epochs: Epochs. Defaults to 3.
+
+    Returns:
+        One rate per epoch.
+    """
+    import tensorflow as tf
+
+    def load(path, label):
+        pixels = tf.io.decode_png(tf.io.read_file(path), channels=3)
+        return tf.cast(pixels, tf.float32) / 255.0, label
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    rates = []
+    for _ in range(epochs):
+        start, seen = time.perf_counter(), 0
+        for x, _y in dataset.as_numpy_iterator():
+            seen += len(x)
+        rates.append(seen / (time.perf_counter() - start))
+    return rates
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes `pids` (Linux `/proc`; 0 for those gone)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def engine_cost(workers: int, processes: bool, samples: int = 64_000, batch_size: int = 64) -> dict[str, float]:
+    """Microseconds of CPU per sample the engine costs when loading costs nothing.
+
+    The dataset's loader returns a prepared 8x8x3 float32 array; the rest
+    (order, chunks, workers, stacking, labels) is the real machinery. The
+    second of two epochs is measured.
+
+    Args:
+        workers: Workers (1: the calling thread loads).
+        processes: Process workers instead of threads.
+        samples: Samples per epoch. Defaults to 64,000.
+        batch_size: Samples per batch. Defaults to 64.
+
+    Returns:
+        `caller_us` (CPU of the calling process, all its threads),
+        `total_us` (with the worker processes), `wall_us`.
+
+    Example:
+
+    >>> engine_cost(1, False, samples=6400)["total_us"] < 50  # doctest: +SKIP
+    True
+    """
+    from keras_sepseq.field_sequence import FieldSequence
+    from keras_sepseq.fields import ArrayField, Field
+    from keras_sepseq.paths import PathArray
+    from keras_sepseq.stacking import stack_arrays
+
+    prepared = np.zeros((8, 8, 3), np.float32)
+
+    class Prepared(Field):
+        kind = "prepared array"
+
+        def read(self, path: str) -> np.ndarray:
+            return prepared
+
+        def batch(self, indices, items, *, position=None, empty=np.empty):
+            return stack_arrays(items, str, what="array", empty=empty)
+
+    seq = FieldSequence(
+        {"x": Prepared(paths=PathArray([f"prepared/{i}" for i in range(samples)]))},
+        {"y": ArrayField(np.zeros(samples, np.int64))},
+        batch_size,
+        seed=0,
+        workers=workers,
+        use_multiprocessing=processes,
+    )
+    try:
+        for epoch in range(2):
+            if epoch == 1:
+                pids = _children(os.getpid())
+                wall, caller, others = time.perf_counter(), time.process_time(), _cpu_seconds(pids)
+            seq.on_epoch_begin()
+            for position in range(len(seq)):
+                seq[position]
+            seq.on_epoch_end()
+        wall, caller = time.perf_counter() - wall, time.process_time() - caller
+        others = _cpu_seconds(pids) - others
+    finally:
+        seq.close()
+    return {
+        "caller_us": caller / samples * 1e6,
+        "total_us": (caller + others) / samples * 1e6,
+        "wall_us": wall / samples * 1e6,
+    }
+
+
+def gil_seconds_per_sample(load: Callable[[int], Any], count: int, seconds: float = 2.0) -> dict[str, float]:
+    """Seconds per sample of `load(i)` that do not run in parallel (held under the GIL), and its seconds alone.
+
+    One thread loads for `seconds`, then two threads together: from the
+    speed-up `s` of two threads over one, the serial fraction is
+    `e = 2 / s - 1` (the Karp-Flatt metric for two cores, clamped to
+    [0, 1]); `e` times the time per sample is the time that two threads
+    could not overlap: the GIL, and what handing it over costs. Needs two
+    free cores.
+
+    Args:
+        load: Loads sample `i` (e.g. a sequence's `load_item`).
+        count: Samples available (`load` cycles through `0..count-1`).
+        seconds: Measuring time of each run. Defaults to 2.
+
+    Returns:
+        `gil_s` (serial seconds per sample), `alone_s` (seconds per sample
+        in one thread) and `speedup` (two threads over one).
+
+    Example:
+
+    >>> gil_seconds_per_sample(seq.load_item, len(seq.images), 1.0)  # doctest: +SKIP
+    """
+
+    def rate(threads: int) -> float:
+        done = [0] * threads
+        deadline = time.perf_counter() + seconds
+
+        def work(k: int) -> None:
+            i = k
+            while time.perf_counter() < deadline:
+                load(i % count)
+                done[k] += 1
+                i += threads
+
+        start = time.perf_counter()
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return sum(done) / (time.perf_counter() - start)
+
+    for i in range(min(count, 1000)):  # every file in the page cache, the decoders warm
+        load(i)
+    one, two = rate(1), rate(2)
+    speedup = two / one
+    serial = min(1.0, max(0.0, 2 / speedup - 1))
+    return {"gil_s": serial / one, "alone_s": 1 / one, "speedup": speedup}
+
+
+def run_small(
+    folder: str,
+    photos: list[str],
+    image_size: tuple[int, int],
+    *,
+    samples: int = 6000,
+    workers: int = 2,
+    seconds: float = 2.0,
+) -> dict[str, Any]:
+    """Runs the three measurements of this module; returns them as a dict for `format_small`.
+
+    Args:
+        folder: Where the small files are written (once).
+        photos: Image files of the photos workload (for the GIL measurement
+            and the single-core decode rate).
+        image_size: `(height, width)` the photos are resized to.
+        samples: Small samples of each kind. Defaults to 6000.
+        workers: Threads or processes of the parallel loaders. Defaults to 2.
+        seconds: Measuring time of each GIL run. Defaults to 2.
+
+    Returns:
+        `{"loaders": {workload: {setting: [rates]}}, "engine": {setting: costs}, "gil": {...}}`.
+
+    Example:
+
+    >>> report = run_small("/tmp/small", photos, (128, 128), samples=600)  # doctest: +SKIP
+    """
+    from keras_sepseq.bench import decode_rate
+    from keras_sepseq.padded import PaddedSequence
+    from keras_sepseq.separated import SeparatedSequence
+
+    files = make_small_dataset(folder, samples=samples)
+    labels = np.arange(samples) % 10
+    settings = {
+        "workers=1": (1, False),
+        f"{workers} threads": (workers, False),
+        f"{workers} processes": (workers, True),
+    }
+    loaders: dict[str, dict[str, list[float]]] = {"small PNGs": {}, "short sequences": {}}
+    for name, (count, processes) in settings.items():
+        loaders["small PNGs"][name] = epoch_rates(
+            SeparatedSequence(files["images"], files["labels"], 64, image_size=(8, 8), seed=0, workers=count,
+                              use_multiprocessing=processes)
+        )  # fmt: skip
+        loaders["short sequences"][name] = epoch_rates(
+            PaddedSequence(files["sequences"], labels, 64, seed=0, workers=count, use_multiprocessing=processes)
+        )
+    loaders["small PNGs"]["tf.data"] = tf_png_rates(files["images"], labels, 64)
+    engine = {
+        name: engine_cost(count, processes, samples=samples * 10) for name, (count, processes) in settings.items()
+    }
+    gil = {}
+    small = SeparatedSequence(files["images"], files["labels"], 64, image_size=(8, 8))
+    gil["small PNGs"] = gil_seconds_per_sample(small.load_item, samples, seconds)
+    photo_labels = np.zeros(len(photos), np.int64)
+    photo_seq = SeparatedSequence(photos, photo_labels, 32, image_size=image_size)
+    gil["photos"] = gil_seconds_per_sample(photo_seq.load_item, len(photos), seconds)
+    gil["photos"]["decode_rate"] = decode_rate(photos, image_size, seconds)
+    return {"samples": samples, "workers": workers, "loaders": loaders, "engine": engine, "gil": gil}
+
+
+def format_small(report: dict[str, Any]) -> str:
+    """The report of `run_small` as text: rates, ratios, engine cost, GIL ceilings and what they mean.
+
+    Args:
+        report: What `run_small` returned.
+
+    Returns:
+        Lines of text.
+    """
+    workers = report["workers"]
+    lines = [f"small samples ({report['samples']} per workload, batch 64, no model; last of 3 epochs):"]
+    for workload, rates in report["loaders"].items():
+        base = rates["workers=1"][-1]
+        for name, values in rates.items():
+            ratio = f"{values[-1] / base:5.2f}x workers=1"
+            if "tf.data" in rates and name != "tf.data":
+                ratio += f", {values[-1] / rates['tf.data'][-1]:5.2f}x tf.data"
+            lines.append(f"  {workload:16s} {name:12s} {values[-1]:>10,.0f} samples/s  {ratio}")
+    lines.append("engine's own cost (the loader returns a prepared array; CPU per sample):")
+    for name, cost in report["engine"].items():
+        lines.append(
+            f"  {name:12s} calling process {cost['caller_us']:5.1f} us, all processes {cost['total_us']:5.1f} us "
+            f"(wall {cost['wall_us']:4.1f} us)"
+        )
+    lines.append(
+        "time per sample threads cannot overlap (GIL; Karp-Flatt from 1 and 2 threads), and what threads reach:"
+    )
+    for workload, g in report["gil"].items():
+        ceiling = 1 / max(g["gil_s"], 1e-9)
+        per_core = 1 / g["alone_s"]
+        reach = {n: min(n * per_core, ceiling) for n in (16, 64)}
+        lines.append(
+            f"  {workload:12s} 2 threads {g['speedup']:.2f}x one; serial (GIL) {g['gil_s'] * 1e6:6.1f} us "
+            f"of {g['alone_s'] * 1e6:6.1f} us per sample: "
+            f"threads reach at most {ceiling:,.0f}/s; on 16 cores {reach[16]:,.0f}/s, on 64 {reach[64]:,.0f}/s"
+        )
+        if "decode_rate" in g:
+            target = 16 * g["decode_rate"]
+            verdict = (
+                "threads keep up: decoding, not the engine, is the limit"
+                if ceiling >= target
+                else f"threads cannot: use use_multiprocessing=True ({workers} processes ran at the rates above)"
+            )
+            lines.append(
+                f"  {'':12s} 16 x single-core decode = {target:,.0f}/s; GIL ceiling / that = {ceiling / target:.1f}: "
+                + verdict
+            )
+    return "\n".join(lines)

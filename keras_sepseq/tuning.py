@@ -1,0 +1,224 @@
+"""How a worker pool splits its work, decided from what loading a sample costs, not from an option.
+
+Two decisions depend on the cost of a sample, which users should not have
+to know:
+
+- How many chunks a batch is split into. Handing a chunk to a worker
+  costs a few microseconds for a thread and a few hundred for a process
+  (a pipe message, a wake-up, a shared-memory hand-over). A batch of
+  expensive samples (photos, ~2 ms each) is split across all workers, so
+  that even a batch nobody prefetched loads in parallel; a batch of cheap
+  samples (an 8x8 PNG, ~25 us) goes to one worker whole, and the workers
+  load several prefetched batches side by side instead.
+- How many threads load at once. Work that holds the GIL (the Python
+  around every small read and decode) does not run faster in two threads:
+  it runs slower, since every system call hands the GIL over between
+  cores. The tuner measures how many samples per second reach the caller
+  (the time between batches handed over, so the caller's own work and
+  whatever the threads cost it are counted) with all threads loading, then with half as many, down to one
+  thread and then none (the calling thread loads, with no hand-over at
+  all), and keeps the fastest; it measures again at the start of every
+  epoch (the page cache, a directory cache or the data itself can change
+  the answer). Process workers hold no common GIL and are never limited.
+
+What comes out never depends on these decisions: only how fast.
+
+Example:
+
+>>> tuner = LoadTuner(workers=2, threads=True)
+>>> tuner.chunks(64)  # nothing measured yet: one chunk per worker
+2
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["LoadTuner"]
+
+CHUNK_SECONDS = 0.002
+"""A chunk should take at least this long in a worker; cheaper work goes to fewer, larger chunks."""
+
+PROBE_CHUNKS = 8
+"""Batches measured at least at each setting before the tuner compares them."""
+
+PROBE_SECONDS = 0.05
+"""Seconds measured at least at each setting (batches of cheap samples come in bursts)."""
+
+BETTER_BY = 1.05
+"""Fewer loading threads are kept only when they deliver at least this many times more samples per second."""
+
+RETUNE_AT = frozenset(4**k for k in range(16)) | {0}
+"""The epochs (counted from 0) at whose start the settings are compared again."""
+
+GIVE_UP_BELOW = 0.8
+"""Halving stops once a limit delivers less than this share of the best rate measured."""
+
+
+class LoadTuner:
+    """Decides how many chunks a batch loads in and how many threads load at once.
+
+    Args:
+        workers: The pool's threads or processes.
+        threads: Whether the workers are threads (which share the GIL).
+        queue: Batches prefetched ahead: that many at the start of an
+            epoch were loaded while the caller did something else, and
+            are not counted.
+
+    Example:
+
+    >>> tuner = LoadTuner(workers=4, threads=True)
+    >>> items = tuner.run(lambda chunk: [i * 2 for i in chunk], [1, 2, 3])  # in a worker thread
+    >>> items
+    [2, 4, 6]
+    """
+
+    def __init__(self, workers: int, *, threads: bool, queue: int = 0) -> None:
+        self.workers = max(1, int(workers))
+        self.threads = bool(threads)
+        self.limit = self.workers
+        """Threads allowed to load at once (always `workers` for processes); 0: the calling thread loads."""
+        self.sample_seconds: float | None = None
+        """Worker time per sample, smoothed over the chunks measured (`None` before the first)."""
+        self.capacity: dict[int, float] = {}
+        """Samples per second measured with that many threads loading, in the last comparison."""
+        self._condition = threading.Condition()
+        self._active = 0
+        self._probe: list[float] = [0.0, 0.0, 0]  # at `limit`: samples, seconds, batches delivered
+        self._tuning = self.workers > 1 or not self.threads
+        self.epochs = -1  # the epochs started so far, minus one
+        self.queue = max(0, int(queue))
+        self._skip = 0  # batches still to pass uncounted this epoch
+
+    def chunks(self, size: int) -> int:
+        """How many chunks a batch of `size` samples is split into.
+
+        Args:
+            size: Samples to load.
+
+        Returns:
+            At least 1, at most `min(size, workers)`.
+        """
+        most = max(1, min(size, self.limit))
+        if self.sample_seconds is None:
+            return most
+        per_chunk = max(1, math.ceil(CHUNK_SECONDS / max(self.sample_seconds, 1e-9)))
+        return max(1, min(most, math.ceil(size / per_chunk)))
+
+    def new_epoch(self) -> None:
+        """Starts an epoch: compares settings again at epochs 1, 4, 16, 64... (counted from 0), from all workers.
+
+        The first epoch may read from a cold disk, the second from the page
+        cache; later comparisons are rarer, since each costs a few batches
+        at slower settings.
+        """
+        with self._condition:
+            self.epochs += 1
+            self._skip = self.queue
+            if self._tuning or self.epochs not in RETUNE_AT:
+                return
+            self._tuning = self.workers > 1 or not self.threads
+            self.capacity = {}
+            self._set_limit(self.workers)
+
+    def run(self, load: Callable[[Any], list], chunk: Any) -> list:
+        """Runs `load(chunk)` in a worker thread, when the limit lets it, and measures it.
+
+        Args:
+            load: Loads a chunk and returns one item per sample.
+            chunk: The chunk (a list of sample indices).
+
+        Returns:
+            What `load` returned.
+        """
+        with self._condition:
+            while self._active >= max(1, self.limit):  # chunks queued before a switch to 0 still run
+                self._condition.wait()
+            self._active += 1
+            sharing = self._active
+        start = time.perf_counter()
+        try:
+            return load(chunk)
+        finally:
+            seconds = time.perf_counter() - start
+            with self._condition:
+                sharing = max(sharing, self._active)
+                self._active -= 1
+                self._condition.notify()
+                self.record(len(chunk), seconds, sharing)
+
+    @property
+    def inline(self) -> bool:
+        """Whether the calling thread should load batches itself (measured fastest for these samples)."""
+        return self.limit == 0
+
+    def record(self, samples: int, seconds: float, sharing: int = 1) -> None:
+        """Takes note of one chunk: `samples` loaded in `seconds` while `sharing` threads loaded.
+
+        Args:
+            samples: Samples in the chunk.
+            seconds: Worker time it took.
+            sharing: Threads that loaded at the same time, itself included.
+        """
+        if samples <= 0 or seconds <= 0:
+            return
+        per_sample = seconds / samples / sharing
+        self.sample_seconds = (
+            per_sample if self.sample_seconds is None else 0.8 * self.sample_seconds + 0.2 * per_sample
+        )
+
+    def delivered(self, samples: int, seconds: float, level: int) -> None:
+        """Takes note of one batch handed to the caller, `seconds` after the one before it.
+
+        Args:
+            samples: Samples in the batch.
+            seconds: Time since the caller got the previous batch.
+            level: The limit the batch was loaded under; batches loaded
+                under another (prefetched before a change) are not counted.
+        """
+        with self._condition:
+            if not self._tuning or level != self.limit or seconds <= 0:
+                return
+            if self._skip > 0:
+                self._skip -= 1
+                return
+            probe = self._probe
+            probe[0] += samples
+            probe[1] += seconds
+            probe[2] += 1
+            if probe[2] >= PROBE_CHUNKS and probe[1] >= PROBE_SECONDS:
+                self._compare(probe[0] / probe[1])
+
+    def _compare(self, rate: float) -> None:
+        """Called with the condition held, once `limit` was measured: halves it, or settles on the best.
+
+        Halving goes on while fewer threads are not clearly slower (two
+        threads sharing the GIL can be no faster than one, yet the calling
+        thread alone much faster); the fastest limit measured wins, a
+        smaller one only when it is `BETTER_BY` faster than a larger one.
+        """
+        self.capacity[self.limit] = rate
+        best = max(self.capacity.values())
+        if self.limit > 0 and rate >= GIVE_UP_BELOW * best:
+            # Processes share no GIL: fewer would only be slower; the calling process alone may not be.
+            self._set_limit(self.limit // 2 if self.threads else 0)  # 1 // 2 = 0: the calling thread loads
+            return
+        chosen = self.workers
+        for limit in sorted(self.capacity, reverse=True):
+            if self.capacity[limit] >= self.capacity[chosen] * BETTER_BY:
+                chosen = limit
+        self._set_limit(chosen)
+        self._tuning = False
+
+    def _set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._probe = [0.0, 0.0, 0]
+        self._condition.notify_all()
+
+    def __repr__(self) -> str:
+        per_sample = "?" if self.sample_seconds is None else f"{self.sample_seconds * 1e6:.0f} us"
+        return f"LoadTuner(workers={self.workers}, threads={self.threads}, limit={self.limit}, sample={per_sample})"

@@ -1,0 +1,168 @@
+"""The load tuner: chunk sizes from the measured cost of a sample, and how many threads load at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from keras_sepseq import SeparatedSequence, tuning
+from keras_sepseq.tuning import CHUNK_SECONDS, PROBE_CHUNKS, PROBE_SECONDS, LoadTuner
+
+
+@pytest.mark.parametrize(
+    "sample_seconds, size, workers, chunks",
+    [
+        pytest.param(None, 64, 2, 2, id="nothing-measured-one-chunk-per-worker"),
+        pytest.param(None, 3, 8, 3, id="never-more-chunks-than-samples"),
+        pytest.param(25e-6, 64, 2, 1, id="cheap-samples-whole-batch"),
+        pytest.param(CHUNK_SECONDS / 20, 64, 8, 4, id="chunks-of-at-least-CHUNK_SECONDS"),
+        pytest.param(3e-3, 32, 2, 2, id="photos-split-across-workers"),
+        pytest.param(3e-3, 32, 16, 16, id="photos-split-across-16"),
+    ],
+)
+def test_chunks_follow_the_measured_sample_cost(sample_seconds, size, workers, chunks):
+    tuner = LoadTuner(workers, threads=False)
+    tuner.sample_seconds = sample_seconds
+    assert tuner.chunks(size) == chunks
+
+
+def test_record_smooths_worker_time_per_sample_and_divides_by_sharing():
+    tuner = LoadTuner(2, threads=True)
+    tuner.record(10, 0.010)  # 1 ms per sample
+    assert tuner.sample_seconds == pytest.approx(1e-3)
+    tuner.record(10, 0.020, sharing=2)  # two threads at once: 1 ms of its own per sample
+    assert tuner.sample_seconds == pytest.approx(1e-3)
+    tuner.record(0, 1.0)  # nothing to learn from
+    assert tuner.sample_seconds == pytest.approx(1e-3)
+
+
+def deliver(tuner: LoadTuner, rates: dict[int, float]) -> list[int]:
+    """Feeds the tuner batches at the samples/s `rates` gives for each limit, until it settles; the limits seen."""
+    seen = []
+    for _ in range(200):
+        if not tuner._tuning:
+            break
+        seen.append(tuner.limit)
+        samples = 64
+        tuner.delivered(samples, samples / rates[tuner.limit], tuner.limit)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "rates, chosen, tried",
+    [
+        pytest.param({2: 27_000, 1: 30_000, 0: 39_000}, 0, [2, 1, 0], id="gil-bound-caller-alone-fastest"),
+        pytest.param({2: 50_000, 1: 26_000, 0: 25_000}, 2, [2, 1], id="decode-bound-stops-halving"),
+        pytest.param({2: 30_000, 1: 30_500, 0: 30_200}, 2, [2, 1, 0], id="ties-keep-all-threads"),
+        pytest.param({4: 10_000, 2: 20_000, 1: 15_000, 0: 11_000}, 2, [4, 2, 1], id="best-in-the-middle"),
+    ],
+)
+def test_threads_settle_on_the_fastest_limit(rates, chosen, tried):
+    tuner = LoadTuner(max(rates), threads=True)
+    seen = deliver(tuner, rates)
+    assert tuner.limit == chosen
+    assert sorted(set(seen), reverse=True) == tried
+    assert tuner.capacity == pytest.approx({k: rates[k] for k in tried})
+
+
+@pytest.mark.parametrize(
+    "rates, chosen", [({2: 50_000, 0: 38_000}, 2), ({2: 30_000, 0: 38_000}, 0)], ids=["processes-win", "caller-wins"]
+)
+def test_processes_are_compared_with_the_caller_alone(rates, chosen):
+    tuner = LoadTuner(2, threads=False)
+    seen = deliver(tuner, rates)
+    assert sorted(set(seen), reverse=True) == [2, 0]  # never one process: processes share no GIL
+    assert tuner.limit == chosen
+
+
+def test_batches_of_another_limit_and_the_prefetched_start_of_an_epoch_are_not_counted():
+    tuner = LoadTuner(2, threads=True, queue=3)
+    tuner.new_epoch()
+    for _ in range(3):  # prefetched while the caller was busy elsewhere: uncounted
+        tuner.delivered(64, 1e-6, 2)
+    for _ in range(PROBE_CHUNKS):
+        tuner.delivered(64, 1.0, 1)  # loaded under another limit
+    assert tuner._probe[2] == 0 and tuner.limit == 2
+    for _ in range(PROBE_CHUNKS):
+        tuner.delivered(64, max(PROBE_SECONDS, 1e-3), 2)
+    assert tuner.limit == 1 and tuner.capacity[2] == pytest.approx(64 / max(PROBE_SECONDS, 1e-3))
+
+
+def test_settings_are_compared_again_at_epochs_1_4_16():
+    tuner = LoadTuner(2, threads=True)
+    compared = []
+    for epoch in range(20):
+        tuner.new_epoch()
+        if tuner._tuning:
+            compared.append(epoch)
+        tuner._tuning = False  # as if the comparison ended within the epoch
+    assert compared == [0, 1, 4, 16]
+
+
+def test_the_gate_lets_limit_threads_load_at_once():
+    tuner = LoadTuner(3, threads=True)
+    tuner._tuning = False
+    tuner.limit = 1
+    active, most = [0], [0]
+    lock = threading.Lock()
+
+    def load(chunk):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.01)
+        with lock:
+            active[0] -= 1
+        return chunk
+
+    threads = [threading.Thread(target=tuner.run, args=(load, [k])) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert most[0] == 1
+    tuner.limit = 0  # the caller loads; chunks already given to threads still run, one at a time
+    assert tuner.run(load, [7]) == [7]
+
+
+@pytest.fixture
+def small_pngs(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(256):
+        path = tmp_path / f"{i:04d}.png"
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
+        images.append(str(path))
+        labels.append(i)
+    return images, np.array(labels)
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_whatever_the_tuner_decides_every_sample_comes_once_in_order(small_pngs, processes, monkeypatch):
+    monkeypatch.setattr(tuning, "PROBE_CHUNKS", 2)  # compare within the few batches of a tiny dataset
+    monkeypatch.setattr(tuning, "PROBE_SECONDS", 0.0)
+    images, labels = small_pngs
+    reference = SeparatedSequence(images, labels, 16, image_size=(8, 8), seed=3)
+    seq = SeparatedSequence(images, labels, 16, image_size=(8, 8), seed=3, workers=2, use_multiprocessing=processes)
+    try:
+        limits = set()
+        for _ in range(6):
+            reference.on_epoch_begin()
+            seq.on_epoch_begin()
+            for p in range(len(seq)):
+                x, y = seq[p]
+                ex, ey = reference[p]
+                np.testing.assert_array_equal(x, ex)
+                np.testing.assert_array_equal(y, ey)
+                limits.add(seq._pool.tuner.limit)
+            seq.on_epoch_end()
+            reference.on_epoch_end()
+        assert len(limits) >= 2  # it did compare settings
+        assert seq._pool.hits + seq._pool.misses + seq._pool.inline == 6 * len(seq)
+    finally:
+        seq.close()
