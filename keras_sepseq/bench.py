@@ -266,6 +266,7 @@ def loader_rates(
 
     >>> loader_rates(paths, (128, 128), 32, 2)  # doctest: +SKIP
     """
+    from keras_sepseq.bench_small import epoch_rates
     from keras_sepseq.separated import SeparatedSequence
 
     labels = np.zeros(len(paths), np.int64)
@@ -277,15 +278,7 @@ def loader_rates(
         seq = SeparatedSequence(
             paths, labels, batch_size, image_size=size, seed=0, workers=workers, use_multiprocessing=processes
         )
-        rates[name] = []
-        for _ in range(epochs):
-            start = time.perf_counter()
-            seq.on_epoch_begin()
-            for position in range(len(seq)):
-                seq[position]
-            seq.on_epoch_end()
-            rates[name].append(len(paths) / (time.perf_counter() - start))
-        seq.close()
+        rates[name] = epoch_rates(seq, epochs)
     if "_GrainDecode" not in globals():
         return rates
     from absl import flags

@@ -8,9 +8,12 @@ own pool:
 
 - the pool is created on first use and kept across epochs (processes are
   started once, not once per epoch);
-- each batch is split into one chunk of samples per worker, so a batch
-  loads in parallel whatever order Keras asks for batches in (`fit`
-  shuffles the batch order by default);
+- each batch of costly samples is split into one chunk per worker, so a
+  batch loads in parallel whatever order Keras asks for batches in (`fit`
+  shuffles the batch order by default); cheap samples go to a worker in
+  whole batches, and a thread pool whose threads only slow each other
+  down lets the calling thread load (`keras_sepseq.tuning` measures and
+  decides);
 - the batches likely to be asked for next (the following ones, or those
   Keras's generator will ask for) are prefetched, `max_queue_size` at most;
 - workers only load samples (`load_item`); the main process assembles
@@ -28,7 +31,6 @@ caller at once; nothing waits forever.
 from __future__ import annotations
 
 import atexit
-import math
 import multiprocessing
 import os
 import pickle
@@ -284,24 +286,16 @@ class WorkerPool:
             )
         else:
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="keras_sepseq")
-            ref, tuner = weakref.ref(dataset), self.tuner
+        ref, tuner = weakref.ref(dataset), self.tuner
 
-            def load_chunk(chunk: list[int]) -> list[Any]:
-                owner = ref()
-                if owner is None:
-                    raise RuntimeError("the dataset was garbage-collected while loading")
-                return tuner.run(owner.try_load_items, chunk)
-
-            self._load_chunk = load_chunk
-        owner_ref = weakref.ref(dataset)
-
-        def load_inline(chunk: list[int]) -> list[Any]:
-            owner = owner_ref()
+        def load_items(chunk: list[int]) -> list[Any]:  # in the calling thread or a thread worker
+            owner = ref()
             if owner is None:
                 raise RuntimeError("the dataset was garbage-collected while loading")
             return owner.try_load_items(chunk)
 
-        self._inline_loader = load_inline
+        self._load_items = load_items
+        self._load_chunk = lambda chunk: tuner.run(load_items, chunk)
         _LIVE_POOLS.add(self)
 
     def _start(self, chunk: list[int], slot: int | None = None) -> _Job:
@@ -457,7 +451,6 @@ class WorkerPool:
             self._drop_other_epochs(key[0])
             if jobs is None and self.tuner.inline:
                 self.inline += 1
-                jobs = None
             elif jobs is None:
                 self.misses += 1
                 waiting = self._take_back()
@@ -494,7 +487,7 @@ class WorkerPool:
         """Loads a batch in the calling thread (the tuner found that faster than thread workers), timed."""
         chunk = np.asarray(indices, dtype=np.int64).tolist()
         start = time.perf_counter()
-        items = self._inline_loader(chunk)
+        items = self._load_items(chunk)
         self.tuner.record(len(chunk), time.perf_counter() - start)
         return items
 
@@ -567,82 +560,6 @@ class WorkerPool:
                     process.close()  # releases its sentinel descriptor now, not at garbage collection
                 except ValueError:  # still running: shutdown gave up on it
                     pass
-
-
-def _free_refcount() -> int:
-    """`sys.getrefcount` of a list element bound to one local name, with no other reference."""
-    probe = [object()]
-    item = probe[0]  # the same references as in BatchBuffers.empty: the list's and one name's
-    return sys.getrefcount(item)
-
-
-class BatchBuffers:
-    """Hands out large batch arrays again once nothing outside refers to them.
-
-    A fresh multi-megabyte array per batch costs the kernel zeroed pages and
-    the allocator a map and unmap, which shows through `model.fit` (figures
-    in docs/benchmarks.md). Reuse is safe
-    because an array is handed out again only when its reference count
-    shows that this object alone holds it: a batch kept by the caller,
-    aliased by a TensorFlow tensor or viewed by any array is never
-    overwritten. Arrays under `min_bytes` are not worth it and are plain
-    `np.empty`.
-
-    Args:
-        limit: The most arrays kept. Defaults to 4.
-        min_bytes: Smaller arrays are not recycled. Defaults to 1 MiB.
-
-    Example:
-
-    >>> buffers = BatchBuffers()
-    >>> a = buffers.empty((32, 128, 128, 3), np.float32); del a
-    >>> b = buffers.empty((32, 128, 128, 3), np.float32)  # the same memory again
-    """
-
-    _FREE = _free_refcount()
-
-    def __init__(self, limit: int = 4, min_bytes: int = 1 << 20) -> None:
-        self.limit = limit
-        self.min_bytes = min_bytes
-        self._arrays: list[np.ndarray] = []
-        self._lock = threading.Lock()
-        self.reused = 0
-
-    def empty(self, shape: tuple, dtype: Any) -> np.ndarray:
-        """An uninitialized array of `shape` and `dtype`, recycled where possible.
-
-        Args:
-            shape: The array shape.
-            dtype: The array dtype.
-
-        Returns:
-            An array whose contents are undefined, as from `np.empty`.
-        """
-        dtype = np.dtype(dtype)
-        shape = tuple(int(d) for d in shape)
-        if math.prod(shape) * dtype.itemsize < self.min_bytes:
-            return np.empty(shape, dtype)
-        with self._lock:
-            spare = None  # where a free array of another shape (a last, shorter batch, say) can make room
-            for k in range(len(self._arrays)):
-                array = self._arrays[k]  # held by the list and this name only, when nobody else has it
-                if sys.getrefcount(array) <= self._FREE:
-                    if array.shape == shape and array.dtype == dtype:
-                        self.reused += 1
-                        return array
-                    spare = k
-            array = np.empty(shape, dtype)
-            if len(self._arrays) < self.limit:
-                self._arrays.append(array)
-            elif spare is not None:
-                self._arrays[spare] = array
-            return array
-
-    def __getstate__(self) -> dict:
-        return {"limit": self.limit, "min_bytes": self.min_bytes}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)  # type: ignore[misc]
 
 
 @atexit.register

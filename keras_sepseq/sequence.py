@@ -20,9 +20,10 @@ import keras
 import numpy as np
 
 from keras_sepseq.augment import Augmentation
+from keras_sepseq.buffers import BatchBuffers
 from keras_sepseq.cache import DirectoryCache, MemoryCache, fingerprint, parse_bytes
 from keras_sepseq.checks import check_int
-from keras_sepseq.engine import BatchBuffers, WorkerPool
+from keras_sepseq.engine import WorkerPool
 from keras_sepseq.error_policy import BadSample, ErrorPolicy
 from keras_sepseq.errors import SampleError
 from keras_sepseq.keras_integration import keras_adapter_shards, keras_frame, keras_next_order, keras_request_order

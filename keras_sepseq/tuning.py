@@ -19,7 +19,8 @@ to know:
   thread and then none (the calling thread loads, with no hand-over at
   all), and keeps the fastest; it measures again at the start of every
   epoch (the page cache, a directory cache or the data itself can change
-  the answer). Process workers hold no common GIL and are never limited.
+  the answer). Process workers share no GIL: a process pool is only
+  compared with the calling process loading alone.
 
 What comes out never depends on these decisions: only how fast.
 
@@ -81,7 +82,7 @@ class LoadTuner:
         self.workers = max(1, int(workers))
         self.threads = bool(threads)
         self.limit = self.workers
-        """Threads allowed to load at once (always `workers` for processes); 0: the calling thread loads."""
+        """Threads allowed to load at once (`workers` or 0 for processes); 0: the calling thread loads."""
         self.sample_seconds: float | None = None
         """Worker time per sample, smoothed over the chunks measured (`None` before the first)."""
         self.capacity: dict[int, float] = {}

@@ -10,7 +10,8 @@ import pytest
 from conftest import decode_index
 
 from keras_sepseq import SampleError, SeparatedSequence, tuning
-from keras_sepseq.engine import BatchBuffers, WorkerDiedError, WorkerPool
+from keras_sepseq.buffers import BatchBuffers
+from keras_sepseq.engine import WorkerDiedError, WorkerPool
 
 MODES = [
     pytest.param(False, id="threads"),
