@@ -352,6 +352,69 @@ def measure_construction(num_paths: int = 1_000_000) -> dict[str, dict[str, floa
     return results
 
 
+def tiny_model(size: tuple[int, int], batch_size: int) -> Any:
+    """The bench's model: small enough that the input pipeline, not the model, sets the pace; compiled, warmed up.
+
+    Args:
+        size: `(height, width)` of its RGB input.
+        batch_size: The batch size it is warmed up with.
+
+    Returns:
+        A compiled `keras.Sequential` with `NUM_CLASSES` logits.
+
+    Example:
+
+    >>> model = tiny_model((128, 128), 32)  # doctest: +SKIP
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input(size + (3,)),
+            keras.layers.Conv2D(8, 3, strides=4, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    warm_x = np.zeros((batch_size * 2,) + size + (3,), np.float32)
+    model.fit(warm_x, np.zeros(batch_size * 2, np.int64), batch_size=batch_size, epochs=1, verbose=0)
+    return model
+
+
+def epoch_timer(samples: int) -> Any:
+    """A Keras callback whose `rates` lists samples per second of each epoch (`samples` served per epoch).
+
+    Epoch times only: a batch-level hook would make Keras synchronize and
+    convert logs every step.
+
+    Args:
+        samples: Samples in one epoch.
+
+    Returns:
+        A `keras.callbacks.Callback` with a `rates` list.
+
+    Example:
+
+    >>> timer = epoch_timer(2000)  # doctest: +SKIP
+    """
+    import keras
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rates: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.rates.append(samples / (time.perf_counter() - self.start))
+
+    return Timer()
+
+
 def run_bench(
     paths: list[str],
     labels: np.ndarray,
@@ -400,8 +463,6 @@ def run_bench(
 
     >>> report = run_bench(paths, labels, epochs=2)  # doctest: +SKIP
     """
-    import keras
-
     from keras_sepseq.separated import SeparatedSequence
 
     if epochs < 2:
@@ -415,31 +476,7 @@ def run_bench(
         with open(path, "rb") as f:
             f.read()
 
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input(size + (3,)),
-            keras.layers.Conv2D(8, 3, strides=4, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(NUM_CLASSES),
-        ]
-    )
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    warm_x = np.zeros((batch_size * 2,) + size + (3,), np.float32)
-    model.fit(warm_x, np.zeros(batch_size * 2, np.int64), batch_size=batch_size, epochs=1, verbose=0)
-
-    class Timer(keras.callbacks.Callback):
-        """Epoch times only: a batch-level hook would make Keras synchronize and convert logs every step."""
-
-        def __init__(self):
-            super().__init__()
-            self.rates = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.rates.append(len(paths) / (time.perf_counter() - self.start))  # every candidate serves each image once
+    model = tiny_model(size, batch_size)
 
     steps = -(-len(paths) // batch_size)
     margin = max(2, size[0] // 8)  # augmented candidates resize this much larger, then crop back to `size`
@@ -489,7 +526,7 @@ def run_bench(
         for name, _note, make, fit_kwargs in candidates:
             if only and not any(o.lower() in name.lower() for o in only):
                 continue
-            timer = Timer()
+            timer = epoch_timer(len(paths))
             with PeakMemory() as memory:
                 if make is None:
                     x = np.stack([bench_candidates.pil_load(p, size) for p in paths])

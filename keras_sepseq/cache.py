@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_sepseq.storage import is_url
+
 DEFAULT_BUDGET = 2 * 1024**3
 _UNITS = {
     "": 1,
@@ -204,7 +206,9 @@ class DirectoryCache:
     Samples must have one shape (set `image_size`). The folder
     `directory/<fingerprint>` holds one `.npy` per item slot, plus
     `state.npy` recording, per sample, whether it is filled and the size and
-    modification time of its source file when it was.
+    modification time of its source file when it was. Sources in object
+    storage (URLs) are not checked again, so that later epochs make no
+    request: clear the folder when objects change in place.
 
     Args:
         directory: The cache's root folder (created if missing).
@@ -243,7 +247,10 @@ class DirectoryCache:
         ]
 
     def _stat(self, index: int) -> tuple[int, int]:
-        st = os.stat(self.sources[index])
+        source = self.sources[index]
+        if is_url(source):  # an object in storage is not asked about again: later epochs make no request
+            return -1, -1
+        st = os.stat(source)
         return st.st_size, st.st_mtime_ns
 
     def filled_mask(self, indices: np.ndarray) -> np.ndarray:

@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: small samples (8x8 PNGs, short sequences) with 1 worker, threads, processes and tf.data, "
         "the engine's own cost per sample, and the GIL ceiling of threads on 16 and 64 cores",
     )
+    bench.add_argument(
+        "--remote",
+        action="store_true",
+        help="instead: the photos in an S3 bucket on a loopback server with added latency, against local disk, "
+        "through model.fit (first epoch, and later epochs with a directory cache), and the requests a listing takes",
+    )
+    bench.add_argument(
+        "--latency", type=float, default=0.05, help="with --remote: seconds added per request (default: %(default)s)"
+    )
     bench.set_defaults(handler=_bench)
 
     inspect = commands.add_parser(
@@ -219,6 +228,8 @@ def _bench(args: argparse.Namespace) -> int:
             return 2
     if args.small:
         return _bench_small(args)
+    if args.remote:
+        return _bench_remote(args, samples, size, epochs)
     if args.dir:
         try:
             paths = bench.images_in(args.dir)[:samples]
@@ -280,6 +291,40 @@ def _bench_small(args: argparse.Namespace) -> int:
         seconds=0.3 if args.quick else 2.0,
     )  # fmt: skip
     print(bench_small.format_small(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"measurements written to {args.json}")
+    return 0
+
+
+def _bench_remote(args: argparse.Namespace, samples: int, size: tuple, epochs: int) -> int:
+    import json
+
+    import numpy as np
+
+    from keras_sepseq import bench, bench_remote
+    from keras_sepseq.demo import default_demo_dir
+
+    try:
+        import moto  # noqa: F401
+        import s3fs  # noqa: F401
+    except ImportError as e:
+        print(f"keras-sepseq bench: error: --remote needs s3fs and moto ({e}): pip install 'keras-sepseq[s3,test]'",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.dir:
+        paths = bench.images_in(args.dir)[:samples]
+    else:
+        folder = args.synthetic or os.path.join(os.path.dirname(default_demo_dir()), "bench")
+        paths = bench.make_bench_dataset(folder, samples=samples)[0]
+    labels = np.random.default_rng(0).integers(0, bench.NUM_CLASSES, size=len(paths))
+    print(f"object storage: {len(paths)} photos resized to {size[0]}x{size[1]}, batch {args.batch_size}, "
+          f"{args.workers} workers, {os.cpu_count()} cores")  # fmt: skip
+    report = bench_remote.run_remote(
+        paths, labels, image_size=size, batch_size=args.batch_size, epochs=max(epochs, 3) if not args.quick else 2,
+        workers=args.workers, latency=args.latency, list_keys=5_000 if args.quick else 100_000,
+    )  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -41,14 +40,24 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import resource_tracker
 from typing import Any, NamedTuple, cast
 
 import numpy as np
 
+from keras_sepseq.fetching import when_all
+from keras_sepseq.shared_slots import (
+    SHARED_MEMORY_LIMIT,
+    InSlot,
+    SharedSlots,
+    aligned,
+    item_bytes,
+    pack_items,
+)
+from keras_sepseq.storage import supplied
 from keras_sepseq.tuning import LoadTuner
 
 _LIVE_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
@@ -77,157 +86,18 @@ def _init_process_worker(dataset: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-_ATTACHED: dict[str, shared_memory.SharedMemory] = {}  # in a worker: the pool's shared memory, by name
+def _load_chunk_in_process(
+    indices: list[int], slot: tuple[str, int, int] | None = None, contents: dict[str, Any] | None = None
+) -> tuple[float, Any]:
+    """Loads a chunk in a process worker: `(seconds it took, items or an InSlot)`.
 
-
-def attach_shared_memory(name: str) -> shared_memory.SharedMemory:
-    """Opens, in a worker, the shared memory block `name` that the pool's process created and will unlink.
-
-    Before Python 3.13 opening registers the block with the resource
-    tracker, which workers share with the process that started them (the
-    pool starts it first): the same entry, removed when that process
-    unlinks the block.
+    `contents` holds the bytes of the chunk's objects in storage, fetched
+    by the pool's process (which keeps the credentials).
     """
-    try:
-        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]  # Python >= 3.13
-    except TypeError:
-        return shared_memory.SharedMemory(name=name)
-
-
-class _InSlot(NamedTuple):
-    """A chunk's items, pickled with their arrays' bytes left in a shared memory slot at `spans`."""
-
-    payload: bytes
-    spans: list[tuple[int, int]]
-
-
-def _load_chunk_in_process(indices: list[int], slot: tuple[str, int, int] | None = None) -> tuple[float, Any]:
-    """Loads a chunk in a process worker: `(seconds it took, items or an _InSlot)`."""
     start = time.perf_counter()
-    items = _WORKER_DATASET.try_load_items(indices)
-    return time.perf_counter() - start, _packed(items, slot)
-
-
-def _packed(items: list[Any], slot: tuple[str, int, int] | None) -> Any:
-    """`items` with their arrays' bytes left in shared memory `slot` where they fit, else `items`."""
-    if slot is None:
-        return items
-    name, offset, size = slot
-    if _nbytes(items) > size:
-        return items  # does not fit: through the pipe, as without shared memory
-    buffers: list[pickle.PickleBuffer] = []
-    payload = pickle.dumps(items, protocol=5, buffer_callback=buffers.append)
-    views = [b.raw() for b in buffers]
-    if sum(_aligned(v.nbytes) for v in views) > size:  # arrays `_nbytes` does not see (in a dict, say)
-        return items
-    if name not in _ATTACHED:
-        for old in _ATTACHED.values():
-            old.close()
-        _ATTACHED.clear()
-        _ATTACHED[name] = attach_shared_memory(name)
-    memory, spans = cast(memoryview, _ATTACHED[name].buf), []
-    for view in views:
-        memory[offset : offset + view.nbytes] = view
-        spans.append((offset, view.nbytes))
-        offset += _aligned(view.nbytes)
-    return _InSlot(payload, spans)
-
-
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // 64) * 64
-
-
-def _nbytes(value: Any) -> int:
-    """Bytes of the arrays in a loaded item (arrays, tuples and lists of them)."""
-    if isinstance(value, np.ndarray):
-        return _aligned(value.nbytes)
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    return 0
-
-
-class SharedSlots:
-    """A shared memory block in equal slots: process workers leave a chunk's arrays in one, not in the pipe.
-
-    Returning a chunk of decoded images through the pipe of a process pool
-    costs a pickle copy in the worker, two kernel copies, a wake-up of the
-    receiving thread per 64 KiB, and an unpickle copy (figures in
-    docs/benchmarks.md). Through a
-    slot, the worker copies the arrays into shared memory once and sends
-    a few hundred bytes; the main process copies them out once. The block
-    is reserved in full when created (`posix_fallocate`), so a small
-    `/dev/shm` gives a clear fallback to the pipe at creation rather than a
-    worker killed by SIGBUS while writing.
-
-    Args:
-        count: Number of slots.
-        slot_bytes: Bytes per slot.
-
-    Raises:
-        OSError: If the block cannot be created or reserved.
-
-    Example:
-
-    >>> slots = SharedSlots(4, 1 << 20)  # doctest: +SKIP
-    >>> slot = slots.take(); slots.give(slot); slots.close()  # doctest: +SKIP
-    """
-
-    def __init__(self, count: int, slot_bytes: int) -> None:
-        self.count, self.slot_bytes = int(count), int(slot_bytes)
-        self.memory: shared_memory.SharedMemory | None = shared_memory.SharedMemory(
-            create=True, size=self.count * self.slot_bytes
-        )
-        try:
-            fd = getattr(self.memory, "_fd", -1)
-            if fd >= 0 and hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, self.count * self.slot_bytes)
-        except OSError:
-            self.close()
-            raise
-        self._free = list(range(self.count))
-        self._lock = threading.Lock()
-
-    def take(self) -> int | None:
-        """A free slot's number, or `None` when all are in use."""
-        with self._lock:
-            return self._free.pop() if self._free else None
-
-    def give(self, slot: int) -> None:
-        """Returns slot `slot` for reuse."""
-        with self._lock:
-            self._free.append(slot)
-
-    def where(self, slot: int) -> tuple[str, int, int]:
-        """`(block name, offset, size)` of slot `slot`, as a worker is told."""
-        return self._block().name, slot * self.slot_bytes, self.slot_bytes
-
-    def read(self, packed: _InSlot) -> Any:
-        """The items a worker left in a slot, copied out (the slot can be reused at once)."""
-        memory = cast(memoryview, self._block().buf)
-        buffers = [bytearray(memory[offset : offset + n]) for offset, n in packed.spans]
-        return pickle.loads(packed.payload, buffers=buffers)
-
-    def _block(self) -> shared_memory.SharedMemory:
-        if self.memory is None:
-            raise RuntimeError("the shared-memory block was closed")
-        return self.memory
-
-    def close(self) -> None:
-        """Releases and unlinks the block. Safe to call twice."""
-        memory, self.memory = getattr(self, "memory", None), None
-        if memory is not None:
-            try:
-                memory.close()
-            except BufferError:  # a view still exported (say, held by a traceback): the mapping goes with it
-                pass
-            try:
-                memory.unlink()
-            except FileNotFoundError:
-                pass
-
-
-SHARED_MEMORY_LIMIT = 256 << 20
-"""The most bytes of shared memory a process pool uses for results (and never more than a quarter of `/dev/shm`'s free space)."""
+    with supplied(contents):
+        items = _WORKER_DATASET.try_load_items(indices)
+    return time.perf_counter() - start, pack_items(items, slot)
 
 
 class _Job(NamedTuple):
@@ -235,6 +105,7 @@ class _Job(NamedTuple):
     future: Future
     slot: int | None  # the SharedSlots slot the worker writes into, if any
     level: int  # the tuner's limit when it was submitted
+    fetched: dict[str, Future] | None = None  # reads of the chunk's objects in storage, in flight or done
 
 
 class WorkerPool:
@@ -249,6 +120,10 @@ class WorkerPool:
         use_processes: Processes instead of threads.
         max_queue_size: How many batches to prefetch when batches are
             asked for in order.
+        fetch: For data in object storage, starts reading the objects of
+            a chunk of sample indices and returns `{url: Future}` (see
+            `keras_sepseq.fetching`): a chunk goes to a worker once its
+            bytes are in, so workers decode and never wait on the network.
 
     Example:
 
@@ -256,7 +131,15 @@ class WorkerPool:
     >>> items = pool.load((0, 3), seq.batch_indices(3), upcoming=[])  # doctest: +SKIP
     """
 
-    def __init__(self, dataset: Any, *, workers: int, use_processes: bool, max_queue_size: int) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        workers: int,
+        use_processes: bool,
+        max_queue_size: int,
+        fetch: Callable[[list[int]], dict[str, Future]] | None = None,
+    ) -> None:
         self.workers = max(1, int(workers))
         self.use_processes = bool(use_processes)
         self.max_queue_size = max(0, int(max_queue_size))
@@ -269,7 +152,11 @@ class WorkerPool:
         self.inline = 0  # batches the calling thread loaded itself, as the tuner decided
         self.through_shared_memory = 0  # chunks whose arrays came back in shared memory
         self._owner_pid = os.getpid()
-        self.tuner = LoadTuner(self.workers, threads=not self.use_processes, queue=self.max_queue_size)
+        self._fetch = fetch
+        # Remote data: the rate depends on reads in flight, and the caller must never load (it would wait on them).
+        self.tuner = LoadTuner(
+            self.workers, threads=not self.use_processes, queue=self.max_queue_size, compare=fetch is None
+        )
         self._largest_batch = 1
         self._last_delivered: float | None = None
         self._epoch: Any = None
@@ -288,23 +175,53 @@ class WorkerPool:
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="keras_sepseq")
         ref, tuner = weakref.ref(dataset), self.tuner
 
-        def load_items(chunk: list[int]) -> list[Any]:  # in the calling thread or a thread worker
-            owner = ref()
+        def load_items(chunk: list[int], contents: dict[str, Any] | None = None) -> list[Any]:
+            owner = ref()  # in the calling thread or a thread worker
             if owner is None:
                 raise RuntimeError("the dataset was garbage-collected while loading")
-            return owner.try_load_items(chunk)
+            with supplied(contents):
+                return owner.try_load_items(chunk)
 
         self._load_items = load_items
-        self._load_chunk = lambda chunk: tuner.run(load_items, chunk)
+        self._load_chunk = lambda chunk, contents=None: tuner.run(lambda c: load_items(c, contents), chunk)
         _LIVE_POOLS.add(self)
 
-    def _start(self, chunk: list[int], slot: int | None = None) -> _Job:
-        if not self.use_processes:
-            return _Job(chunk, self._running().submit(self._load_chunk, chunk), None, self.tuner.limit)
-        if slot is None and self._slots is not None:
+    def _start(self, chunk: list[int], slot: int | None = None, fetched: dict[str, Future] | None = None) -> _Job:
+        if fetched is None and self._fetch is not None:
+            fetched = self._fetch(chunk)
+        if self.use_processes and slot is None and self._slots is not None:
             slot = self._slots.take()
+        if fetched:
+            return _Job(chunk, self._after_fetch(chunk, slot, fetched), slot, self.tuner.limit, fetched)
+        return _Job(chunk, self._submit_chunk(chunk, slot, None), slot, self.tuner.limit)
+
+    def _submit_chunk(self, chunk: list[int], slot: int | None, contents: dict[str, Any] | None) -> Future:
+        if not self.use_processes:
+            return self._running().submit(self._load_chunk, chunk, contents)
         where = None if slot is None or self._slots is None else self._slots.where(slot)
-        return _Job(chunk, self._running().submit(_load_chunk_in_process, chunk, where), slot, self.tuner.limit)
+        return self._running().submit(_load_chunk_in_process, chunk, where, contents)
+
+    def _after_fetch(self, chunk: list[int], slot: int | None, fetched: dict[str, Future]) -> Future:
+        """A future of the chunk's items, loaded by a worker once every read in `fetched` is done.
+
+        Until then the future is pending (`cancel()` works, and nothing is
+        submitted); once submitted it runs, and completes with the worker's
+        result, so a slot is never given back while a worker may write it.
+        """
+        outer: Future = Future()
+
+        def submit(contents: dict[str, Any]) -> None:  # on the I/O thread that finished the last read
+            if not outer.set_running_or_notify_cancel():
+                return  # cancelled while reading: dropped, or taken back to be queued again
+            try:
+                inner = self._submit_chunk(chunk, slot, contents)
+            except BaseException as e:  # the pool was closed meanwhile
+                outer.set_exception(e)
+                return
+            inner.add_done_callback(lambda done: _copy_result(done, outer))
+
+        when_all(fetched, submit)
+        return outer
 
     def _running(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
         if self._executor is None:
@@ -319,6 +236,8 @@ class WorkerPool:
     def _drop(self, job: _Job) -> None:
         """Cancels `job` if it has not started; its slot comes back once no worker can write to it."""
         job.future.cancel()
+        for read in (job.fetched or {}).values():
+            read.cancel()  # not started yet: no request made for a batch that is no longer wanted
         slots, slot = self._slots, job.slot
         if slot is not None and slots is not None:
             job.future.add_done_callback(lambda _: slots.give(slot))
@@ -330,14 +249,14 @@ class WorkerPool:
             if self.use_processes:
                 seconds, result = result
                 self.tuner.record(len(job.chunk), seconds)
-            if isinstance(result, _InSlot):
+            if isinstance(result, InSlot):
                 self.through_shared_memory += 1
                 return cast(SharedSlots, self._slots).read(result)  # a result in a slot implies the slots exist
         finally:
             if job.slot is not None and self._slots is not None:
                 self._slots.give(job.slot)
         if not self._slots_tried:
-            self._make_slots(_nbytes(result) * self._largest_batch // max(1, len(job.chunk)))
+            self._make_slots(item_bytes(result) * self._largest_batch // max(1, len(job.chunk)))
         return result
 
     def _make_slots(self, batch_bytes: int) -> None:
@@ -349,7 +268,7 @@ class WorkerPool:
         self._slots_tried = True
         if batch_bytes == 0:
             return
-        slot_bytes = max(1 << 16, _aligned(2 * batch_bytes))
+        slot_bytes = max(1 << 16, aligned(2 * batch_bytes))
         try:
             stats = os.statvfs("/dev/shm")
             budget = min(SHARED_MEMORY_LIMIT, stats.f_bavail * stats.f_frsize // 4)
@@ -365,7 +284,7 @@ class WorkerPool:
             return
         with self._lock:  # chunks queued before the slots existed and not started yet: into slots too
             for batch, j, job in self._take_back(lambda job: job.slot is None):
-                batch[j] = self._start(job.chunk)
+                batch[j] = self._start(job.chunk, None, job.fetched)
 
     def _take_back(self, which: Callable[[_Job], bool] = lambda job: True) -> list[tuple[list[_Job], int, _Job]]:
         """Cancels the queued jobs (those `which` accepts) no worker has started; returns `(batch, place, job)` of each.
@@ -456,7 +375,7 @@ class WorkerPool:
                 waiting = self._take_back()
                 jobs = self._submit(indices)
                 for batch, j, job in waiting:  # back in the queue, behind this batch, in the same slot
-                    batch[j] = self._start(job.chunk, job.slot)
+                    batch[j] = self._start(job.chunk, job.slot, job.fetched)
             else:
                 self.hits += 1
             if not self.tuner.inline:
@@ -560,6 +479,15 @@ class WorkerPool:
                     process.close()  # releases its sentinel descriptor now, not at garbage collection
                 except ValueError:  # still running: shutdown gave up on it
                     pass
+
+
+def _copy_result(source: Future, target: Future) -> None:
+    """Completes `target` as `source` completed."""
+    error = source.exception() if not source.cancelled() else CancelledError()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 @atexit.register

@@ -9,6 +9,7 @@ bad samples out of their batch and records them. `BaseSequence` composes it.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import numpy as np
 
 from keras_sepseq.checks import check_choice, check_int
 from keras_sepseq.errors import SampleError, TooManyErrorsError
+from keras_sepseq.storage import display_url
 
 __all__ = ["ON_ERROR", "BadSample", "ErrorPolicy"]
 
@@ -63,6 +65,7 @@ class ErrorPolicy:
         def load_item(self, index: int) -> Any: ...
         def collate(self, indices: np.ndarray, items: list[Any], position: int | None = None) -> tuple: ...
         def collate_placeholder(self, indices: np.ndarray, items: list[Any], position: int | None = None) -> tuple: ...
+        def remote_supply(self, indices: list[int]) -> contextlib.AbstractContextManager[None]: ...
 
     def init_error_policy(self, *, on_error: str, max_errors: int | float | None, retries: int) -> None:
         """Checks and stores the error settings (called by `BaseSequence.__init__`).
@@ -139,7 +142,8 @@ class ErrorPolicy:
         Returns:
             One item or `SampleError` per index, in order.
         """
-        return [self.try_load_item(i) for i in indices]
+        with self.remote_supply(indices):  # objects in storage: all of the chunk's read at once, first
+            return [self.try_load_item(i) for i in indices]
 
     def try_load_item(self, index: int) -> Any:
         """`load_item(index)`, or the `SampleError` it raised (returned, not raised).
@@ -158,7 +162,8 @@ class ErrorPolicy:
         >>> seq.try_load_item(3)  # doctest: +SKIP
         """
         try:
-            return self.load_item(index)
+            with self.remote_supply([index]):  # a no-op in a chunk, whose objects were read ahead
+                return self.load_item(index)
         except SampleError as e:
             return e
         except MemoryError:
@@ -280,6 +285,7 @@ class ErrorPolicy:
         >>> seq.load_sample(np.load, "y_0.npy", 0, "label")  # doctest: +SKIP
         """
         value: Any = None
+        shown = display_url(path)  # a URL without credentials
         for attempt in range(self.retries + 1):
             try:
                 value = loader(path)
@@ -291,14 +297,14 @@ class ErrorPolicy:
                     time.sleep(RETRY_DELAY * 2**attempt)
                     continue
                 tried = f" (tried {attempt + 1} times)" if attempt else ""
-                raise SampleError(f"cannot load {what}{tried}: {type(e).__name__}: {e}", path=path, index=index) from e
+                raise SampleError(f"cannot load {what}{tried}: {type(e).__name__}: {e}", path=shown, index=index) from e
             except Exception as e:
-                raise SampleError(f"cannot load {what}: {type(e).__name__}: {e}", path=path, index=index) from e
+                raise SampleError(f"cannot load {what}: {type(e).__name__}: {e}", path=shown, index=index) from e
         if not isinstance(value, np.ndarray):
             try:
                 value = np.asarray(value)
             except Exception as e:
                 raise SampleError(
-                    f"the {what} loader returned {type(value).__name__}, not an array", path=path, index=index
+                    f"the {what} loader returned {type(value).__name__}, not an array", path=shown, index=index
                 ) from e
         return value

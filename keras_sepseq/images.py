@@ -25,6 +25,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from keras_sepseq.storage import is_url, open_file
+
 DECODER_REVISION = 2
 """Raised whenever `decode_image` gives other pixels for the same file and settings.
 
@@ -77,7 +79,7 @@ same factor, so that its results equal `write_pixels`' bit for bit.
 _LUMA = np.array([19595, 38470, 7471], dtype=np.uint64)
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, data: bytes | None = None) -> np.ndarray:
     """Reads an image file's pixels as they are stored.
 
     Formats Pillow knows (PNG, JPEG, BMP, GIF, TIFF, WebP and more) are
@@ -90,7 +92,9 @@ def read_image(path: str) -> np.ndarray:
     16-bit color PNGs at 8 bits.
 
     Args:
-        path: The image file.
+        path: The image file, a local path or a URL.
+        data: The file's bytes, when they were read already; `path` then
+            only names it.
 
     Returns:
         An array of shape `(H, W)` or `(H, W, C)` in the file's own dtype
@@ -106,15 +110,23 @@ def read_image(path: str) -> np.ndarray:
 
     >>> pixels = read_image("cat.png")  # doctest: +SKIP
     """
+    if data is None and is_url(path):
+        with open_file(path) as f:
+            data = f.read()
     try:
-        image = Image.open(path)
+        image = Image.open(path if data is None else io.BytesIO(data))
     except UnidentifiedImageError:
-        if os.path.getsize(path) == 0:
+        if (os.path.getsize(path) if data is None else len(data)) == 0:
             raise ValueError("the file is empty (0 bytes)") from None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # imageio's legacy plugins
-                return np.asarray(iio.imread(path, index=0))
+                if data is None:
+                    return np.asarray(iio.imread(path, index=0))
+                extension = os.path.splitext(path)[1]
+                if extension:
+                    return np.asarray(iio.imread(data, index=0, extension=extension))
+                return np.asarray(iio.imread(data, index=0))
         except FileNotFoundError:
             raise
         except Exception as e:
@@ -352,7 +364,7 @@ def decode_image(
         convert_color(np.zeros((1, 1, 1), np.uint8), color_mode)
     if interpolation not in INTERPOLATIONS:
         resize_image(np.zeros((1, 1, 1), np.uint8), (1, 1), interpolation=interpolation)
-    with open(path, "rb") as f:
+    with open_file(path) as f:  # a local file, or a URL's bytes (fetched ahead by the worker pool)
         data = f.read()
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     header = _sniff(data)
@@ -371,7 +383,7 @@ def decode_image(
                 _check_pixels(image.size[0], image.size[1], limit)
                 if image.mode in _PIL_8BIT:
                     return _decode_8bit(image, color_mode, image_size, interpolation, antialias)
-        pixels = standardize_pixels(read_image(path))
+        pixels = standardize_pixels(read_image(path, data))
     pixels = convert_color(pixels, color_mode)
     if image_size is not None:
         pixels = resize_image(pixels, image_size, interpolation=interpolation, antialias=antialias)

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from keras_sepseq.pairing import Key, Matching, match_files
+from keras_sepseq.storage import open_file
 
 
 def image_header(path: str) -> tuple[tuple[int, int] | None, str | None, str | None]:
@@ -30,7 +31,7 @@ def image_header(path: str) -> tuple[tuple[int, int] | None, str | None, str | N
     ((320, 240), 'RGB', 'PNG')
     """
     try:
-        with Image.open(path) as image:
+        with open_file(path) as f, Image.open(f) as image:
             return image.size, image.mode, image.format
     except Exception:
         return None, None, None

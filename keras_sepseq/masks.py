@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -29,6 +30,7 @@ from keras_sepseq.images import read_image
 from keras_sepseq.options import MASK_DEFAULTS, resolve_options
 from keras_sepseq.paths import PathArray
 from keras_sepseq.stacking import stack_arrays
+from keras_sepseq.storage import open_file
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -65,10 +67,12 @@ def read_mask(path: str) -> np.ndarray:
     >>> read_mask("masks/0001.png").shape  # doctest: +SKIP
     (512, 512)
     """
+    with open_file(path) as f:  # a local file, or a URL's bytes
+        data = f.read()
     try:
-        image = Image.open(path)
+        image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        return read_image(path)  # imageio's other plugins, with read_image's messages
+        return read_image(path, data)  # imageio's other plugins, with read_image's messages
     with image:
         if image.mode in _INDEXED_MODES:
             values = np.asarray(image)

@@ -21,6 +21,8 @@ import threading
 
 import numpy as np
 
+from keras_sepseq.storage import is_url, open_file
+
 _HEADER_LOCK = threading.Lock()
 _MAGIC = b"\x93NUMPY"
 _PARSED: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}  # header bytes -> parse; under _HEADER_LOCK
@@ -87,17 +89,18 @@ def load_npy(path: str) -> np.ndarray:
     >>> load_npy("label_001.npy")  # doctest: +SKIP
     array(3)
     """
-    with open(path, "rb") as f:
+    with open_file(path) as f:  # a local file, or a URL's bytes
         header = _read_header(f)
         if header is None:  # version 3.0 (utf-8 header): let numpy read it, under the lock
+            f.seek(0)
             with _HEADER_LOCK:
-                return np.load(path, allow_pickle=False)
+                return np.load(f, allow_pickle=False)
         shape, fortran_order, dtype = header
         if dtype.hasobject:
             raise ValueError("the .npy file holds Python objects (pickled data), which are never unpickled")
         size = math.prod(shape) * dtype.itemsize
         buffer = np.empty(size, dtype=np.uint8)
-        read = f.readinto(buffer)  # type: ignore[arg-type]  # an ndarray is a writable buffer
+        read = f.readinto(buffer)  # type: ignore[attr-defined]  # a file or BytesIO; an ndarray is a writable buffer
     if read < size:
         raise ValueError(
             f"the .npy file is truncated: its header promises {size} bytes of data for shape {shape}, "
@@ -125,11 +128,14 @@ def npy_shape(path: str) -> tuple[int, ...]:
     >>> npy_shape("features_017.npy")  # doctest: +SKIP
     (412, 40)
     """
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         header = _read_header(f)
         if header is None:
             with _HEADER_LOCK:
-                return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+                if not is_url(path):
+                    return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+                f.seek(0)
+                return tuple(np.load(f, allow_pickle=False).shape)
         shape, _, dtype = header
         if dtype.hasobject:
             raise ValueError("the .npy file holds Python objects (pickled data), which are never unpickled")

@@ -44,6 +44,8 @@ class SequenceOptions(TypedDict, total=False):
     shard_index: int
     shard: str | None
     augment: Any
+    storage_options: dict[str, Any] | None
+    reads_in_flight: int
 
 
 DEFAULTS: dict[str, Any] = {
@@ -62,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
     "shard_index": 0,
     "shard": None,
     "augment": None,
+    "storage_options": None,
+    "reads_in_flight": 64,
 }
 """The default of each of `SequenceOptions`."""
 

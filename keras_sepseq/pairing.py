@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, overload
+
+from keras_sepseq.storage import display_url, glob_files, is_url, matching, read_manifest
 
 Key = Callable[[str], Hashable] | str | None
 
@@ -75,6 +76,8 @@ def match_files(
     label_pattern: str | os.PathLike,
     *,
     key: Key = None,
+    storage_options: dict[str, Any] | None = None,
+    manifest: str | os.PathLike | None = None,
 ) -> Matching:
     """Globs images and labels and pairs them by key, reporting (not raising) orphans and duplicates.
 
@@ -85,6 +88,8 @@ def match_files(
         image_pattern: A glob pattern for the input files.
         label_pattern: A glob pattern for the label files.
         key: As for `pair_files`.
+        storage_options: As for `pair_files`.
+        manifest: As for `pair_files`.
 
     Returns:
         A `Matching`.
@@ -100,8 +105,9 @@ def match_files(
     (False, 998, ['data/label_1002.npy'])
     """
     key_fn = _key_function(key)
-    images, duplicate_images = _index("image_pattern", image_pattern, key_fn)
-    labels, duplicate_labels = _index("label_pattern", label_pattern, key_fn)
+    listed = _listing(manifest, storage_options)
+    images, duplicate_images = _index("image_pattern", image_pattern, key_fn, listed, storage_options)
+    labels, duplicate_labels = _index("label_pattern", label_pattern, key_fn, listed, storage_options)
     paired = sorted((k for k in images if k in labels), key=_sort_key)
     return Matching(
         image_paths=[images[k] for k in paired],
@@ -114,12 +120,23 @@ def match_files(
 
 
 @overload
-def pair_files(*, key: Key = None, **patterns: str | os.PathLike) -> dict[str, list[str]]: ...
+def pair_files(
+    *,
+    key: Key = None,
+    storage_options: dict[str, Any] | None = None,
+    manifest: str | os.PathLike | None = None,
+    **patterns: str | os.PathLike,
+) -> dict[str, list[str]]: ...
 
 
 @overload
 def pair_files(
-    image_pattern: str | os.PathLike, label_pattern: str | os.PathLike, *, key: Key = None
+    image_pattern: str | os.PathLike,
+    label_pattern: str | os.PathLike,
+    *,
+    key: Key = None,
+    storage_options: dict[str, Any] | None = None,
+    manifest: str | os.PathLike | None = None,
 ) -> tuple[list[str], list[str]]: ...
 
 
@@ -128,6 +145,8 @@ def pair_files(
     label_pattern: str | os.PathLike | None = None,
     *,
     key: Key = None,
+    storage_options: dict[str, Any] | None = None,
+    manifest: str | os.PathLike | None = None,
     **patterns: str | os.PathLike,
 ) -> Any:
     """Globs images and labels (or any number of named patterns) and pairs them by a key taken from each file name.
@@ -141,6 +160,10 @@ def pair_files(
     `{"t1": [...], "t2": [...], "mask": [...]}`, ready for fields of those
     names.
 
+    Patterns may be URLs (`"s3://bucket/images/*.png"`): each is listed
+    with one paginated listing of its prefix, never a request per file; or
+    not at all with `manifest`.
+
     Args:
         image_pattern: A glob pattern for the input files.
         label_pattern: A glob pattern for the label files.
@@ -148,6 +171,12 @@ def pair_files(
             `default_key`); a callable taking the path; or a regular
             expression searched in the file name, whose first group (or
             whole match) is the key.
+        storage_options: fsspec options for URL patterns (credentials,
+            `client_kwargs={"endpoint_url": ...}`), as sequences take them.
+        manifest: A text file with one path per line, or a CSV file whose
+            first column holds paths (local or a URL; relative paths start
+            from its folder): the patterns are matched against its paths
+            instead of listing files or buckets.
         **patterns: Named glob patterns, instead of `image_pattern` and
             `label_pattern` (at least two).
 
@@ -177,10 +206,10 @@ def pair_files(
                 "pair_files takes either two patterns (image_pattern, label_pattern) or named patterns, not both. "
                 f"Received positional patterns and {sorted(patterns)}"
             )
-        return _pair_named(patterns, key)
+        return _pair_named(patterns, key, _listing(manifest, storage_options), storage_options)
     if image_pattern is None or label_pattern is None:
         raise ValueError("pair_files needs `image_pattern` and `label_pattern`, or at least two named patterns.")
-    m = match_files(image_pattern, label_pattern, key=key)
+    m = match_files(image_pattern, label_pattern, key=key, storage_options=storage_options, manifest=manifest)
     for name, clashes in (("image_pattern", m.duplicate_images), ("label_pattern", m.duplicate_labels)):
         _refuse_duplicates(name, clashes)
     problems = []
@@ -211,12 +240,14 @@ def _refuse_duplicates(name: str, clashes: dict) -> None:
         )
 
 
-def _pair_named(patterns: dict[str, str | os.PathLike], key: Key) -> dict[str, list[str]]:
+def _pair_named(
+    patterns: dict[str, str | os.PathLike], key: Key, listed: list[str] | None, storage_options: dict[str, Any] | None
+) -> dict[str, list[str]]:
     """`pair_files` with named patterns: every name's files by key, orphans and duplicates named by pattern."""
     if len(patterns) < 2:
         raise ValueError(f"pair_files needs at least two named patterns. Received: {sorted(patterns)}")
     key_fn = _key_function(key)
-    indexed = {name: _index(name, pattern, key_fn) for name, pattern in patterns.items()}
+    indexed = {name: _index(name, pattern, key_fn, listed, storage_options) for name, pattern in patterns.items()}
     for name, (_, clashes) in indexed.items():
         _refuse_duplicates(name, clashes)
     keys = [set(files) for files, _ in indexed.values()]
@@ -255,11 +286,28 @@ def _key_function(key: Key) -> Callable[[str], Hashable]:
     raise ValueError(f"`key` must be None, a callable or a regular expression string. Received: key={key!r}")
 
 
-def _index(name: str, pattern: str | os.PathLike, key_fn: Callable[[str], Hashable]) -> tuple[dict, dict]:
+def _listing(manifest: str | os.PathLike | None, storage_options: dict[str, Any] | None) -> list[str] | None:
+    """The paths `manifest` lists (absolute, for matching), or `None` to list files and buckets."""
+    if manifest is None:
+        return None
+    return [p if is_url(p) else os.path.abspath(p) for p in read_manifest(manifest, storage_options)]
+
+
+def _index(
+    name: str,
+    pattern: str | os.PathLike,
+    key_fn: Callable[[str], Hashable],
+    listed: list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[dict, dict]:
     pattern = os.fspath(pattern)
-    files = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
+    if listed is None:
+        files = glob_files(pattern, storage_options)
+    else:
+        files = matching(pattern if is_url(pattern) else os.path.abspath(pattern), listed)
     if not files:
-        raise ValueError(f"`{name}` matched no files. Received: {name}={pattern!r}")
+        where = "" if listed is None else " in the manifest"
+        raise ValueError(f"`{name}` matched no files{where}. Received: {name}={display_url(pattern)!r}")
     by_key: dict[Hashable, list[str]] = {}
     for path in files:
         by_key.setdefault(key_fn(path), []).append(path)

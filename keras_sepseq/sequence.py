@@ -26,6 +26,7 @@ from keras_sepseq.checks import check_int
 from keras_sepseq.engine import WorkerPool
 from keras_sepseq.error_policy import BadSample, ErrorPolicy
 from keras_sepseq.errors import SampleError
+from keras_sepseq.fetching import RemoteReading
 from keras_sepseq.keras_integration import keras_adapter_shards, keras_frame, keras_next_order, keras_request_order
 from keras_sepseq.options import SequenceOptions, resolve_options
 from keras_sepseq.order import EpochOrder, _twice_sharded, detect_shard, epoch_order
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.utils.PyDataset):
+class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExport, keras.utils.PyDataset):
     """A `keras.utils.PyDataset` over indexed samples with a reproducible order.
 
     Batch `i` of an epoch holds the samples at positions
@@ -112,6 +113,14 @@ class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.util
         shard: `"auto"` reads `num_shards` and `shard_index` from JAX's
             process count and index or from `TF_CONFIG` (see
             `detect_shard`). Defaults to `None`.
+        storage_options: fsspec options for paths that are URLs
+            (`s3://...`, `gs://...`, `https://...`): credentials,
+            `client_kwargs={"endpoint_url": ...}` and the like, as pandas
+            and Dask take them (see `keras_sepseq.storage`). Credentials
+            stay in this process: workers receive bytes, not keys.
+        reads_in_flight: How many object reads run at once, ahead of the
+            workers that decode (see `keras_sepseq.fetching`). Defaults
+            to 64; raise it for high-latency stores.
 
     Raises:
         ValueError: If an argument is out of range; the message names it.
@@ -149,6 +158,7 @@ class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.util
         self.cache_budget = parse_bytes(o["cache_budget"])
         self._cache: MemoryCache | DirectoryCache | None = None
         self.init_error_policy(on_error=o["on_error"], max_errors=o["max_errors"], retries=o["retries"])
+        self.init_remote_reading(storage_options=o["storage_options"], reads_in_flight=o["reads_in_flight"])
         self.augmentation: Augmentation | None = None
         if o["augment"] is not None:
             if not hasattr(self, "fields"):
@@ -286,7 +296,11 @@ class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.util
     def _worker_pool(self) -> WorkerPool:
         if self._pool is None or self._pool.closed:
             self._pool = WorkerPool(
-                self, workers=self.num_workers, use_processes=self.use_processes, max_queue_size=self.max_queue_size
+                self,
+                workers=self.num_workers,
+                use_processes=self.use_processes,
+                max_queue_size=self.max_queue_size,
+                fetch=self.fetch_samples if self.reads_remote else None,
             )
             self._pool.start()
         return self._pool
@@ -434,6 +448,7 @@ class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.util
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        self.close_fetcher()
         if self._cache is not None:
             self._cache.flush()
 
@@ -449,4 +464,4 @@ class BaseSequence(EpochOrder, ErrorPolicy, Validating, TfDataExport, keras.util
         state["_errors"], state["_skipped_this_epoch"] = {}, []  # kept by the process that collates
         state.pop("_keras_cursor", None)
         state["augmentation"] = None  # workers load; augmentation runs where batches are assembled
-        return state
+        return self.remote_state(state)  # no credentials: workers get the bytes fetched for them

@@ -69,6 +69,9 @@ class LoadTuner:
         queue: Batches prefetched ahead: that many at the start of an
             epoch were loaded while the caller did something else, and
             are not counted.
+        compare: Compare settings at all. `False` keeps every worker
+            loading (for data read from object storage, whose rate
+            depends on reads in flight more than on the workers').
 
     Example:
 
@@ -78,7 +81,7 @@ class LoadTuner:
     [2, 4, 6]
     """
 
-    def __init__(self, workers: int, *, threads: bool, queue: int = 0) -> None:
+    def __init__(self, workers: int, *, threads: bool, queue: int = 0, compare: bool = True) -> None:
         self.workers = max(1, int(workers))
         self.threads = bool(threads)
         self.limit = self.workers
@@ -90,7 +93,8 @@ class LoadTuner:
         self._condition = threading.Condition()
         self._active = 0
         self._probe: list[float] = [0.0, 0.0, 0]  # at `limit`: samples, seconds, batches delivered
-        self._tuning = self.workers > 1 or not self.threads
+        self.compare = bool(compare)
+        self._tuning = self.compare and (self.workers > 1 or not self.threads)
         self.epochs = -1  # the epochs started so far, minus one
         self.queue = max(0, int(queue))
         self._skip = 0  # batches still to pass uncounted this epoch
@@ -120,7 +124,7 @@ class LoadTuner:
         with self._condition:
             self.epochs += 1
             self._skip = self.queue
-            if self._tuning or self.epochs not in RETUNE_AT:
+            if self._tuning or self.epochs not in RETUNE_AT or not self.compare:
                 return
             self._tuning = self.workers > 1 or not self.threads
             self.capacity = {}

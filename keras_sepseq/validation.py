@@ -104,6 +104,7 @@ class Validating:
         @property
         def num_samples(self) -> int: ...
         def try_load_item(self, index: int) -> Any: ...
+        def try_load_items(self, indices: list[int]) -> list[Any]: ...
         def item_signature(self, item: Any) -> Any: ...
         def sample_path(self, index: int) -> str | None: ...
 
@@ -141,7 +142,8 @@ class Validating:
             starts = range(0, self.num_samples, chunk)
             for start, items in zip(
                 starts,
-                pool.map(lambda a: [self.try_load_item(i) for i in range(a, min(a + chunk, self.num_samples))], starts),
+                # a chunk at a time: objects in storage are then read `reads_in_flight` at once
+                pool.map(lambda a: self.try_load_items(list(range(a, min(a + chunk, self.num_samples)))), starts),
             ):
                 for index, item in enumerate(items, start):
                     if isinstance(item, SampleError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -18,6 +19,20 @@ def index_image(index: int, size: tuple[int, int] = (6, 5)) -> np.ndarray:
     image[..., 1] = index // 256
     image[..., 2] = 7
     return image
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """The bytes of `array` saved as a PNG file."""
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The bytes of `array` saved as a `.npy` file."""
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
 
 
 def decode_index(x: np.ndarray) -> np.ndarray:

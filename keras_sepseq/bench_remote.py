@@ -1,0 +1,162 @@
+"""`keras-sepseq bench --remote`: the bench's photos in object storage, against the same files on local disk.
+
+Everything runs in one process and one run, so the ratios compare:
+
+1. The photos are uploaded to a bucket of an S3 server on 127.0.0.1
+   (`keras_sepseq.s3_server`: moto behind a proxy that adds `latency`
+   seconds to every request, 50 ms by default, as a distant region does).
+2. `model.fit` with the bench's tiny model: the first epoch reading the
+   bucket with 2 workers, against the first epoch reading local disk; then
+   with a directory cache, the later epochs of each (the remote run's must
+   make no request at all).
+3. Listing: a prefix of `list_keys` keys (100,000 by default) is globbed,
+   and the requests it took are counted (pages of 1,000 keys).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+BUCKET = "bench"
+
+
+def run_remote(
+    paths: list[str],
+    labels: np.ndarray,
+    *,
+    image_size: tuple[int, int] = (128, 128),
+    batch_size: int = 32,
+    epochs: int = 3,
+    workers: int = 2,
+    latency: float = 0.05,
+    list_keys: int = 100_000,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Measures the photos read from a loopback S3 server against local disk, through `model.fit`.
+
+    Args:
+        paths: Local image files (uploaded to the bucket under their names).
+        labels: One integer class per image.
+        image_size: `(height, width)` to resize to. Defaults to `(128, 128)`.
+        batch_size: Defaults to 32.
+        epochs: Epochs of the cached runs (the first fills the cache; at
+            least 2). Defaults to 3.
+        workers: Thread workers of every run. Defaults to 2.
+        latency: Seconds the proxy adds to every request. Defaults to 0.05.
+        list_keys: Keys under the prefix whose listing is counted (0 to
+            skip). Defaults to 100,000.
+        log: Where progress lines go. Defaults to `print`.
+
+    Returns:
+        `{"settings", "runs", "listing", "ratios"}`.
+
+    Raises:
+        ValueError: If `epochs < 2`.
+
+    Example:
+
+    >>> report = run_remote(paths, labels, latency=0.05)  # doctest: +SKIP
+    """
+    from keras_sepseq.bench import epoch_timer, tiny_model
+    from keras_sepseq.fetching import Fetcher, wait_all
+    from keras_sepseq.s3_server import LoopbackS3
+    from keras_sepseq.separated import SeparatedSequence
+    from keras_sepseq.storage import glob_files
+
+    if epochs < 2:
+        raise ValueError(f"`epochs` must be >= 2 (one to fill the cache). Received: epochs={epochs}")
+    labels = np.asarray(labels, dtype=np.int64)
+    size = (int(image_size[0]), int(image_size[1]))
+    names = [f"{k:06d}_{os.path.basename(p)}" for k, p in enumerate(paths)]
+    for path in paths:  # local runs then read from the page cache, as a warm disk would serve them
+        with open(path, "rb") as f:
+            f.read()
+    model = tiny_model(size, batch_size)
+    runs: dict[str, dict[str, Any]] = {}
+    with LoopbackS3(latency=latency) as server:
+        start = time.perf_counter()
+        objects = {}
+        for name, path in zip(names, paths):
+            with open(path, "rb") as f:
+                objects[f"photos/{name}"] = f.read()
+        server.upload(BUCKET, objects)
+        log(f"uploaded {len(paths)} photos to s3://{BUCKET}/photos/ in {time.perf_counter() - start:.1f} s; "
+            f"{latency * 1000:.0f} ms added per request")  # fmt: skip
+        urls = [f"s3://{BUCKET}/photos/{name}" for name in names]
+        options = server.storage_options
+        # Every object read once, as the local files were: the proxy then answers from memory, as the page
+        # cache does for local disk, instead of moto spending milliseconds of these cores on every request.
+        primer = Fetcher(64, options)
+        wait_all(primer.fetch(urls))
+        primer.close()
+
+        def fit(name: str, sources: list[str], n_epochs: int, **extra: Any) -> None:
+            seq = SeparatedSequence(
+                sources, labels, batch_size, image_size=size, seed=0, workers=workers, storage_options=options, **extra
+            )
+            timer = epoch_timer(len(sources))
+            server.reset()
+            try:
+                model.fit(seq, epochs=n_epochs, verbose=0, callbacks=[timer])
+            finally:
+                seq.close()
+            stats = server.stats()
+            runs[name] = {"rates": timer.rates, "requests": stats["requests"], "server": stats, "io": seq.remote_stats}
+            rates = "  ".join(f"epoch {k + 1} {r:7,.0f}/s" for k, r in enumerate(timer.rates))
+            log(f"{name:<34} {rates}  ({runs[name]['requests']:,} requests) {stats} {seq.remote_stats}")
+
+        folder = tempfile.mkdtemp(prefix="keras_sepseq_bench_remote_")
+        try:
+            fit("local disk", paths, 1)
+            fit("s3, 2 workers", urls, 1)
+            fit("local disk, cache=<dir>", paths, epochs, cache=os.path.join(folder, "local"))
+            fit("s3, cache=<dir>", urls, epochs, cache=os.path.join(folder, "s3"))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        cached_requests = _later_requests(runs["s3, cache=<dir>"], len(paths))
+        listing: dict[str, Any] = {}
+        if list_keys:
+            start = time.perf_counter()
+            server.fill(BUCKET, "many/", list_keys)
+            server.reset()
+            listed = time.perf_counter()
+            found = glob_files(f"s3://{BUCKET}/many/*.bin", options)
+            listing = {
+                "keys": list_keys,
+                "found": len(found),
+                "requests": server.stats()["list"],
+                "pages": math.ceil(list_keys / 1000),
+                "seconds": time.perf_counter() - listed,
+            }
+            log(f"listing {list_keys:,} keys: {listing['requests']} requests for {listing['pages']} pages of 1,000 "
+                f"({time.perf_counter() - start:.1f} s with filling the bucket)")  # fmt: skip
+    ratios = {
+        "first_epoch_s3_vs_local": runs["s3, 2 workers"]["rates"][0] / runs["local disk"]["rates"][0],
+        "cached_later_epochs_s3_vs_local": float(
+            np.median(runs["s3, cache=<dir>"]["rates"][1:]) / np.median(runs["local disk, cache=<dir>"]["rates"][1:])
+        ),
+    }
+    for key, value in ratios.items():
+        log(f"{key.replace('_', ' ')}: {value:.2f}x")
+    log(f"requests in the cached s3 run: {runs['s3, cache=<dir>']['requests']:,} "
+        f"(the {len(paths):,} of its first epoch{'' if not cached_requests else ' and more'})")  # fmt: skip
+    return {
+        "settings": {"samples": len(paths), "image_size": list(size), "batch_size": batch_size, "epochs": epochs,
+                     "workers": workers, "latency": latency, "cores": os.cpu_count()},
+        "runs": runs,
+        "listing": listing,
+        "ratios": ratios,
+    }  # fmt: skip
+
+
+def _later_requests(run: dict[str, Any], samples: int) -> int:
+    """Requests a cached run made beyond one per sample in its first epoch."""
+    return max(0, int(run["requests"]) - samples)

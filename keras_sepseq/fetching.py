@@ -1,0 +1,230 @@
+"""Reads of remote objects kept in flight ahead of decoding, on I/O threads of the process that holds the credentials.
+
+A read from object storage waits 20-100 ms for the network and costs
+almost no CPU; decoding what it returns costs CPU and no waiting. Doing
+both in one worker idles the core for the whole round trip. Here they
+are separate stages: when the worker pool queues a chunk of samples, a
+`Fetcher` starts reading every object the chunk needs (`reads_in_flight`
+at once, across all queued chunks), and the chunk goes to a decoding
+worker only once its bytes are in. Process workers receive the bytes with
+the chunk, so they never hold credentials or open a connection.
+
+`RemoteReading` gives every sequence the options (`storage_options`,
+`reads_in_flight`), the per-sample list of URLs and the statistics.
+
+Example:
+
+>>> fetcher = Fetcher(reads_in_flight=16)
+>>> futures = fetcher.fetch(["memory://doc/a.bin"])  # doctest: +SKIP
+>>> wait_all(futures)["memory://doc/a.bin"]  # doctest: +SKIP
+b'abc'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from keras_sepseq import storage
+from keras_sepseq.checks import check_int
+
+__all__ = ["Fetcher", "RemoteReading", "wait_all", "when_all"]
+
+
+class Fetcher:
+    """Reads objects on a pool of I/O threads, up to `reads_in_flight` at once, with retries and stats.
+
+    Args:
+        reads_in_flight: Reads in flight at most.
+        options: fsspec storage options (credentials stay in this process).
+        stats: Where requests, retries and failures are counted.
+
+    Example:
+
+    >>> fetcher = Fetcher(reads_in_flight=8)
+    >>> fetcher.close()
+    """
+
+    def __init__(
+        self,
+        reads_in_flight: int = 16,
+        options: Mapping[str, Any] | None = None,
+        stats: storage.StorageStats | None = None,
+    ) -> None:
+        self.reads_in_flight = max(1, int(reads_in_flight))
+        self.options = dict(options or {})
+        self.stats = stats if stats is not None else storage.StorageStats()
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._rng = random.Random()  # backoff jitter; never the global `random` state
+
+    def fetch(self, urls: list[str]) -> dict[str, Future]:
+        """Starts reading `urls`; returns a future of each one's bytes (or of its error).
+
+        Args:
+            urls: Object URLs; repeated ones are read once.
+
+        Returns:
+            `{url: Future}`.
+        """
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.reads_in_flight, thread_name_prefix="keras_sepseq_io")
+            executor = self._executor
+        futures: dict[str, Future] = {}
+        for url in urls:
+            if url not in futures:
+                futures[url] = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
+        return futures
+
+    def close(self) -> None:
+        """Stops the I/O threads once the reads in flight end; reads not started are cancelled."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def wait_all(futures: Mapping[str, Future]) -> dict[str, Any]:
+    """Waits for every future; returns `{url: bytes or the exception}` (failures are values, not raised).
+
+    Args:
+        futures: As `Fetcher.fetch` returns them.
+
+    Returns:
+        What `storage.supplied` takes.
+    """
+    contents: dict[str, Any] = {}
+    for url, future in futures.items():
+        try:
+            contents[url] = future.result()
+        except BaseException as e:  # noqa: BLE001 (the sample's loader raises it, under the error policy)
+            contents[url] = e
+    return contents
+
+
+def when_all(futures: Mapping[str, Future], callback: Callable[[dict[str, Any]], None]) -> None:
+    """Calls `callback(contents)` once every future is done (at once if they are), on the thread that finished last.
+
+    Args:
+        futures: As `Fetcher.fetch` returns them.
+        callback: Receives what `wait_all` returns.
+    """
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            callback(wait_all(futures))
+
+    if not futures:
+        callback({})
+        return
+    for future in list(futures.values()):
+        future.add_done_callback(one_done)
+
+
+class RemoteReading:
+    """Mixin for sequences: URLs as paths, `storage_options`, reads in flight, and what reading cost.
+
+    Example:
+
+    >>> seq.remote_stats  # doctest: +SKIP
+    {'requests': 1200, 'retries': 3, 'failures': 0, 'bytes': 98304000, 'seconds': 61.2, 'last_retry': ...}
+    """
+
+    storage_options: dict[str, Any]
+    reads_in_flight: int
+
+    def init_remote_reading(self, *, storage_options: Any, reads_in_flight: Any) -> None:
+        """Checks and keeps the options; nothing is opened until a URL is read."""
+        if storage_options is not None and not isinstance(storage_options, Mapping):
+            raise TypeError(
+                f"`storage_options` must be a dict of fsspec options, or None. Received: {type(storage_options).__name__}"
+            )
+        self.storage_options = dict(storage_options or {})
+        self.reads_in_flight = check_int("reads_in_flight", reads_in_flight, minimum=1)
+        self._storage_stats = storage.StorageStats()
+        self._fetcher: Fetcher | None = None
+
+    def sample_urls(self, index: int) -> list[str]:
+        """The URLs sample `index` reads (its files in object storage); `[]` when all are local. Subclasses say.
+
+        Args:
+            index: The sample index.
+
+        Returns:
+            URLs, to be fetched ahead of decoding.
+        """
+        return []
+
+    @property
+    def reads_remote(self) -> bool:
+        """Whether any sample reads a URL (then workers get their bytes fetched ahead)."""
+        return False
+
+    @property
+    def remote_stats(self) -> dict[str, Any]:
+        """Requests, retries, failures, bytes and seconds spent reading objects in this process so far.
+
+        Example:
+
+        >>> seq.remote_stats["retries"]  # doctest: +SKIP
+        3
+        """
+        return self._storage_stats.as_dict()
+
+    def fetcher(self) -> Fetcher:
+        """The I/O threads that read this sequence's objects ahead (started on first use)."""
+        if self._fetcher is None:
+            self._fetcher = Fetcher(self.reads_in_flight, self.storage_options, self._storage_stats)
+        return self._fetcher
+
+    def fetch_samples(self, indices: list[int]) -> dict[str, Future]:
+        """Starts reading every object the samples at `indices` need; `{}` for local data.
+
+        Args:
+            indices: Sample indices.
+
+        Returns:
+            `{url: Future}`.
+        """
+        if not self.reads_remote:
+            return {}
+        urls = [url for i in indices for url in self.sample_urls(int(i))]
+        return self.fetcher().fetch(urls) if urls else {}
+
+    def remote_supply(self, indices: list[int]) -> contextlib.AbstractContextManager[None]:
+        """Within the block, the samples at `indices` read their objects from bytes fetched all at once.
+
+        Nothing to do when the worker pool supplied them already, or when
+        every file is local.
+
+        Args:
+            indices: Sample indices.
+
+        Returns:
+            A context manager.
+        """
+        if not self.reads_remote or storage.has_supply():
+            return contextlib.nullcontext()
+        return storage.supplied(wait_all(self.fetch_samples(indices)), self.storage_options)
+
+    def close_fetcher(self) -> None:
+        """Stops the I/O threads."""
+        fetcher, self._fetcher = getattr(self, "_fetcher", None), None
+        if fetcher is not None:
+            fetcher.close()
+
+    def remote_state(self, state: dict) -> dict:
+        """`state` (a `__dict__` copy being pickled) without credentials or I/O threads."""
+        state["storage_options"] = storage.public_options(state.get("storage_options"))
+        state["_fetcher"] = None
+        return state

@@ -1,0 +1,608 @@
+"""Files in object storage: URLs (`s3://`, `gs://`, `https://`, `memory://`...) read through fsspec.
+
+Everything that takes a path takes a URL too. This module is the one place
+that tells them apart and reads them:
+
+- `open_file(path)` opens a local file or a URL for reading; the decoders
+  (`decode_image`, `load_npy`, masks) and custom loaders use it;
+- `read_url` fetches an object's bytes, retrying transient failures
+  (timeouts, dropped connections, HTTP 429 and 5xx) with backoff and
+  sending permanent ones (403, 404) on at once, as local files do;
+- `glob_files` lists a pattern with one paginated listing per prefix (the
+  file system's `glob`), never a request per file, and `read_manifest`
+  replaces listing by a text or CSV file of paths;
+- `public_options` strips credentials from `storage_options` before they
+  are pickled or shown, and `display_url` from a URL.
+
+fsspec and the file-system packages (s3fs, gcsfs, aiohttp) are optional:
+a missing one raises an `ImportError` naming the extra to install. Reads
+in flight, separate from decoding, are `keras_sepseq.fetching`'s job.
+
+Example:
+
+>>> from keras_sepseq import storage
+>>> storage.is_url("s3://bucket/images/0001.png"), storage.is_url("images/0001.png")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+
+__all__ = [
+    "StorageStats",
+    "display_url",
+    "glob_files",
+    "is_transient",
+    "is_url",
+    "open_file",
+    "public_options",
+    "read_manifest",
+    "read_url",
+]
+
+ATTEMPTS = 6
+"""Tries per object before a transient failure counts as the sample's error."""
+
+BACKOFF_SECONDS = 0.05
+"""The first wait before trying again; it doubles (with jitter) each time, up to `BACKOFF_LIMIT`."""
+
+BACKOFF_LIMIT = 2.0
+
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}
+"""The keras-sepseq extra that installs each protocol's file system."""
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_SECRET = re.compile(r"key|secret|token|password|passwd|credential|session|signature|auth", re.IGNORECASE)
+
+
+def is_url(path: Any) -> bool:
+    """Whether `path` is a URL (`scheme://...`) rather than a local path.
+
+    Args:
+        path: A path or URL.
+
+    Returns:
+        `True` for `s3://...`, `https://...`, `memory://...` and the like.
+
+    Example:
+
+    >>> is_url("gs://bucket/a.png"), is_url("/data/a.png")
+    (True, False)
+    """
+    return isinstance(path, str) and _URL.match(path) is not None
+
+
+def protocol(url: str) -> str:
+    """The scheme of `url`, lower case (`"s3"` for `s3://bucket/key`)."""
+    match = _URL.match(url)
+    return "" if match is None else match.group(1).lower()
+
+
+def display_url(url: str) -> str:
+    """`url` as it may appear in messages and logs: without a user, password or signed query.
+
+    Args:
+        url: A URL or path.
+
+    Returns:
+        The URL with `user:password@` and any query string removed.
+
+    Example:
+
+    >>> display_url("https://me:pw@host/a.png?X-Amz-Signature=abc")
+    'https://host/a.png'
+    """
+    if not is_url(url):
+        return url
+    scheme, rest = url.split("://", 1)
+    host, slash, tail = rest.partition("/")
+    host = host.rsplit("@", 1)[-1]
+    return f"{scheme}://{host}{slash}{tail.split('?', 1)[0]}"
+
+
+def public_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`storage_options` without credentials: every entry whose name looks like a key, secret or token is dropped.
+
+    Used for what is pickled to process workers, shown in `repr` or kept
+    in state; the caller's copy keeps its credentials.
+
+    Args:
+        options: fsspec storage options, possibly nested.
+
+    Returns:
+        A copy without the secret entries, at every level.
+
+    Example:
+
+    >>> public_options({"key": "AKIA...", "secret": "x", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}})
+    {'client_kwargs': {'endpoint_url': 'http://127.0.0.1:9000'}}
+    """
+    if not options:
+        return {}
+    return {
+        name: public_options(value) if isinstance(value, Mapping) else value
+        for name, value in options.items()
+        if not _SECRET.search(str(name))
+    }
+
+
+def _missing_package(url: str, error: ImportError) -> ImportError:
+    extra = EXTRAS.get(protocol(url))
+    hint = f"pip install 'keras-sepseq[{extra}]'" if extra else "install the fsspec package for this protocol"
+    return ImportError(f"reading {protocol(url)}:// URLs needs a package that is not installed ({error}): {hint}")
+
+
+_FILESYSTEMS: dict[tuple, Any] = {}
+_FILESYSTEMS_LOCK = threading.Lock()
+
+
+def filesystem(url: str, options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec file system for `url` and the path within it, one instance per protocol and options.
+
+    Args:
+        url: A URL.
+        options: fsspec storage options (credentials, `endpoint_url`...).
+
+    Returns:
+        `(filesystem, path)`.
+
+    Raises:
+        ImportError: If fsspec or the protocol's package is missing; names
+            the extra to install.
+        ValueError: If fsspec does not know the protocol.
+
+    Example:
+
+    >>> fs, path = filesystem("memory://bucket/a.png")
+    >>> path
+    '/bucket/a.png'
+    """
+    try:
+        import fsspec
+    except ImportError as e:
+        raise _missing_package(url, e) from None
+    merged = _defaults(url, options)
+    key = (protocol(url), repr(sorted(merged.items(), key=lambda kv: kv[0])))
+    with _FILESYSTEMS_LOCK:
+        fs = _FILESYSTEMS.get(key)
+    if fs is None:
+        try:
+            # An instance of our own (not fsspec's shared one), so that setting its retries touches no one else's.
+            fs, _ = fsspec.core.url_to_fs(url, skip_instance_cache=True, **merged)
+            if protocol(url) in ("s3", "s3a") and "retries" not in (options or {}):
+                fs.retries = 1  # s3fs's own retry loop: read_url retries, and counts
+        except ImportError as e:
+            raise _missing_package(url, e) from None
+        except ValueError as e:
+            if "protocol" in str(e).lower():
+                raise ValueError(
+                    f"no fsspec file system reads {protocol(url)}:// URLs. Received: {display_url(url)!r}"
+                ) from e
+            raise
+        with _FILESYSTEMS_LOCK:
+            fs = _FILESYSTEMS.setdefault(key, fs)
+    return fs, fs._strip_protocol(url)
+
+
+def _defaults(url: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`options` with keras_sepseq's defaults for the protocol under them.
+
+    For S3, the client does not retry on its own (`read_url` does, and
+    counts): botocore's and s3fs's silent retries would hide the failures
+    the stats report, and stack their waits on top of ours. Connections
+    are pooled for many reads in flight, and an object is one GET.
+    """
+    merged = dict(options or {})
+    if protocol(url) in ("s3", "s3a"):
+        config = dict(merged.get("config_kwargs") or {})
+        config.setdefault("retries", {"max_attempts": 0})
+        config.setdefault("max_pool_connections", 64)
+        merged["config_kwargs"] = config
+        # One GET per object: s3fs would first ask for the size (a HEAD, one more round trip) to split large
+        # objects into concurrent range reads; per-sample files are small, and many are read at once anyway.
+        merged.setdefault("max_concurrency", 1)
+    return merged
+
+
+class StorageStats:
+    """Counts of what reading objects cost: requests, retries, bytes, failures. Thread-safe.
+
+    Attributes:
+        requests: Reads tried, retries included.
+        retries: Reads tried again after a transient failure.
+        failures: Objects that could not be read (after retries, or a
+            permanent error).
+        bytes: Bytes read.
+        seconds: Time spent in reads, summed over the reads in flight.
+
+    Example:
+
+    >>> stats = StorageStats()
+    >>> stats.as_dict()["retries"]
+    0
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = self.retries = self.failures = self.bytes = 0
+        self.seconds = 0.0
+        self.last_retry: str | None = None
+
+    def add(self, **counts: Any) -> None:
+        """Adds to the named counters."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a dict."""
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "retries": self.retries,
+                "failures": self.failures,
+                "bytes": self.bytes,
+                "seconds": round(self.seconds, 3),
+                "last_retry": self.last_retry,
+            }
+
+    def __repr__(self) -> str:
+        return f"StorageStats({self.as_dict()})"
+
+    def __reduce__(self):
+        return (StorageStats, ())  # a copy sent to a worker counts from zero there
+
+
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _status(error: BaseException) -> int | None:
+    """The HTTP status behind `error` or its causes, if any says."""
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 8:
+        for name in ("status", "status_code", "code"):
+            value = getattr(current, name, None)
+            if isinstance(value, int) and 100 <= value < 600:
+                return value
+        response = getattr(current, "response", None)
+        if isinstance(response, Mapping):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int):
+                return status
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    return None
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether reading again may succeed: timeouts, dropped connections, HTTP 408, 429 and 5xx.
+
+    Missing objects (404), refused access (401, 403) and other 4xx answers
+    are permanent.
+
+    Args:
+        error: What a read raised.
+
+    Returns:
+        `True` if the read is worth trying again.
+
+    Example:
+
+    >>> is_transient(TimeoutError()), is_transient(FileNotFoundError("s3://b/k"))
+    (True, False)
+    """
+    status = _status(error)
+    if status is not None:
+        return status in (408, 429) or status >= 500
+    if isinstance(error, _PERMANENT):
+        return False
+    if isinstance(error, (TimeoutError, ConnectionError)):
+        return True
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if "HTTPClientError" in names:  # botocore's connection errors and timeouts (not missing credentials)
+        return True
+    if type(error).__module__.split(".")[0] in ("aiohttp", "urllib3", "requests", "http"):
+        return True  # the connection dropped or timed out (answers with a status are judged above)
+    return (
+        isinstance(error, OSError)
+        and re.search(r"slow ?down|reduce your request rate|timed? ?out", str(error), re.I) is not None
+    )
+
+
+def read_url(
+    url: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    stats: StorageStats | None = None,
+    attempts: int = ATTEMPTS,
+    rng: random.Random | None = None,
+) -> bytes:
+    """Reads the whole object at `url`, trying again after transient failures with exponential backoff.
+
+    Args:
+        url: The object's URL.
+        options: fsspec storage options.
+        stats: Where requests, retries and failures are counted.
+        attempts: Tries before giving up on a transient failure.
+        rng: Draws the backoff jitter (a private generator; the global
+            `random` state is never used).
+
+    Returns:
+        The object's bytes.
+
+    Raises:
+        FileNotFoundError: If the object does not exist (the URL is named).
+        PermissionError: If access is refused.
+        OSError: If transient failures outlast `attempts` tries; the
+            message says how many.
+
+    Example:
+
+    >>> import fsspec
+    >>> fsspec.filesystem("memory").pipe("/doc/a.bin", b"abc")
+    >>> read_url("memory://doc/a.bin")
+    b'abc'
+    """
+    fs, path = filesystem(url, options)
+    shown = display_url(url)
+    jitter = rng or random.Random()
+    for attempt in range(attempts):
+        start = time.perf_counter()
+        try:
+            data = fs.cat_file(path)
+        except Exception as e:
+            seconds = time.perf_counter() - start
+            if attempt + 1 < attempts and is_transient(e):
+                if stats is not None:
+                    stats.add(requests=1, retries=1, seconds=seconds)
+                    stats.last_retry = f"{shown}: {type(e).__name__}: {e}"
+                time.sleep(min(BACKOFF_LIMIT, BACKOFF_SECONDS * 2**attempt) * (0.5 + jitter.random()))
+                continue
+            if stats is not None:
+                stats.add(requests=1, failures=1, seconds=seconds)
+            raise _named(e, shown, attempt + 1) from e
+        if stats is not None:
+            stats.add(requests=1, bytes=len(data), seconds=time.perf_counter() - start)
+        return bytes(data)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _named(error: BaseException, url: str, tries: int) -> OSError:
+    """An error of the same family as `error` whose message names `url` (and how often it was tried)."""
+    detail = str(error) or type(error).__name__
+    tried = f" (tried {tries} times)" if tries > 1 else ""
+    status = _status(error)
+    if isinstance(error, FileNotFoundError) or status == 404:
+        return FileNotFoundError(f"no such object: {url}")
+    if isinstance(error, PermissionError) or status in (401, 403):
+        return PermissionError(f"access refused to {url} ({detail})")
+    return OSError(f"cannot read {url}{tried}: {type(error).__name__}: {detail}")
+
+
+# What the worker pool fetched ahead for the chunk a thread is loading, and the options loads use.
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def supplied(contents: Mapping[str, Any] | None, options: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Within the block, `open_file` serves these URLs from `contents` and reads others with `options`.
+
+    Args:
+        contents: `{url: bytes or the exception reading it raised}`, as
+            `keras_sepseq.fetching` fetched them; `None` for none.
+        options: Storage options for URLs not supplied.
+
+    Example:
+
+    >>> with supplied({"s3://b/a.npy": b"..."}):  # doctest: +SKIP
+    ...     open_file("s3://b/a.npy").read()
+    """
+    before = getattr(_LOCAL, "contents", None), getattr(_LOCAL, "options", None)
+    _LOCAL.contents, _LOCAL.options = contents, options
+    try:
+        yield
+    finally:
+        _LOCAL.contents, _LOCAL.options = before
+
+
+def has_supply() -> bool:
+    """Whether the calling thread is inside `supplied(...)` with contents (the worker pool fetched ahead)."""
+    return getattr(_LOCAL, "contents", None) is not None
+
+
+def open_file(path: str | os.PathLike) -> IO[bytes]:
+    """Opens a local file or a URL for reading bytes: what decoders and custom loaders use.
+
+    A URL's bytes come from what the worker pool fetched ahead when it
+    did, else they are read now (retrying transient failures).
+
+    Args:
+        path: A local path or a URL.
+
+    Returns:
+        A binary file object; close it (or use `with`).
+
+    Raises:
+        FileNotFoundError: If the file or object does not exist.
+        PermissionError: If access is refused.
+        OSError: If it cannot be read.
+
+    Example:
+
+    >>> with open_file("s3://bucket/labels/0001.npy") as f:  # doctest: +SKIP
+    ...     data = f.read()
+    """
+    if not is_url(path):
+        return open(path, "rb")
+    url = str(path)
+    contents = getattr(_LOCAL, "contents", None)
+    if contents is not None and url in contents:
+        value = contents[url]
+        if isinstance(value, BaseException):
+            raise value
+        return io.BytesIO(value)
+    return io.BytesIO(read_url(url, getattr(_LOCAL, "options", None)))
+
+
+def glob_files(pattern: str | os.PathLike, options: Mapping[str, Any] | None = None) -> list[str]:
+    """The files (not folders) a glob pattern matches, sorted; `**` recurses. Local paths or URLs.
+
+    For a URL, the file system lists each prefix once, in pages (S3 lists
+    1,000 keys per request), and never asks about files one at a time.
+
+    Args:
+        pattern: A glob pattern: a local one, or a URL such as
+            `"s3://bucket/images/*.png"`.
+        options: fsspec storage options for a URL.
+
+    Returns:
+        The matching paths, as URLs with their scheme for a URL pattern.
+
+    Raises:
+        ImportError: If the protocol's package is missing.
+        OSError: If listing fails (after retries of transient failures).
+
+    Example:
+
+    >>> glob_files("data/image_*.png")  # doctest: +SKIP
+    ['data/image_000.png', 'data/image_001.png']
+    """
+    import glob
+
+    text = os.fspath(pattern)
+    if not is_url(text):
+        return sorted(p for p in glob.glob(text, recursive=True) if not os.path.isdir(p))
+    fs, path = filesystem(text, options)
+    fs.invalidate_cache()  # list afresh: objects added since an earlier listing in this process count
+    for attempt in range(ATTEMPTS):
+        try:
+            found = fs.glob(path, detail=True)
+            break
+        except Exception as e:
+            if attempt + 1 < ATTEMPTS and is_transient(e):
+                time.sleep(min(BACKOFF_LIMIT, BACKOFF_SECONDS * 2**attempt))
+                continue
+            raise _named(e, display_url(text), attempt + 1) from e
+    scheme = protocol(text)
+    files = [name for name, info in found.items() if info.get("type") != "directory"]
+    if scheme in ("file", "local"):
+        return sorted(fs.unstrip_protocol(name) for name in files)
+    return sorted(f"{scheme}://{name.lstrip('/')}" for name in files)  # spelt as the pattern was
+
+
+def read_manifest(
+    path: str | os.PathLike, options: Mapping[str, Any] | None = None, *, column: str | None = None
+) -> list[str]:
+    """The paths a manifest lists: a text file with one path per line, or a CSV file's column.
+
+    Relative paths are taken from the manifest's folder (or bucket
+    prefix). Blank lines and lines starting with `#` are skipped.
+
+    Args:
+        path: The manifest, local or a URL.
+        options: fsspec storage options for a URL.
+        column: The CSV column holding paths; a `.csv` manifest's first
+            column by default.
+
+    Returns:
+        The paths, in the manifest's order.
+
+    Raises:
+        FileNotFoundError: If the manifest does not exist.
+        ValueError: If it lists no path, or has no column `column`.
+
+    Example:
+
+    >>> read_manifest("s3://bucket/train.txt")  # doctest: +SKIP
+    ['s3://bucket/images/0001.png', 's3://bucket/images/0002.png']
+    """
+    import csv
+
+    text = os.fspath(path)
+    if is_url(text):
+        data = read_url(text, options).decode("utf-8-sig")
+        folder = text.rsplit("/", 1)[0]
+    else:
+        with open(text, encoding="utf-8-sig") as f:
+            data = f.read()
+        folder = os.path.dirname(os.path.abspath(text))
+    if text.lower().endswith(".csv") or column is not None:
+        rows = list(csv.reader(io.StringIO(data)))
+        header = rows[0] if rows else []
+        name = column if column is not None else (header[0] if header else "")
+        if name not in header:
+            raise ValueError(f"the manifest {display_url(text)!r} has no column {name!r}; its columns: {header}")
+        k = header.index(name)
+        entries = [row[k].strip() for row in rows[1:] if len(row) > k and row[k].strip()]
+    else:
+        entries = [line.strip() for line in data.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not entries:
+        raise ValueError(f"the manifest {display_url(text)!r} lists no path")
+    return [_resolve(folder, entry) for entry in entries]
+
+
+def _resolve(folder: str, entry: str) -> str:
+    if is_url(entry) or os.path.isabs(entry):
+        return entry
+    if is_url(folder):
+        return f"{folder}/{entry}"
+    return os.path.join(folder, entry)
+
+
+def matching(pattern: str, paths: list[str]) -> list[str]:
+    """The entries of `paths` that glob `pattern` matches (`**` recursive), sorted: listing by manifest.
+
+    Args:
+        pattern: A glob pattern (a URL or a path).
+        paths: Candidate paths, as `read_manifest` returns them.
+
+    Returns:
+        The matching paths, sorted.
+
+    Example:
+
+    >>> matching("s3://b/img/*.png", ["s3://b/img/1.png", "s3://b/img/sub/2.png", "s3://b/lbl/1.npy"])
+    ['s3://b/img/1.png']
+    """
+    regex = re.compile(_translate(pattern))
+    return sorted(p for p in paths if regex.fullmatch(p))
+
+
+def _translate(pattern: str) -> str:
+    """A regular expression for a glob pattern: `*` and `?` stay within a folder, `**/` spans folders."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape("["))
+                i += 1
+            else:
+                body = pattern[i + 1 : end]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)

@@ -1,0 +1,194 @@
+"""Datasets in S3, read through s3fs from an S3 server started on 127.0.0.1 (moto's, behind a proxy).
+
+The proxy (`keras_sepseq.s3_server`) adds latency, fails a share of reads
+(503s and dropped connections) and refuses chosen keys with 403, so these
+tests exercise the real client, the HTTP path and the retries.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+from conftest import decode_index, index_image, npy_bytes, png_bytes
+
+import keras_sepseq as ks
+from keras_sepseq.errors import SampleError
+
+pytest.importorskip("s3fs")
+s3_server = pytest.importorskip("keras_sepseq.s3_server")
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def server():
+    with s3_server.LoopbackS3(latency=0.002, seed=7) as server:
+        objects = {}
+        for i in range(N):
+            objects[f"img/image_{i:04d}.png"] = png_bytes(index_image(i))
+            objects[f"lbl/label_{i:04d}.npy"] = npy_bytes(np.array(i, dtype=np.int64))
+        server.upload("data", objects)
+        yield server
+
+
+@pytest.fixture
+def s3(server):
+    """The server with no failures or refusals and fresh counts."""
+    server.configure(latency=0.002, fail=0.0, deny=[])
+    server.reset()
+    return server
+
+
+def paired(server) -> tuple[list[str], list[str]]:
+    return ks.pair_files("s3://data/img/*.png", "s3://data/lbl/*.npy", storage_options=server.storage_options)
+
+
+def epoch(seq) -> list[int]:
+    seen = []
+    for i in range(len(seq)):
+        x, y = seq[i]
+        assert decode_index(x).tolist() == np.asarray(y).tolist()  # each image with its own label
+        seen.extend(np.asarray(y).tolist())
+    seq.on_epoch_end()
+    return seen
+
+
+def test_pair_files_lists_each_prefix_once(s3):
+    images, labels = paired(s3)
+    assert images == [f"s3://data/img/image_{i:04d}.png" for i in range(N)]
+    assert labels == [f"s3://data/lbl/label_{i:04d}.npy" for i in range(N)]
+    stats = s3.stats()
+    assert (
+        stats["list"] == 2 and stats["get"] == 0 and stats["head"] == 0
+    )  # one listing per pattern, no per-file request
+
+
+def test_listing_costs_a_request_per_page_not_per_key(s3):
+    keys = 2_100  # S3 pages hold 1,000 keys: three pages
+    s3.upload("many", {f"k/{i:05d}.npy": b"x" for i in range(keys)})
+    s3.reset()
+    found = ks.pair_files("s3://many/k/*.npy", "s3://many/k/*.npy", storage_options=s3.storage_options, key=str)[0]
+    assert len(found) == keys
+    assert s3.stats()["list"] == 2 * math.ceil(keys / 1000)  # two patterns, three pages each
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"workers": 1}, {"workers": 2}, {"workers": 2, "use_multiprocessing": True}],
+    ids=["workers=1", "2-threads", "2-processes"],
+)
+def test_every_sample_once_per_epoch_and_aligned(s3, options):
+    images, labels = paired(s3)
+    seq = ks.SeparatedSequence(
+        images, labels, batch_size=6, seed=1, dtype="uint8", storage_options=s3.storage_options, **options
+    )
+    try:
+        orders = [epoch(seq) for _ in range(2)]
+    finally:
+        seq.close()
+    assert all(sorted(order) == list(range(N)) for order in orders)
+    assert orders[0] != orders[1]  # reshuffled
+    assert s3.stats()["get"] == 2 * 2 * N  # every object read once per epoch, nothing read twice
+
+
+@pytest.mark.parametrize(
+    "options", [{"workers": 2}, {"workers": 2, "use_multiprocessing": True}], ids=["2-threads", "2-processes"]
+)
+def test_transient_failures_are_retried_and_reported(s3, options):
+    s3.configure(fail=0.02)
+    images, labels = paired(s3)
+    seq = ks.SeparatedSequence(images, labels, batch_size=8, seed=2, storage_options=s3.storage_options, **options)
+    try:
+        orders = [epoch(seq) for _ in range(4)]
+    finally:
+        seq.close()
+    assert all(sorted(order) == list(range(N)) for order in orders)
+    stats = s3.stats()
+    assert stats["failed"] > 0  # 2% of about 320 reads failed...
+    assert seq.remote_stats["failures"] == 0 and seq.remote_stats["retries"] > 0  # ...and were read again
+    assert "injected failure" in seq.remote_stats["last_retry"]
+
+
+def test_a_missing_object_is_named_in_a_sample_error(s3):
+    images, labels = paired(s3)
+    labels[5] = "s3://data/lbl/label_9999.npy"
+    seq = ks.SeparatedSequence(
+        images,
+        labels,
+        batch_size=4,
+        shuffle=False,
+        workers=2,
+        use_multiprocessing=True,
+        storage_options=s3.storage_options,
+    )
+    try:
+        with pytest.raises(
+            SampleError,
+            match=r"sample 5, file 's3://data/lbl/label_9999.npy': cannot load label: "
+            r"FileNotFoundError: no such object: s3://data/lbl/label_9999.npy",
+        ):
+            seq[1]
+    finally:
+        seq.close()
+
+
+def test_a_forbidden_object_is_named_and_skipped(s3):
+    s3.configure(deny=["data/img/image_0007.png"])
+    images, labels = paired(s3)
+    seq = ks.SeparatedSequence(
+        images, labels, batch_size=4, shuffle=False, on_error="skip", workers=2, storage_options=s3.storage_options
+    )
+    try:
+        x, y, w = seq[1]
+    finally:
+        seq.close()
+    assert y.tolist() == [4, 5, 6] and w.tolist() == [1.0, 1.0, 1.0]
+    [bad] = seq.errors
+    assert (bad.index, bad.path) == (7, "s3://data/img/image_0007.png")
+    assert bad.reason.startswith("cannot load image: PermissionError: access refused to s3://data/img/image_0007.png")
+    assert seq.remote_stats["retries"] == 0  # permanent: not tried again
+
+
+def test_a_directory_cache_makes_later_epochs_offline(s3, tmp_path):
+    images, labels = paired(s3)
+    seq = ks.SeparatedSequence(
+        images,
+        labels,
+        batch_size=8,
+        seed=4,
+        image_size=(6, 5),
+        cache=tmp_path / "cache",
+        workers=2,
+        storage_options=s3.storage_options,
+    )
+    try:
+        first = epoch(seq)
+        s3.reset()
+        later = [epoch(seq) for _ in range(2)]
+    finally:
+        seq.close()
+    assert sorted(first) == list(range(N)) and all(sorted(order) == list(range(N)) for order in later)
+    assert s3.stats()["requests"] == 0
+
+
+def test_validate_inspect_and_preview_work_on_a_bucket(s3, tmp_path):
+    images, labels = paired(s3)
+    seq = ks.SeparatedSequence(images, labels, batch_size=8, storage_options=s3.storage_options)
+    report = seq.validate(progress=False)
+    assert report.ok and report.num_samples == N and report.label_values == {i: 1 for i in range(N)}
+
+
+def test_credentials_stay_in_the_calling_process(s3):
+    images, labels = paired(s3)
+    options = {**s3.storage_options, "secret": "never-" + "shown-7f3a"}
+    seq = ks.SeparatedSequence(
+        images, labels, batch_size=8, storage_options=options, workers=2, use_multiprocessing=True
+    )
+    try:
+        epoch(seq)
+    finally:
+        seq.close()
+    assert b"never-shown-7f3a" not in pickle.dumps(seq)

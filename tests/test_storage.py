@@ -1,0 +1,255 @@
+"""URLs as paths (keras_sepseq.storage, keras_sepseq.fetching): helpers, and sequences over fsspec's memory://.
+
+The same sequences against a real S3 server are in test_object_storage.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import sys
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+from conftest import decode_index, index_image, npy_bytes, png_bytes
+
+import keras_sepseq as ks
+from keras_sepseq import storage
+from keras_sepseq.errors import SampleError
+
+
+@pytest.fixture
+def memory_dataset():
+    """A factory: `memory_dataset(n)` writes n indexed PNG + .npy pairs under a fresh memory:// folder."""
+    fs = fsspec.filesystem("memory")
+    roots = []
+
+    def make(n: int = 20) -> tuple[list[str], list[str]]:
+        root = f"/t{uuid.uuid4().hex[:8]}"
+        roots.append(root)
+        for i in range(n):
+            fs.pipe(f"{root}/img/image_{i:04d}.png", png_bytes(index_image(i)))
+            fs.pipe(f"{root}/lbl/label_{i:04d}.npy", npy_bytes(np.array(i, dtype=np.int64)))
+        images = [f"memory:/{root}/img/image_{i:04d}.png" for i in range(n)]
+        labels = [f"memory:/{root}/lbl/label_{i:04d}.npy" for i in range(n)]
+        return images, labels
+
+    yield make
+    for root in roots:
+        fs.rm(root, recursive=True)
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("s3://bucket/a.png", True),
+        ("gs://bucket/a.png", True),
+        ("https://host/a.png", True),
+        ("memory://x/a.png", True),
+        ("/data/a.png", False),
+        ("data/a.png", False),
+        ("C:/data/a.png", False),
+    ],
+    ids=["s3", "gs", "https", "memory", "absolute", "relative", "drive-letter"],
+)
+def test_is_url(path, expected):
+    assert storage.is_url(path) is expected
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("https://user:pw@host:8080/a.png?X-Amz-Signature=abc&X-Amz-Credential=k", "https://host:8080/a.png"),
+        ("s3://bucket/a/b.png", "s3://bucket/a/b.png"),
+        ("local/a.png", "local/a.png"),
+    ],
+    ids=["userinfo-and-signed-query", "plain-s3", "local"],
+)
+def test_display_url_drops_credentials(url, shown):
+    assert storage.display_url(url) == shown
+
+
+def test_public_options_drop_every_secret_at_every_level():
+    options = {
+        "key": "AKIAEXAMPLE",
+        "secret": "s3cr3t",
+        "token": "tok",
+        "anon": False,
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:1", "aws_secret_access_key": "s3cr3t", "region_name": "r"},
+        "config_kwargs": {"connect_timeout": 5},
+    }
+    public = storage.public_options(options)
+    assert public == {
+        "anon": False,
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:1", "region_name": "r"},
+        "config_kwargs": {"connect_timeout": 5},
+    }
+    assert options["secret"] == "s3cr3t"  # the caller's copy is untouched
+
+
+class _Status(Exception):
+    def __init__(self, status):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+@pytest.mark.parametrize(
+    "error, transient",
+    [
+        (TimeoutError("read timed out"), True),
+        (ConnectionResetError("reset by peer"), True),
+        (_Status(503), True),
+        (_Status(500), True),
+        (_Status(429), True),
+        (_Status(408), True),
+        (_Status(404), False),
+        (_Status(403), False),
+        (FileNotFoundError("s3://b/k"), False),
+        (PermissionError("denied"), False),
+        (OSError("SlowDown: please reduce your request rate"), True),
+        (ValueError("not an image"), False),
+    ],
+    ids=["timeout", "reset", "503", "500", "429", "408", "404", "403", "missing", "forbidden", "slowdown", "value"],
+)
+def test_transient_errors_are_told_from_permanent_ones(error, transient):
+    assert storage.is_transient(error) is transient
+
+
+def test_an_error_chained_from_an_http_answer_takes_its_status():
+    try:
+        try:
+            raise _Status(502)
+        except _Status as cause:
+            raise OSError("wrapped") from cause
+    except OSError as e:
+        assert storage.is_transient(e)
+
+
+def test_read_url_reads_and_names_a_missing_object():
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/read_url/a.bin", b"abc")
+    stats = storage.StorageStats()
+    assert storage.read_url("memory://read_url/a.bin", stats=stats) == b"abc"
+    with pytest.raises(FileNotFoundError, match=r"no such object: memory://read_url/missing\.bin"):
+        storage.read_url("memory://read_url/missing.bin", stats=stats)
+    assert stats.as_dict()["requests"] == 2 and stats.as_dict()["failures"] == 1 and stats.as_dict()["bytes"] == 3
+    fs.rm("/read_url", recursive=True)
+
+
+def test_a_missing_file_system_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if gcsfs were not installed
+    with pytest.raises(ImportError, match=r"pip install 'keras-sepseq\[gcs\]'"):
+        storage.read_url("gs://bucket/a.png")
+
+
+@pytest.mark.parametrize(
+    "pattern, expected",
+    [
+        ("s3://b/img/*.png", ["s3://b/img/1.png", "s3://b/img/2.png"]),
+        ("s3://b/img/**/*.png", ["s3://b/img/1.png", "s3://b/img/2.png", "s3://b/img/sub/3.png"]),
+        ("s3://b/img/?.png", ["s3://b/img/1.png", "s3://b/img/2.png"]),
+        ("s3://b/img/[!1].png", ["s3://b/img/2.png"]),
+        ("s3://b/lbl/*.npy", ["s3://b/lbl/1.npy"]),
+    ],
+    ids=["star", "double-star", "question-mark", "negated-class", "other-folder"],
+)
+def test_manifest_entries_are_matched_like_glob(pattern, expected):
+    listed = ["s3://b/img/2.png", "s3://b/img/1.png", "s3://b/img/sub/3.png", "s3://b/lbl/1.npy", "s3://b/img/1.jpg"]
+    assert storage.matching(pattern, listed) == expected
+
+
+def test_read_manifest_text_and_csv(tmp_path):
+    text = tmp_path / "files.txt"
+    text.write_text("# the training set\nimages/1.png\n\ns3://other/2.png\n")
+    assert storage.read_manifest(text) == [str(tmp_path / "images" / "1.png"), "s3://other/2.png"]
+    table = tmp_path / "files.csv"
+    table.write_text("path,label\nimages/1.png,3\nimages/2.png,4\n")
+    assert storage.read_manifest(table) == [str(tmp_path / "images" / n) for n in ("1.png", "2.png")]
+    assert storage.read_manifest(table, column="label") == [str(tmp_path / n) for n in ("3", "4")]
+    with pytest.raises(ValueError, match=r"has no column 'nope'; its columns: \['path', 'label'\]"):
+        storage.read_manifest(table, column="nope")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="lists no path"):
+        storage.read_manifest(empty)
+
+
+def test_pair_files_lists_a_memory_bucket_and_a_manifest(memory_dataset, tmp_path):
+    images, labels = memory_dataset(12)
+    root = images[0].rsplit("/img/", 1)[0]
+    assert ks.pair_files(f"{root}/img/*.png", f"{root}/lbl/*.npy") == (images, labels)
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("\n".join(images[:5] + labels[:5]))
+    assert ks.pair_files(f"{root}/img/*.png", f"{root}/lbl/*.npy", manifest=manifest) == (images[:5], labels[:5])
+    with pytest.raises(ValueError, match=r"`image_pattern` matched no files in the manifest"):
+        ks.pair_files(f"{root}/img/*.jpg", f"{root}/lbl/*.npy", manifest=manifest)
+
+
+def batches_digest(seq) -> tuple[str, list[int]]:
+    digest, seen = hashlib.sha256(), []
+    for i in range(len(seq)):
+        x, y = seq[i]
+        digest.update(np.ascontiguousarray(x).tobytes())
+        digest.update(np.ascontiguousarray(y).tobytes())
+        assert decode_index(x).tolist() == np.asarray(y).tolist()  # image and label of one sample stay together
+        seen.extend(np.asarray(y).tolist())
+    seq.on_epoch_end()
+    return digest.hexdigest(), seen
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"workers": 1}, {"workers": 2}, {"workers": 2, "use_multiprocessing": True}],
+    ids=["workers=1", "2-threads", "2-processes"],
+)
+def test_urls_give_the_bytes_of_local_files(options, memory_dataset, indexed_dataset):
+    images, labels = memory_dataset(21)
+    local_images, local_labels = indexed_dataset(21)
+    remote = ks.SeparatedSequence(images, labels, batch_size=4, seed=3, dtype="uint8", **options)
+    local = ks.SeparatedSequence(local_images, local_labels, batch_size=4, seed=3, dtype="uint8")
+    try:
+        for _ in range(2):
+            digest, seen = batches_digest(remote)
+            assert sorted(seen) == list(range(21))  # every sample once
+            assert digest == batches_digest(local)[0]
+        assert remote.remote_stats["requests"] == 2 * 2 * 21  # two epochs, two files per sample, no more
+    finally:
+        remote.close()
+
+
+def test_a_missing_object_is_a_sample_error_naming_its_url(memory_dataset):
+    images, labels = memory_dataset(6)
+    fsspec.filesystem("memory").rm(labels[4].split("memory:/", 1)[1])
+    seq = ks.SeparatedSequence(images, labels, batch_size=3, shuffle=False, workers=2)
+    try:
+        with pytest.raises(SampleError, match=rf"sample 4, file '{labels[4]}': cannot load label: FileNotFoundError"):
+            seq[1]
+    finally:
+        seq.close()
+    skipping = ks.SeparatedSequence(images, labels, batch_size=3, shuffle=False, on_error="skip")
+    x, y, w = skipping[1]
+    assert y.tolist() == [3, 5] and w.tolist() == [1.0, 1.0]
+    assert [(e.index, e.path) for e in skipping.errors] == [(4, labels[4])]
+    assert skipping.errors[0].reason == f"cannot load label: FileNotFoundError: no such object: {labels[4]}"
+
+
+def test_credentials_never_reach_pickles_state_or_messages(memory_dataset):
+    images, labels = memory_dataset(4)
+    secret = "s3cr3t-" + uuid.uuid4().hex
+    options = {"key": "AKIA" + secret, "secret": secret, "client_kwargs": {"region_name": "r"}}
+    seq = ks.SeparatedSequence(images, labels, batch_size=2, storage_options=options)
+    seq[0]
+    shipped = pickle.dumps(seq)
+    assert secret.encode() not in shipped
+    assert pickle.loads(shipped).storage_options == {"client_kwargs": {"region_name": "r"}}
+    assert secret not in repr(seq) and secret not in str(seq.get_state())
+    assert seq.storage_options["secret"] == secret  # the caller keeps them
+
+
+def test_storage_options_and_reads_in_flight_are_checked():
+    with pytest.raises(TypeError, match=r"`storage_options` must be a dict of fsspec options, or None. Received: str"):
+        ks.SeparatedSequence(["a.png"], [0], storage_options="key=1")
+    with pytest.raises(ValueError, match="reads_in_flight"):
+        ks.SeparatedSequence(["a.png"], [0], reads_in_flight=0)
