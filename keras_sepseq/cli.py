@@ -23,6 +23,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _storage_option(text: str) -> tuple[list[str], object]:
+    """`KEY=VALUE` (KEY may be dotted, as `client_kwargs.endpoint_url`; VALUE is JSON when it parses as JSON)."""
+    import json
+
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. client_kwargs.endpoint_url=http://...: {text!r}")
+    try:
+        parsed: object = json.loads(value)
+    except ValueError:
+        parsed = value
+    return name.split("."), parsed
+
+
+def _storage_options(pairs: list[tuple[list[str], object]] | None) -> dict | None:
+    """The nested dict of `--storage-option` values, or `None` when none was given."""
+    if not pairs:
+        return None
+    options: dict = {}
+    for path, value in pairs:
+        level = options
+        for part in path[:-1]:
+            level = level.setdefault(part, {})
+        level[path[-1]] = value
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser of `keras-sepseq` and its subcommands.
 
@@ -139,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--key", help="regular expression whose first group pairs the files (default: last number)")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
     inspect.add_argument("--workers", type=_positive_int, default=None, help="threads (default: the number of cores)")
+    inspect.add_argument(
+        "--storage-option", type=_storage_option, action="append", metavar="KEY=VALUE",
+        help="an fsspec option for URL globs (s3://...), e.g. client_kwargs.endpoint_url=http://127.0.0.1:9000 "
+        "(repeatable)",
+    )  # fmt: skip
     inspect.set_defaults(handler=_inspect)
 
     preview = commands.add_parser(
@@ -155,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--size", type=_positive_int, default=128, help="cell size in pixels (default: %(default)s)")
     preview.add_argument("--key", help="regular expression whose first group pairs the files (default: last number)")
+    preview.add_argument(
+        "--storage-option", type=_storage_option, action="append", metavar="KEY=VALUE",
+        help="an fsspec option for URL globs, as for inspect (repeatable)",
+    )  # fmt: skip
     preview.set_defaults(handler=_preview)
     return parser
 
@@ -166,9 +202,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
     try:
         result = inspect_files(
-            args.image_glob, args.label_glob, key=args.key, progress=not args.json, workers=args.workers
-        )
-    except ValueError as e:
+            args.image_glob, args.label_glob, key=args.key, progress=not args.json, workers=args.workers,
+            storage_options=_storage_options(args.storage_option),
+        )  # fmt: skip
+    except (ValueError, OSError, ImportError) as e:
         print(f"keras-sepseq inspect: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else format_inspection(result))
@@ -179,16 +216,17 @@ def _preview(args: argparse.Namespace) -> int:
     from keras_sepseq.inspection import contact_sheet
     from keras_sepseq.pairing import match_files
 
+    options = _storage_options(args.storage_option)
     try:
-        matching = match_files(args.image_glob, args.label_glob, key=args.key)
-    except ValueError as e:
+        matching = match_files(args.image_glob, args.label_glob, key=args.key, storage_options=options)
+    except (ValueError, OSError, ImportError) as e:
         print(f"keras-sepseq preview: error: {e}", file=sys.stderr)
         return 2
     if not matching.image_paths:
         print("keras-sepseq preview: error: no image has a label file with the same key", file=sys.stderr)
         return 2
     sheet, problems = contact_sheet(
-        matching.image_paths, matching.label_paths, n=args.n, seed=args.seed, cell=args.size
+        matching.image_paths, matching.label_paths, n=args.n, seed=args.seed, cell=args.size, storage_options=options
     )
     try:
         sheet.save(args.out)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from keras_sepseq.pairing import Key, Matching, match_files
-from keras_sepseq.storage import open_file
+from keras_sepseq.storage import open_file, supplied
 
 
 def image_header(path: str) -> tuple[tuple[int, int] | None, str | None, str | None]:
@@ -37,6 +37,14 @@ def image_header(path: str) -> tuple[tuple[int, int] | None, str | None, str | N
         return None, None, None
 
 
+_PAD, _TEXT_HEIGHT = 6, 32  # contact sheets: pixels between cells, and under each for its text
+
+
+def _header(path: str, storage_options: dict[str, Any] | None) -> tuple:
+    with supplied(None, storage_options):  # a URL is read with these options
+        return image_header(path)
+
+
 def inspect_files(
     image_pattern: str,
     label_pattern: str,
@@ -44,6 +52,7 @@ def inspect_files(
     key: Key = None,
     progress: bool = True,
     workers: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pairs the files and checks every pair: what `keras-sepseq inspect` reports.
 
@@ -54,6 +63,8 @@ def inspect_files(
         progress: Show a progress bar while loading every pair. Defaults
             to `True`.
         workers: Threads; defaults to the number of cores.
+        storage_options: fsspec options for URL patterns, as for
+            `pair_files`.
 
     Returns:
         A JSON-friendly dict: `pairs`, `orphan_images`, `orphan_labels`,
@@ -72,7 +83,7 @@ def inspect_files(
     """
     from keras_sepseq.separated import SeparatedSequence
 
-    matching: Matching = match_files(image_pattern, label_pattern, key=key)
+    matching: Matching = match_files(image_pattern, label_pattern, key=key, storage_options=storage_options)
     result: dict[str, Any] = {
         "pairs": len(matching.image_paths),
         "orphan_images": matching.orphan_images,
@@ -85,13 +96,18 @@ def inspect_files(
     }
     if matching.image_paths:
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            headers = list(pool.map(image_header, matching.image_paths, chunksize=64))
+            headers = list(pool.map(lambda p: _header(p, storage_options), matching.image_paths, chunksize=64))
         sizes = Counter(f"{s[0]}x{s[1]}" for s, _, _ in headers if s)
         result["image_sizes"] = dict(sizes.most_common())
         result["image_modes"] = dict(Counter(m for _, m, _ in headers if m).most_common())
         result["image_formats"] = dict(Counter(f for _, _, f in headers if f).most_common())
         seq = SeparatedSequence(
-            matching.image_paths, matching.label_paths, batch_size=1, shuffle=False, workers=workers or 1
+            matching.image_paths,
+            matching.label_paths,
+            batch_size=1,
+            shuffle=False,
+            workers=workers or 1,
+            storage_options=storage_options,
         )
         report = seq.validate(progress=progress, workers=workers)
         summary = report.to_dict()
@@ -189,6 +205,7 @@ def contact_sheet(
     n: int = 16,
     seed: int = 0,
     cell: int = 128,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[Image.Image, list[str]]:
     """A grid of `n` random samples, each with its label and file name written under it.
 
@@ -204,6 +221,7 @@ def contact_sheet(
         cell: Each image is scaled to fit a `cell` x `cell` square, keeping
             its aspect ratio (small images grow with crisp pixels).
             Defaults to 128.
+        storage_options: fsspec options for URLs, as for `pair_files`.
 
     Returns:
         `(sheet, problems)`: an RGB `PIL.Image`, and one line per sample
@@ -214,55 +232,65 @@ def contact_sheet(
     >>> sheet, problems = contact_sheet(images, labels, n=9)  # doctest: +SKIP
     >>> sheet.save("grid.png")  # doctest: +SKIP
     """
-    from keras_sepseq.images import decode_image
-    from keras_sepseq.masks import looks_like_images, read_mask, resize_nearest
-    from keras_sepseq.npy import load_npy
-
     count = min(n, len(image_paths))
     chosen = np.random.default_rng(seed).choice(len(image_paths), size=count, replace=False)
     columns = max(1, math.ceil(math.sqrt(count)))
     rows = math.ceil(count / columns)
     font = ImageFont.load_default(size=12)
-    text_height = 32
-    pad = 6
-    sheet = Image.new("RGB", (columns * (cell + pad) + pad, rows * (cell + text_height + pad) + pad), "white")
+    pad = _PAD
+    sheet = Image.new("RGB", (columns * (cell + pad) + pad, rows * (cell + _TEXT_HEIGHT + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
-    problems = []
-    for slot, index in enumerate(chosen):
-        left = pad + (slot % columns) * (cell + pad)
-        top = pad + (slot // columns) * (cell + text_height + pad)
-        name = os.path.basename(image_paths[index])
-        try:
-            pixels = decode_image(image_paths[index], color_mode="rgb")
-            thumb = Image.fromarray(pixels if pixels.dtype == np.uint8 else (pixels >> 8).astype(np.uint8))
-            grow = thumb.width < cell and thumb.height < cell  # small images: crisp pixels, not blur
-            thumb = ImageOps.contain(
-                thumb, (cell, cell), Image.Resampling.NEAREST if grow else Image.Resampling.LANCZOS
-            )
-            sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
-            if looks_like_images([label_paths[index]]):
-                mask = read_mask(label_paths[index])
-                mask = mask if mask.ndim == 2 else mask[..., 0]
-                small = resize_nearest(mask, (thumb.height, thumb.width))
-                overlay = Image.fromarray(mask_colours(small))
-                thumb = Image.blend(thumb.convert("RGB"), overlay, 0.45)
-                sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
-                text = " ".join(str(v) for v in np.unique(mask).tolist())
-            else:
-                text = label_text(load_npy(label_paths[index]))
-        except Exception as e:
-            draw.rectangle((left, top, left + cell - 1, top + cell - 1), fill="#dddddd")
-            draw.text((left + 8, top + cell // 2 - 6), "unreadable", fill="#a00000", font=font)
-            text = "?"
-            problems.append(f"{image_paths[index]}: {type(e).__name__}: {e}")
-        fits = max(6, cell // 7)  # characters of the 12 px font that fit under a cell
-        draw.text(
-            (left, top + cell + 2), text if len(text) <= fits else text[: fits - 1] + "…", fill="black", font=font
-        )
-        draw.text(
-            (left, top + cell + 17), name if len(name) <= fits else name[: fits - 1] + "…", fill="#666666", font=font
-        )
+    problems: list[str] = []
+    with supplied(None, storage_options):  # URLs read with these options
+        for slot, index in enumerate(chosen):
+            _draw_cell(sheet, draw, font, slot, image_paths[index], label_paths[index], columns, cell, problems)
     return sheet, problems
+
+
+def _draw_cell(
+    sheet: Image.Image,
+    draw: Any,
+    font: Any,
+    slot: int,
+    image_path: str,
+    label_path: str,
+    columns: int,
+    cell: int,
+    problems: list[str],
+) -> None:
+    """Draws one sample of a contact sheet in cell `slot`; a failure goes to `problems`."""
+    from keras_sepseq.images import decode_image
+    from keras_sepseq.masks import looks_like_images, read_mask, resize_nearest
+    from keras_sepseq.npy import load_npy
+
+    pad = _PAD
+    left = pad + (slot % columns) * (cell + pad)
+    top = pad + (slot // columns) * (cell + _TEXT_HEIGHT + pad)
+    name = os.path.basename(image_path)
+    try:
+        pixels = decode_image(image_path, color_mode="rgb")
+        thumb = Image.fromarray(pixels if pixels.dtype == np.uint8 else (pixels >> 8).astype(np.uint8))
+        grow = thumb.width < cell and thumb.height < cell  # small images: crisp pixels, not blur
+        thumb = ImageOps.contain(thumb, (cell, cell), Image.Resampling.NEAREST if grow else Image.Resampling.LANCZOS)
+        sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
+        if looks_like_images([label_path]):
+            mask = read_mask(label_path)
+            mask = mask if mask.ndim == 2 else mask[..., 0]
+            small = resize_nearest(mask, (thumb.height, thumb.width))
+            overlay = Image.fromarray(mask_colours(small))
+            thumb = Image.blend(thumb.convert("RGB"), overlay, 0.45)
+            sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
+            text = " ".join(str(v) for v in np.unique(mask).tolist())
+        else:
+            text = label_text(load_npy(label_path))
+    except Exception as e:
+        draw.rectangle((left, top, left + cell - 1, top + cell - 1), fill="#dddddd")
+        draw.text((left + 8, top + cell // 2 - 6), "unreadable", fill="#a00000", font=font)
+        text = "?"
+        problems.append(f"{image_path}: {type(e).__name__}: {e}")
+    fits = max(6, cell // 7)  # characters of the 12 px font that fit under a cell
+    draw.text((left, top + cell + 2), text if len(text) <= fits else text[: fits - 1] + "…", fill="black", font=font)
+    draw.text((left, top + cell + 17), name if len(name) <= fits else name[: fits - 1] + "…", fill="#666666", font=font)
 
 
 _CLASS_COLOURS = np.array(

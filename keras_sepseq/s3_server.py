@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import select
 import socket
@@ -154,6 +155,16 @@ class LoopbackS3:
     def stats(self) -> dict[str, int]:
         """Requests the proxy has seen, by kind: `get`, `list`, `head`, `put`, `other`, `failed`, `requests`."""
         return self._control("stats")
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server's process has used so far (from `/proc`; 0 where there is none)."""
+        process = self._process
+        try:
+            with open(f"/proc/{process.pid if process else 0}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
 
     def reset(self) -> None:
         """Sets the proxy's request counts back to zero."""

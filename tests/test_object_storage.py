@@ -7,14 +7,17 @@ tests exercise the real client, the HTTP path and the retries.
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 
 import numpy as np
 import pytest
 from conftest import decode_index, index_image, npy_bytes, png_bytes
+from PIL import Image
 
 import keras_sepseq as ks
+from keras_sepseq.cli import main
 from keras_sepseq.errors import SampleError
 
 pytest.importorskip("s3fs")
@@ -174,11 +177,25 @@ def test_a_directory_cache_makes_later_epochs_offline(s3, tmp_path):
     assert s3.stats()["requests"] == 0
 
 
-def test_validate_inspect_and_preview_work_on_a_bucket(s3, tmp_path):
+def test_validate_inspect_and_preview_work_on_a_bucket(s3, tmp_path, capsys):
     images, labels = paired(s3)
     seq = ks.SeparatedSequence(images, labels, batch_size=8, storage_options=s3.storage_options)
     report = seq.validate(progress=False)
     assert report.ok and report.num_samples == N and report.label_values == {i: 1 for i in range(N)}
+    options = [
+        f"--storage-option=client_kwargs.endpoint_url={s3.endpoint}",
+        "--storage-option=client_kwargs.region_name=us-east-1",
+        "--storage-option=key=testing",
+        "--storage-option=secret=testing",
+    ]
+    assert main(["inspect", "s3://data/img/*.png", "s3://data/lbl/*.npy", "--json", *options]) == 0
+    inspected = json.loads(capsys.readouterr().out)
+    assert inspected["pairs"] == N and inspected["image_sizes"] == {"5x6": N} and inspected["bad"] == []
+    sheet = tmp_path / "sheet.png"
+    assert (
+        main(["preview", "s3://data/img/*.png", "s3://data/lbl/*.npy", "--out", str(sheet), "--n", "4", *options]) == 0
+    )
+    assert "wrote" in capsys.readouterr().out and Image.open(sheet).size[0] > 0
 
 
 def test_credentials_stay_in_the_calling_process(s3):
