@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 from keras_sepseq.fields import ArrayField, Field, ImageField
 from keras_sepseq.masks import IMAGE_EXTENSIONS, MaskField
 from keras_sepseq.options import IMAGE_DEFAULTS, MASK_DEFAULTS
+from keras_sepseq.storage import display_url, glob_files, is_url, join_path, read_url
 
 __all__ = ["from_directory", "from_table", "split_by_key"]
 
@@ -187,26 +189,25 @@ def from_directory(
     from keras_sepseq.separated import SeparatedSequence
 
     root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise ValueError(f"`root` must be a folder of class subfolders. Received: root={root!r}")
-    found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    by_class = _class_folders(root, options.get("storage_options"))
+    found = sorted(by_class)
     names = list(class_names) if class_names is not None else found
     missing = [c for c in names if c not in found]
     if missing:
         raise ValueError(f"`class_names` lists folders that are not in {root!r}: {missing}. Found: {found}")
     wanted = tuple(e.lower() for e in extensions)
-    paths, labels = [], []
+    paths, labels, relative = [], [], []
     for class_id, name in enumerate(names):
-        for folder, _, files in sorted(os.walk(os.path.join(root, name))):
-            for file in sorted(files):
-                if file.lower().endswith(wanted):
-                    paths.append(os.path.join(folder, file))
-                    labels.append(class_id)
+        for rel, path in by_class[name]:
+            if path.lower().endswith(wanted):
+                paths.append(path)
+                relative.append(rel)
+                labels.append(class_id)
     if not paths:
         raise ValueError(f"no image files ({', '.join(wanted)}) in the class folders of {root!r}: {names}")
     chosen = np.arange(len(paths))
     if split is not None:
-        parts = split_by_key([os.path.relpath(p, root) for p in paths], fractions=fractions, salt=salt)
+        parts = split_by_key(relative, fractions=fractions, salt=salt)
         if split not in parts:
             raise ValueError(f"`split` must be one of {sorted(parts)}. Received: split={split!r}")
         chosen = parts[split]
@@ -220,18 +221,48 @@ def from_directory(
     return seq
 
 
-def _read_table(table: Any) -> tuple[dict[str, list], str | None]:
-    """Columns of a CSV file (by path) or of a DataFrame-like object, and the folder relative paths start from."""
+def _class_folders(root: str, storage_options: Any) -> dict[str, list[tuple[str, str]]]:
+    """`{class folder: [(path relative to root, path), ...]}` of every file below root's subfolders, sorted.
+
+    A URL root (`s3://bucket/flowers`) is listed once, recursively, in pages.
+    """
+    classes: dict[str, list[tuple[str, str]]] = {}
+    if is_url(root):
+        top = root.rstrip("/") + "/"
+        for path in glob_files(top + "**", storage_options):
+            rel = path[len(top) :] if path.startswith(top) else path.rsplit("/", 1)[-1]
+            if "/" in rel:
+                classes.setdefault(rel.split("/", 1)[0], []).append((rel, path))
+        if not classes:
+            raise ValueError(f"`root` must be a folder of class subfolders. Received: root={display_url(root)!r}")
+        return classes
+    if not os.path.isdir(root):
+        raise ValueError(f"`root` must be a folder of class subfolders. Received: root={root!r}")
+    for name in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
+        found = classes.setdefault(name, [])
+        for folder, _, files in sorted(os.walk(os.path.join(root, name))):
+            for file in sorted(files):
+                path = os.path.join(folder, file)
+                found.append((os.path.relpath(path, root), path))
+    return classes
+
+
+def _read_table(table: Any, storage_options: Any = None) -> tuple[dict[str, list], str | None]:
+    """Columns of a CSV file (a path or URL) or of a DataFrame-like object, and the folder relative paths start from."""
     if isinstance(table, (str, os.PathLike)):
         path = os.fspath(table)
         try:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
+            if is_url(path):
+                text, folder = read_url(path, storage_options).decode("utf-8-sig"), path.rsplit("/", 1)[0]
+            else:
+                with open(path, newline="", encoding="utf-8-sig") as f:
+                    text, folder = f.read(), os.path.dirname(os.path.abspath(path))
         except OSError as e:
             raise ValueError(f"`table` cannot be read: {e}") from e
+        rows = list(csv.DictReader(io.StringIO(text)))
         if not rows:
-            raise ValueError(f"`table` {path!r} holds no rows.")
-        return {name: [row[name] for row in rows] for name in rows[0]}, os.path.dirname(os.path.abspath(path))
+            raise ValueError(f"`table` {display_url(path)!r} holds no rows.")
+        return {name: [row[name] for row in rows] for name in rows[0]}, folder
     columns = getattr(table, "columns", None)
     if columns is None:
         raise TypeError(f"`table` must be a CSV path or a DataFrame. Received: {type(table).__name__}")
@@ -242,7 +273,7 @@ def _column_field(name: str, values: list, root: str | None, as_target: bool, se
     sample = str(values[0]) if values else ""
     ext = os.path.splitext(sample)[1].lower()
     if ext in IMAGE_EXTENSIONS or ext == ".npy":
-        paths = [v if root is None or os.path.isabs(str(v)) else os.path.join(root, str(v)) for v in values]
+        paths = [str(v) if root is None else join_path(root, str(v)) for v in values]
         if ext == ".npy":
             return ArrayField(paths, kind=name)
         if as_target:
@@ -303,7 +334,7 @@ def from_table(
     """
     from keras_sepseq.field_sequence import FieldSequence
 
-    columns, folder = _read_table(table)
+    columns, folder = _read_table(table, options.get("storage_options"))
     base = os.fspath(root) if root is not None else folder
     settings = {k: options.pop(k) for k in list(options) if k in IMAGE_DEFAULTS or k in MASK_DEFAULTS}
 

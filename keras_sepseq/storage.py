@@ -43,6 +43,7 @@ __all__ = [
     "glob_files",
     "is_transient",
     "is_url",
+    "join_path",
     "open_file",
     "public_options",
     "read_manifest",
@@ -547,14 +548,28 @@ def read_manifest(
         entries = [line.strip() for line in data.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not entries:
         raise ValueError(f"the manifest {display_url(text)!r} lists no path")
-    return [_resolve(folder, entry) for entry in entries]
+    return [join_path(folder, entry) for entry in entries]
 
 
-def _resolve(folder: str, entry: str) -> str:
+def join_path(folder: str, entry: str) -> str:
+    """`entry` taken from `folder` (a local folder or a URL prefix), unless it is absolute or a URL itself.
+
+    Args:
+        folder: Where relative entries start from.
+        entry: A path or URL.
+
+    Returns:
+        The joined path.
+
+    Example:
+
+    >>> join_path("s3://bucket/train", "images/1.png"), join_path("/data", "s3://other/2.png")
+    ('s3://bucket/train/images/1.png', 's3://other/2.png')
+    """
     if is_url(entry) or os.path.isabs(entry):
         return entry
     if is_url(folder):
-        return f"{folder}/{entry}"
+        return f"{folder.rstrip('/')}/{entry}"
     return os.path.join(folder, entry)
 
 

@@ -253,3 +253,20 @@ def test_storage_options_and_reads_in_flight_are_checked():
         ks.SeparatedSequence(["a.png"], [0], storage_options="key=1")
     with pytest.raises(ValueError, match="reads_in_flight"):
         ks.SeparatedSequence(["a.png"], [0], reads_in_flight=0)
+
+
+def test_from_directory_and_from_table_read_urls(memory_dataset):
+    fs = fsspec.filesystem("memory")
+    root = f"/cls{uuid.uuid4().hex[:8]}"
+    for name, ids in (("cat", [0, 1, 2]), ("dog", [3, 4])):
+        for i in ids:
+            fs.pipe(f"{root}/{name}/sub/img_{i}.png", png_bytes(index_image(i)))
+    seq = ks.from_directory(f"memory:/{root}", batch_size=5, shuffle=False, dtype="uint8")
+    x, y = seq[0]
+    assert seq.class_names == ["cat", "dog"] and y.tolist() == [0, 0, 0, 1, 1]
+    assert decode_index(x).tolist() == [0, 1, 2, 3, 4]
+    fs.pipe(f"{root}/table.csv", b"photo,label\n" + b"".join(f"cat/sub/img_{i}.png,{i}\n".encode() for i in range(3)))
+    table = ks.from_table(f"memory:/{root}/table.csv", "photo", "label", batch_size=3, shuffle=False, dtype="uint8")
+    x, y = table[0]
+    assert decode_index(x).tolist() == y.tolist() == [0, 1, 2]
+    fs.rm(root, recursive=True)
