@@ -209,3 +209,43 @@ def test_credentials_stay_in_the_calling_process(s3):
     finally:
         seq.close()
     assert b"never-shown-7f3a" not in pickle.dumps(seq)
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 (Python's own file server), and its base URL."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_https_urls_with_a_manifest(http_folder, indexed_dataset):
+    folder, base = http_folder
+    images, labels = indexed_dataset(9)  # written under tmp_path/data, which the server serves
+    (folder / "manifest.txt").write_text("\n".join(f"data/{p.rsplit('/', 1)[1]}" for p in images + labels))
+    urls, label_urls = ks.pair_files(
+        f"{base}/data/image_*.png", f"{base}/data/label_*.npy", manifest=f"{base}/manifest.txt"
+    )
+    assert urls == [f"{base}/data/image_{i:04d}.png" for i in range(9)]
+    seq = ks.SeparatedSequence(urls, label_urls, batch_size=4, seed=0, workers=2, use_multiprocessing=True)
+    try:
+        assert sorted(epoch(seq)) == list(range(9))
+        label_urls[2] = f"{base}/data/missing.npy"
+        broken = ks.SeparatedSequence(urls, label_urls, batch_size=3, shuffle=False)
+        with pytest.raises(
+            SampleError, match=rf"sample 2, file '{base}/data/missing.npy': cannot load label: FileNotFoundError"
+        ):
+            broken[0]
+    finally:
+        seq.close()
