@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -216,6 +217,18 @@ class RemoteReading:
         if not self.reads_remote or storage.has_supply():
             return contextlib.nullcontext()
         return storage.supplied(wait_all(self.fetch_samples(indices)), self.storage_options)
+
+    def report_retries(self) -> None:
+        """Warns, once per epoch (from `on_epoch_end`), when reads were tried again after transient failures."""
+        stats = self._storage_stats
+        reported = getattr(self, "_retries_reported", 0)
+        if stats.retries > reported:
+            self._retries_reported = stats.retries
+            warnings.warn(
+                f"keras_sepseq read objects again {stats.retries - reported} time(s) this epoch after transient "
+                f"failures (last: {stats.last_retry}); every sample was still served. Counts: seq.remote_stats.",
+                stacklevel=3,
+            )
 
     def close_fetcher(self) -> None:
         """Stops the I/O threads."""

@@ -188,6 +188,7 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         self.set_epoch(self.epoch + 1)
         if self._cache is not None:
             self._cache.flush()
+        self.report_retries()
         skipped, self._skipped_this_epoch = self._skipped_this_epoch, []
         if skipped:
             unique = sorted(set(skipped))

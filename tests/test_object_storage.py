@@ -105,10 +105,13 @@ def test_transient_failures_are_retried_and_reported(s3, options):
     images, labels = paired(s3)
     seq = ks.SeparatedSequence(images, labels, batch_size=8, seed=2, storage_options=s3.storage_options, **options)
     try:
-        orders = [epoch(seq) for _ in range(4)]
+        with pytest.warns(UserWarning, match=r"keras_sepseq read objects again \d+ time\(s\) this epoch") as caught:
+            orders = [epoch(seq) for _ in range(4)]
     finally:
         seq.close()
     assert all(sorted(order) == list(range(N)) for order in orders)
+    ours = [str(w.message) for w in caught if "read objects again" in str(w.message)]
+    assert sum(int(text.split("again ")[1].split(" ")[0]) for text in ours) == seq.remote_stats["retries"]
     stats = s3.stats()
     assert stats["failed"] > 0  # 2% of about 320 reads failed...
     assert seq.remote_stats["failures"] == 0 and seq.remote_stats["retries"] > 0  # ...and were read again
