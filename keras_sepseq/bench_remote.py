@@ -67,9 +67,9 @@ def run_remote(
     """
     from keras_sepseq.bench import epoch_timer, tiny_model
     from keras_sepseq.fetching import Fetcher, wait_all
+    from keras_sepseq.listing import glob_files
     from keras_sepseq.s3_server import LoopbackS3
     from keras_sepseq.separated import SeparatedSequence
-    from keras_sepseq.storage import glob_files
 
     if epochs < 2:
         raise ValueError(f"`epochs` must be >= 2 (one to fill the cache). Received: epochs={epochs}")

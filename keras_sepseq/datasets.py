@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from keras_sepseq.fields import ArrayField, Field, ImageField
+from keras_sepseq.listing import glob_files, join_path
 from keras_sepseq.masks import IMAGE_EXTENSIONS, MaskField
 from keras_sepseq.options import IMAGE_DEFAULTS, MASK_DEFAULTS
-from keras_sepseq.storage import display_url, glob_files, is_url, join_path, read_url
+from keras_sepseq.storage import display_url, is_url, read_url
 
 __all__ = ["from_directory", "from_table", "split_by_key"]
 

@@ -26,7 +26,7 @@ import contextlib
 import random
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -155,8 +155,24 @@ class RemoteReading:
         self._storage_stats = storage.StorageStats()
         self._fetcher: Fetcher | None = None
 
+    def path_columns(self) -> list[Sequence[str]]:
+        """One sequence of paths per part of a sample that is read from files; `[]` by default. Subclasses say.
+
+        Returns:
+            Sequences indexed by sample (a `PathArray`, a list...).
+        """
+        return []
+
+    def _url_columns(self) -> list[Sequence[str]]:
+        """The path columns with a URL among their paths (checked once, over every path)."""
+        columns = self.__dict__.get("_url_columns_found")
+        if columns is None:
+            columns = [c for c in self.path_columns() if any(map(storage.is_url, c))]
+            self.__dict__["_url_columns_found"] = columns
+        return columns
+
     def sample_urls(self, index: int) -> list[str]:
-        """The URLs sample `index` reads (its files in object storage); `[]` when all are local. Subclasses say.
+        """The URLs sample `index` reads (its files in object storage); `[]` when all are local.
 
         Args:
             index: The sample index.
@@ -164,12 +180,12 @@ class RemoteReading:
         Returns:
             URLs, to be fetched ahead of decoding.
         """
-        return []
+        return [p for p in (c[index] for c in self._url_columns()) if storage.is_url(p)]
 
     @property
     def reads_remote(self) -> bool:
         """Whether any sample reads a URL (then workers get their bytes fetched ahead)."""
-        return False
+        return bool(self._url_columns())
 
     @property
     def remote_stats(self) -> dict[str, Any]:

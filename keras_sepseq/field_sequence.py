@@ -10,7 +10,7 @@ was given, keyed by field name so that it matches the names of the model's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -19,7 +19,6 @@ from keras_sepseq.augment import Augmentation, batch_seed, sample_rng
 from keras_sepseq.fields import Field, ImageField, PaddedField
 from keras_sepseq.masks import MaskField
 from keras_sepseq.sequence import BaseSequence
-from keras_sepseq.storage import is_url
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -242,23 +241,9 @@ class FieldSequence(BaseSequence):
         """
         return f"{field.kind} ({name!r})"
 
-    def sample_urls(self, index: int) -> list[str]:
-        """The URLs among sample `index`'s files, one per field in object storage."""
-        paths = (cast(str, field.path(index)) for _, field in self._remote_fields())
-        return [p for p in paths if is_url(p)]
-
-    @property
-    def reads_remote(self) -> bool:
-        """Whether any field's files are URLs."""
-        return bool(self._remote_fields())
-
-    def _remote_fields(self) -> list[tuple[str, Field]]:
-        """The fields with a URL among their paths (checked once)."""
-        remote = self.__dict__.get("_remote")
-        if remote is None:
-            remote = [(n, f) for n, f in self.fields if f.paths is not None and any(map(is_url, f.paths))]
-            self.__dict__["_remote"] = remote
-        return remote
+    def path_columns(self) -> list[Sequence[str]]:
+        """The paths of every field backed by files (for `RemoteReading`: which of them are URLs)."""
+        return [field.paths for _, field in self.fields if field.paths is not None]
 
     def sample_path(self, index: int) -> str | None:
         """The first file of sample `index` (its first field backed by files)."""

@@ -8,7 +8,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from keras_sepseq.storage import display_url, glob_files, is_url, matching, read_manifest
+from keras_sepseq.listing import glob_files, matching, read_manifest
+from keras_sepseq.storage import display_url, is_url
 
 Key = Callable[[str], Hashable] | str | None
 

@@ -8,9 +8,7 @@ that tells them apart and reads them:
 - `read_url` fetches an object's bytes, retrying transient failures
   (timeouts, dropped connections, HTTP 429 and 5xx) with backoff and
   sending permanent ones (403, 404) on at once, as local files do;
-- `glob_files` lists a pattern with one paginated listing per prefix (the
-  file system's `glob`), never a request per file, and `read_manifest`
-  replaces listing by a text or CSV file of paths;
+- listing a bucket and reading manifests are `keras_sepseq.listing`'s job;
 - `public_options` strips credentials from `storage_options` before they
   are pickled or shown, and `display_url` from a URL.
 
@@ -40,14 +38,16 @@ from typing import IO, Any
 __all__ = [
     "StorageStats",
     "display_url",
-    "glob_files",
+    "filesystem",
+    "has_supply",
     "is_transient",
     "is_url",
-    "join_path",
+    "named_error",
     "open_file",
+    "protocol",
     "public_options",
-    "read_manifest",
     "read_url",
+    "supplied",
 ]
 
 ATTEMPTS = 6
@@ -370,14 +370,14 @@ def read_url(
                 continue
             if stats is not None:
                 stats.add(requests=1, failures=1, seconds=seconds)
-            raise _named(e, shown, attempt + 1) from e
+            raise named_error(e, shown, attempt + 1) from e
         if stats is not None:
             stats.add(requests=1, bytes=len(data), seconds=time.perf_counter() - start)
         return bytes(data)
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def _named(error: BaseException, url: str, tries: int) -> OSError:
+def named_error(error: BaseException, url: str, tries: int) -> OSError:
     """An error of the same family as `error` whose message names `url` (and how often it was tried)."""
     detail = str(error) or type(error).__name__
     tried = f" (tried {tries} times)" if tries > 1 else ""
@@ -452,172 +452,3 @@ def open_file(path: str | os.PathLike) -> IO[bytes]:
             raise value
         return io.BytesIO(value)
     return io.BytesIO(read_url(url, getattr(_LOCAL, "options", None)))
-
-
-def glob_files(pattern: str | os.PathLike, options: Mapping[str, Any] | None = None) -> list[str]:
-    """The files (not folders) a glob pattern matches, sorted; `**` recurses. Local paths or URLs.
-
-    For a URL, the file system lists each prefix once, in pages (S3 lists
-    1,000 keys per request), and never asks about files one at a time.
-
-    Args:
-        pattern: A glob pattern: a local one, or a URL such as
-            `"s3://bucket/images/*.png"`.
-        options: fsspec storage options for a URL.
-
-    Returns:
-        The matching paths, as URLs with their scheme for a URL pattern.
-
-    Raises:
-        ImportError: If the protocol's package is missing.
-        OSError: If listing fails (after retries of transient failures).
-
-    Example:
-
-    >>> glob_files("data/image_*.png")  # doctest: +SKIP
-    ['data/image_000.png', 'data/image_001.png']
-    """
-    import glob
-
-    text = os.fspath(pattern)
-    if not is_url(text):
-        return sorted(p for p in glob.glob(text, recursive=True) if not os.path.isdir(p))
-    fs, path = filesystem(text, options)
-    fs.invalidate_cache()  # list afresh: objects added since an earlier listing in this process count
-    for attempt in range(ATTEMPTS):
-        try:
-            found = fs.glob(path, detail=True)
-            break
-        except Exception as e:
-            if attempt + 1 < ATTEMPTS and is_transient(e):
-                time.sleep(min(BACKOFF_LIMIT, BACKOFF_SECONDS * 2**attempt))
-                continue
-            raise _named(e, display_url(text), attempt + 1) from e
-    scheme = protocol(text)
-    files = [name for name, info in found.items() if info.get("type") != "directory"]
-    if scheme in ("file", "local"):
-        return sorted(fs.unstrip_protocol(name) for name in files)
-    return sorted(f"{scheme}://{name.lstrip('/')}" for name in files)  # spelt as the pattern was
-
-
-def read_manifest(
-    path: str | os.PathLike, options: Mapping[str, Any] | None = None, *, column: str | None = None
-) -> list[str]:
-    """The paths a manifest lists: a text file with one path per line, or a CSV file's column.
-
-    Relative paths are taken from the manifest's folder (or bucket
-    prefix). Blank lines and lines starting with `#` are skipped.
-
-    Args:
-        path: The manifest, local or a URL.
-        options: fsspec storage options for a URL.
-        column: The CSV column holding paths; a `.csv` manifest's first
-            column by default.
-
-    Returns:
-        The paths, in the manifest's order.
-
-    Raises:
-        FileNotFoundError: If the manifest does not exist.
-        ValueError: If it lists no path, or has no column `column`.
-
-    Example:
-
-    >>> read_manifest("s3://bucket/train.txt")  # doctest: +SKIP
-    ['s3://bucket/images/0001.png', 's3://bucket/images/0002.png']
-    """
-    import csv
-
-    text = os.fspath(path)
-    if is_url(text):
-        data = read_url(text, options).decode("utf-8-sig")
-        folder = text.rsplit("/", 1)[0]
-    else:
-        with open(text, encoding="utf-8-sig") as f:
-            data = f.read()
-        folder = os.path.dirname(os.path.abspath(text))
-    if text.lower().endswith(".csv") or column is not None:
-        rows = list(csv.reader(io.StringIO(data)))
-        header = rows[0] if rows else []
-        name = column if column is not None else (header[0] if header else "")
-        if name not in header:
-            raise ValueError(f"the manifest {display_url(text)!r} has no column {name!r}; its columns: {header}")
-        k = header.index(name)
-        entries = [row[k].strip() for row in rows[1:] if len(row) > k and row[k].strip()]
-    else:
-        entries = [line.strip() for line in data.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not entries:
-        raise ValueError(f"the manifest {display_url(text)!r} lists no path")
-    return [join_path(folder, entry) for entry in entries]
-
-
-def join_path(folder: str, entry: str) -> str:
-    """`entry` taken from `folder` (a local folder or a URL prefix), unless it is absolute or a URL itself.
-
-    Args:
-        folder: Where relative entries start from.
-        entry: A path or URL.
-
-    Returns:
-        The joined path.
-
-    Example:
-
-    >>> join_path("s3://bucket/train", "images/1.png"), join_path("/data", "s3://other/2.png")
-    ('s3://bucket/train/images/1.png', 's3://other/2.png')
-    """
-    if is_url(entry) or os.path.isabs(entry):
-        return entry
-    if is_url(folder):
-        return f"{folder.rstrip('/')}/{entry}"
-    return os.path.join(folder, entry)
-
-
-def matching(pattern: str, paths: list[str]) -> list[str]:
-    """The entries of `paths` that glob `pattern` matches (`**` recursive), sorted: listing by manifest.
-
-    Args:
-        pattern: A glob pattern (a URL or a path).
-        paths: Candidate paths, as `read_manifest` returns them.
-
-    Returns:
-        The matching paths, sorted.
-
-    Example:
-
-    >>> matching("s3://b/img/*.png", ["s3://b/img/1.png", "s3://b/img/sub/2.png", "s3://b/lbl/1.npy"])
-    ['s3://b/img/1.png']
-    """
-    regex = re.compile(_translate(pattern))
-    return sorted(p for p in paths if regex.fullmatch(p))
-
-
-def _translate(pattern: str) -> str:
-    """A regular expression for a glob pattern: `*` and `?` stay within a folder, `**/` spans folders."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.find("]", i + 1)
-            if end < 0:
-                out.append(re.escape("["))
-                i += 1
-            else:
-                body = pattern[i + 1 : end]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return "".join(out)

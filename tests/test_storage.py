@@ -16,7 +16,7 @@ import pytest
 from conftest import decode_index, index_image, npy_bytes, png_bytes
 
 import keras_sepseq as ks
-from keras_sepseq import storage
+from keras_sepseq import listing, storage
 from keras_sepseq.errors import SampleError
 
 
@@ -157,23 +157,23 @@ def test_a_missing_file_system_package_names_the_extra(monkeypatch):
 )
 def test_manifest_entries_are_matched_like_glob(pattern, expected):
     listed = ["s3://b/img/2.png", "s3://b/img/1.png", "s3://b/img/sub/3.png", "s3://b/lbl/1.npy", "s3://b/img/1.jpg"]
-    assert storage.matching(pattern, listed) == expected
+    assert listing.matching(pattern, listed) == expected
 
 
 def test_read_manifest_text_and_csv(tmp_path):
     text = tmp_path / "files.txt"
     text.write_text("# the training set\nimages/1.png\n\ns3://other/2.png\n")
-    assert storage.read_manifest(text) == [str(tmp_path / "images" / "1.png"), "s3://other/2.png"]
+    assert listing.read_manifest(text) == [str(tmp_path / "images" / "1.png"), "s3://other/2.png"]
     table = tmp_path / "files.csv"
     table.write_text("path,label\nimages/1.png,3\nimages/2.png,4\n")
-    assert storage.read_manifest(table) == [str(tmp_path / "images" / n) for n in ("1.png", "2.png")]
-    assert storage.read_manifest(table, column="label") == [str(tmp_path / n) for n in ("3", "4")]
+    assert listing.read_manifest(table) == [str(tmp_path / "images" / n) for n in ("1.png", "2.png")]
+    assert listing.read_manifest(table, column="label") == [str(tmp_path / n) for n in ("3", "4")]
     with pytest.raises(ValueError, match=r"has no column 'nope'; its columns: \['path', 'label'\]"):
-        storage.read_manifest(table, column="nope")
+        listing.read_manifest(table, column="nope")
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")
     with pytest.raises(ValueError, match="lists no path"):
-        storage.read_manifest(empty)
+        listing.read_manifest(empty)
 
 
 def test_pair_files_lists_a_memory_bucket_and_a_manifest(memory_dataset, tmp_path):
