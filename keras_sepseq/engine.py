@@ -95,8 +95,11 @@ def _load_chunk_in_process(
     by the pool's process (which keeps the credentials).
     """
     start = time.perf_counter()
-    with supplied(contents):
+    if contents is None:  # local files
         items = _WORKER_DATASET.try_load_items(indices)
+    else:
+        with supplied(contents):
+            items = _WORKER_DATASET.try_load_items(indices)
     return time.perf_counter() - start, pack_items(items, slot)
 
 
@@ -179,6 +182,8 @@ class WorkerPool:
             owner = ref()  # in the calling thread or a thread worker
             if owner is None:
                 raise RuntimeError("the dataset was garbage-collected while loading")
+            if contents is None:  # local files
+                return owner.try_load_items(chunk)
             with supplied(contents):
                 return owner.try_load_items(chunk)
 

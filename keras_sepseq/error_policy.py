@@ -143,7 +143,7 @@ class ErrorPolicy:
             One item or `SampleError` per index, in order.
         """
         with self.remote_supply(indices):  # objects in storage: all of the chunk's read at once, first
-            return [self.try_load_item(i) for i in indices]
+            return [self._try_load(i) for i in indices]
 
     def try_load_item(self, index: int) -> Any:
         """`load_item(index)`, or the `SampleError` it raised (returned, not raised).
@@ -161,9 +161,13 @@ class ErrorPolicy:
 
         >>> seq.try_load_item(3)  # doctest: +SKIP
         """
+        with self.remote_supply([index]):
+            return self._try_load(index)
+
+    def _try_load(self, index: int) -> Any:
+        """`try_load_item` inside a chunk, whose objects in storage were read already (no per-sample set-up)."""
         try:
-            with self.remote_supply([index]):  # a no-op in a chunk, whose objects were read ahead
-                return self.load_item(index)
+            return self.load_item(index)
         except SampleError as e:
             return e
         except MemoryError:
@@ -285,7 +289,6 @@ class ErrorPolicy:
         >>> seq.load_sample(np.load, "y_0.npy", 0, "label")  # doctest: +SKIP
         """
         value: Any = None
-        shown = display_url(path)  # a URL without credentials
         for attempt in range(self.retries + 1):
             try:
                 value = loader(path)
@@ -297,14 +300,20 @@ class ErrorPolicy:
                     time.sleep(RETRY_DELAY * 2**attempt)
                     continue
                 tried = f" (tried {attempt + 1} times)" if attempt else ""
-                raise SampleError(f"cannot load {what}{tried}: {type(e).__name__}: {e}", path=shown, index=index) from e
+                raise SampleError(
+                    f"cannot load {what}{tried}: {type(e).__name__}: {e}", path=display_url(path), index=index
+                ) from e
             except Exception as e:
-                raise SampleError(f"cannot load {what}: {type(e).__name__}: {e}", path=shown, index=index) from e
+                raise SampleError(
+                    f"cannot load {what}: {type(e).__name__}: {e}", path=display_url(path), index=index
+                ) from e
         if not isinstance(value, np.ndarray):
             try:
                 value = np.asarray(value)
             except Exception as e:
                 raise SampleError(
-                    f"the {what} loader returned {type(value).__name__}, not an array", path=shown, index=index
+                    f"the {what} loader returned {type(value).__name__}, not an array",
+                    path=display_url(path),
+                    index=index,
                 ) from e
         return value

@@ -355,7 +355,6 @@ def read_url(
     """
     fs, path = filesystem(url, options)
     shown = display_url(url)
-    jitter = rng or random.Random()
     for attempt in range(attempts):
         start = time.perf_counter()
         try:
@@ -366,7 +365,8 @@ def read_url(
                 if stats is not None:
                     stats.add(requests=1, retries=1, seconds=seconds)
                     stats.last_retry = f"{shown}: {type(e).__name__}: {e}"
-                time.sleep(min(BACKOFF_LIMIT, BACKOFF_SECONDS * 2**attempt) * (0.5 + jitter.random()))
+                rng = rng or random.Random()  # made only when needed: seeding one reads os.urandom
+                time.sleep(min(BACKOFF_LIMIT, BACKOFF_SECONDS * 2**attempt) * (0.5 + rng.random()))
                 continue
             if stats is not None:
                 stats.add(requests=1, failures=1, seconds=seconds)
