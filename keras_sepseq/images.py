@@ -27,12 +27,13 @@ from PIL import Image, UnidentifiedImageError
 
 from keras_sepseq.storage import is_url, open_file
 
-DECODER_REVISION = 2
+DECODER_REVISION = 3
 """Raised whenever `decode_image` gives other pixels for the same file and settings.
 
 It is part of a directory cache's fingerprint, so that samples cached by an
 earlier revision are decoded again rather than reused. 2: JPEGs shrunk at
-power-of-two reductions only (`_jpeg_reduction`).
+power-of-two reductions only (`_jpeg_reduction`). 3: 16-bit color TIFFs (and
+PNGs Pillow opens) keep 16 bits.
 """
 
 COLOR_MODES: dict[str, int] = {"grayscale": 1, "rgb": 3, "rgba": 4}
@@ -88,8 +89,8 @@ def read_image(path: str, data: bytes | None = None) -> np.ndarray:
     plugins. Palette images come back as RGB or RGBA, CMYK and YCbCr as RGB;
     multi-frame files (animated GIF, multi-page TIFF) give their first frame.
     Pillow's decompression-bomb guard (`PIL.Image.MAX_IMAGE_PIXELS`) stays
-    on. 16-bit grayscale PNG and TIFF keep their 16 bits; Pillow reads
-    16-bit color PNGs at 8 bits.
+    on. 16-bit PNG and TIFF keep their 16 bits, gray or color (Pillow
+    reads 16-bit color at 8 bits, so those go to OpenCV instead).
 
     Args:
         path: The image file, a local path or a URL.
@@ -133,6 +134,10 @@ def read_image(path: str, data: bytes | None = None) -> np.ndarray:
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(f"not an image that Pillow or imageio can decode ({detail})") from e
     with image:
+        if _deep_color(image, data, path):
+            deep = _decode_deep(path if data is None else data)
+            if deep is not None:
+                return deep
         if image.mode in _PIL_AS_IS:
             return np.asarray(image)
         if image.mode in ("P", "PA"):
@@ -381,7 +386,7 @@ def decode_image(
         if image is not None:
             with image:
                 _check_pixels(image.size[0], image.size[1], limit)
-                if image.mode in _PIL_8BIT:
+                if image.mode in _PIL_8BIT and not _deep_color(image, data):
                     return _decode_8bit(image, color_mode, image_size, interpolation, antialias)
         pixels = standardize_pixels(read_image(path, data))
     pixels = convert_color(pixels, color_mode)
@@ -460,6 +465,35 @@ def _decode_fast(data: bytes, header: tuple, color_mode: str, image_size) -> np.
     if pixels.ndim == 2:
         return pixels[:, :, None]
     return _bgr_to_rgb(pixels) if flags == cv2.IMREAD_UNCHANGED else pixels
+
+
+def _deep_color(image: Image.Image, data: bytes | None, path: str = "") -> bool:
+    """Whether an image Pillow opened as 8-bit RGB(A) holds 16 bits per channel (PNG or TIFF)."""
+    if image.mode not in ("RGB", "RGBA"):
+        return False
+    if image.format == "TIFF":
+        bits = cast(dict, getattr(image, "tag_v2", {})).get(258, (8,))
+        return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    if image.format == "PNG":
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read(25)
+        return data[24:25] == b"\x10"
+    return False
+
+
+def _decode_deep(source: str | bytes) -> np.ndarray | None:
+    """A 16-bit color PNG or TIFF through OpenCV (libpng, libtiff), RGB(A) order; `None` if it refuses."""
+    try:
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                source = f.read()
+        pixels = cv2.imdecode(np.frombuffer(source, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if pixels is None or pixels.ndim != 3 or pixels.shape[2] not in (3, 4) or pixels.dtype != np.uint16:
+        return None
+    return _bgr_to_rgb(pixels)
 
 
 def _jpeg_reduction(height: int, width: int, size: Sequence[int]) -> int:

@@ -105,7 +105,7 @@ GOLDEN = {  # (batches, get_state()), recorded 2026-12-01 at e0afab6 plus the sh
 }
 
 FINGERPRINTS = {  # directory caches (SeparatedSequence only: PaddedSequence refuses them)
-    "separated": "169008678819330f",
+    "separated": "53e6fa71fc6232fc",  # decoder revision 3 (16-bit color TIFF), 2026-12-01
 }
 
 

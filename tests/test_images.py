@@ -243,6 +243,49 @@ def test_16_bit_color_png_keeps_its_precision(tmp_path):
     np.testing.assert_array_equal(decode_image(path, color_mode="rgba")[..., 3], 65535)
 
 
+DEEP_RGB = (np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000 + 7).astype(np.uint16)
+
+
+def _write_deep(path, layout):
+    import cv2
+
+    if layout == "png, trailing bytes":  # not a complete PNG to the fast path: Pillow opens it, then OpenCV reads it
+        cv2.imwrite(path, DEEP_RGB[:, :, ::-1])
+        with open(path, "ab") as f:
+            f.write(b"\0" * 16)
+    else:
+        cv2.imwrite(path, DEEP_RGB[:, :, ::-1])
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, layout",
+    [("deep.tif", "tiff"), ("deep.png", "png, trailing bytes")],
+    ids=["16-bit color tiff", "16-bit color png through pillow"],
+)
+def test_16_bit_color_keeps_its_precision_where_pillow_reads_8_bits(tmp_path, name, layout):
+    path = _write_deep(str(tmp_path / name), layout)
+    assert Image.open(path).mode == "RGB"  # what Pillow alone would give: 8 bits per channel
+    np.testing.assert_array_equal(read_image(path), DEEP_RGB)
+    pixels = decode_image(path)
+    assert pixels.dtype == np.uint16
+    np.testing.assert_array_equal(pixels, DEEP_RGB)
+    gray = decode_image(path, color_mode="grayscale")
+    assert gray.dtype == np.uint16 and gray.shape == (4, 5, 1)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32", "float16"])
+def test_16_bit_color_tiff_in_an_image_field_batch(tmp_path, dtype):
+    from keras_sepseq.fields import ImageField
+
+    paths = [_write_deep(str(tmp_path / f"{i}.tif"), "tiff") for i in range(2)]
+    field = ImageField(paths, dtype=dtype)
+    batch = field.batch(np.arange(2), [field.read(p) for p in paths])
+    assert batch.shape == (2, 4, 5, 3) and batch.dtype == np.dtype(dtype)
+    expected = DEEP_RGB if dtype == "uint16" else (DEEP_RGB.astype(np.float32) / 65535).astype(dtype)
+    np.testing.assert_array_equal(batch[1], expected)
+
+
 def test_exif_orientation_is_ignored_like_tensorflow_does(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees to display"
