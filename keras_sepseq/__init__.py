@@ -39,6 +39,10 @@ _EXPORTS = {
     "ArrayField": "fields",
     "PaddedField": "fields",
     "MaskField": "masks",
+    "VolumeField": "volume_fields",
+    "LabelVolumeField": "volume_fields",
+    "PatchSequence": "patches",
+    "read_volume": "volumes",
     "from_directory": "datasets",
     "from_table": "datasets",
     "split_by_key": "datasets",
@@ -64,10 +68,13 @@ if TYPE_CHECKING:
     from keras_sepseq.padded import PaddedSequence
     from keras_sepseq.padding import bucketed_order, pad_batch, padding_weights
     from keras_sepseq.pairing import Matching, default_key, match_files, pair_files
+    from keras_sepseq.patches import PatchSequence
     from keras_sepseq.paths import PathArray
     from keras_sepseq.resume import SequenceCheckpoint
     from keras_sepseq.separated import SeparatedSequence
     from keras_sepseq.sequence import BaseSequence, epoch_order
+    from keras_sepseq.volume_fields import LabelVolumeField, VolumeField
+    from keras_sepseq.volumes import read_volume
 
 
 def __getattr__(name: str):
@@ -91,14 +98,17 @@ __all__ = [
     "Field",
     "FieldSequence",
     "ImageField",
+    "LabelVolumeField",
     "MaskField",
     "PaddedField",
     "PaddedSequence",
+    "PatchSequence",
     "PathArray",
     "SampleError",
     "SeparatedSequence",
     "SequenceCheckpoint",
     "ShapeMismatchError",
+    "VolumeField",
     "bucketed_order",
     "convert_color",
     "decode_image",
@@ -114,6 +124,7 @@ __all__ = [
     "pair_files",
     "padding_weights",
     "read_image",
+    "read_volume",
     "resize_image",
     "split_by_key",
     "write_pixels",

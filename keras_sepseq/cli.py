@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         "through model.fit (first epoch, and later epochs with a directory cache), and the requests a listing takes",
     )
     bench.add_argument(
+        "--volumes",
+        action="store_true",
+        help="instead: 3-D scans (NIfTI, oriented and resampled) loaded whole and cut into patches with each worker "
+        "setting, against decoding a volume for every patch, and later epochs from a directory cache",
+    )
+    bench.add_argument(
         "--latency", type=float, default=0.05, help="with --remote: seconds added per request (default: %(default)s)"
     )
     bench.set_defaults(handler=_bench)
@@ -268,6 +274,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_small(args)
     if args.remote:
         return _bench_remote(args, samples, size, epochs)
+    if args.volumes:
+        return _bench_volumes(args, epochs)
     if args.dir:
         try:
             paths = bench.images_in(args.dir)[:samples]
@@ -363,6 +371,29 @@ def _bench_remote(args: argparse.Namespace, samples: int, size: tuple, epochs: i
         paths, labels, image_size=size, batch_size=args.batch_size, epochs=max(epochs, 3) if not args.quick else 2,
         workers=args.workers, latency=args.latency, list_keys=5_000 if args.quick else 100_000,
     )  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"measurements written to {args.json}")
+    return 0
+
+
+def _bench_volumes(args: argparse.Namespace, epochs: int) -> int:
+    import json
+
+    try:
+        import nibabel  # noqa: F401
+    except ImportError as e:
+        print(f"keras-sepseq bench: error: --volumes needs nibabel ({e}): pip install 'keras-sepseq[nifti]'",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    from keras_sepseq.bench_volumes import run_volumes
+
+    print(f"volumes: {os.cpu_count()} cores")
+    if args.quick:
+        report = run_volumes(count=6, shape=(48, 56, 40), patch_size=(24, 24, 24), epochs=2)
+    else:
+        report = run_volumes(epochs=max(epochs, 3))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -87,20 +87,30 @@ def _init_process_worker(dataset: Any) -> None:
 
 
 def _load_chunk_in_process(
-    indices: list[int], slot: tuple[str, int, int] | None = None, contents: dict[str, Any] | None = None
+    indices: list[int],
+    slot: tuple[str, int, int] | None = None,
+    contents: dict[str, Any] | None = None,
+    epoch: int | None = None,
 ) -> tuple[float, Any]:
     """Loads a chunk in a process worker: `(seconds it took, items or an InSlot)`.
 
     `contents` holds the bytes of the chunk's objects in storage, fetched
-    by the pool's process (which keeps the credentials).
+    by the pool's process (which keeps the credentials); `epoch` is the
+    epoch of the chunk's batch (see `EpochOrder.loading_epoch`).
     """
     start = time.perf_counter()
-    if contents is None:  # local files
-        items = _WORKER_DATASET.try_load_items(indices)
-    else:
-        with supplied(contents):
+    with _WORKER_DATASET.loading_epoch(epoch):
+        if contents is None:  # local files
             items = _WORKER_DATASET.try_load_items(indices)
+        else:
+            with supplied(contents):
+                items = _WORKER_DATASET.try_load_items(indices)
     return time.perf_counter() - start, pack_items(items, slot)
+
+
+def _epoch_of(key: Any) -> int | None:
+    """The epoch of a batch key `(epoch, position)`; `None` for other keys."""
+    return key[0] if isinstance(key, tuple) and key and isinstance(key[0], int) else None
 
 
 class _Job(NamedTuple):
@@ -109,6 +119,7 @@ class _Job(NamedTuple):
     slot: int | None  # the SharedSlots slot the worker writes into, if any
     level: int  # the tuner's limit when it was submitted
     fetched: dict[str, Future] | None = None  # reads of the chunk's objects in storage, in flight or done
+    epoch: int | None = None  # the epoch of the chunk's batch
 
 
 class WorkerPool:
@@ -178,35 +189,42 @@ class WorkerPool:
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="keras_sepseq")
         ref, tuner = weakref.ref(dataset), self.tuner
 
-        def load_items(chunk: list[int], contents: dict[str, Any] | None = None) -> list[Any]:
+        def load_items(chunk: list[int], contents: dict[str, Any] | None = None, epoch: int | None = None) -> list[Any]:
             owner = ref()  # in the calling thread or a thread worker
             if owner is None:
                 raise RuntimeError("the dataset was garbage-collected while loading")
-            if contents is None:  # local files
-                return owner.try_load_items(chunk)
-            with supplied(contents):
-                return owner.try_load_items(chunk)
+            with owner.loading_epoch(epoch):
+                if contents is None:  # local files
+                    return owner.try_load_items(chunk)
+                with supplied(contents):
+                    return owner.try_load_items(chunk)
 
         self._load_items = load_items
-        self._load_chunk = lambda chunk, contents=None: tuner.run(lambda c: load_items(c, contents), chunk)
+        self._load_chunk = lambda chunk, contents=None, epoch=None: tuner.run(
+            lambda c: load_items(c, contents, epoch), chunk
+        )
         _LIVE_POOLS.add(self)
 
-    def _start(self, chunk: list[int], slot: int | None = None, fetched: dict[str, Future] | None = None) -> _Job:
+    def _start(
+        self, chunk: list[int], epoch: int | None, slot: int | None = None, fetched: dict[str, Future] | None = None
+    ) -> _Job:
         if fetched is None and self._fetch is not None:
             fetched = self._fetch(chunk)
         if self.use_processes and slot is None and self._slots is not None:
             slot = self._slots.take()
         if fetched:
-            return _Job(chunk, self._after_fetch(chunk, slot, fetched), slot, self.tuner.limit, fetched)
-        return _Job(chunk, self._submit_chunk(chunk, slot, None), slot, self.tuner.limit)
+            return _Job(chunk, self._after_fetch(chunk, slot, fetched, epoch), slot, self.tuner.limit, fetched, epoch)
+        return _Job(chunk, self._submit_chunk(chunk, slot, None, epoch), slot, self.tuner.limit, None, epoch)
 
-    def _submit_chunk(self, chunk: list[int], slot: int | None, contents: dict[str, Any] | None) -> Future:
+    def _submit_chunk(
+        self, chunk: list[int], slot: int | None, contents: dict[str, Any] | None, epoch: int | None
+    ) -> Future:
         if not self.use_processes:
-            return self._running().submit(self._load_chunk, chunk, contents)
+            return self._running().submit(self._load_chunk, chunk, contents, epoch)
         where = None if slot is None or self._slots is None else self._slots.where(slot)
-        return self._running().submit(_load_chunk_in_process, chunk, where, contents)
+        return self._running().submit(_load_chunk_in_process, chunk, where, contents, epoch)
 
-    def _after_fetch(self, chunk: list[int], slot: int | None, fetched: dict[str, Future]) -> Future:
+    def _after_fetch(self, chunk: list[int], slot: int | None, fetched: dict[str, Future], epoch: int | None) -> Future:
         """A future of the chunk's items, loaded by a worker once every read in `fetched` is done.
 
         Until then the future is pending (`cancel()` works, and nothing is
@@ -219,7 +237,7 @@ class WorkerPool:
             if not outer.set_running_or_notify_cancel():
                 return  # cancelled while reading: dropped, or taken back to be queued again
             try:
-                inner = self._submit_chunk(chunk, slot, contents)
+                inner = self._submit_chunk(chunk, slot, contents, epoch)
             except BaseException as e:  # the pool was closed meanwhile
                 outer.set_exception(e)
                 return
@@ -233,10 +251,10 @@ class WorkerPool:
             raise RuntimeError("the worker pool was closed")
         return self._executor
 
-    def _submit(self, indices: np.ndarray) -> list[_Job]:
+    def _submit(self, indices: np.ndarray, epoch: int | None = None) -> list[_Job]:
         self._largest_batch = max(self._largest_batch, len(indices))
         chunks = np.array_split(np.asarray(indices, dtype=np.int64), self.tuner.chunks(len(indices)))
-        return [self._start(chunk) for chunk in (c.tolist() for c in chunks) if chunk]
+        return [self._start(chunk, epoch) for chunk in (c.tolist() for c in chunks) if chunk]
 
     def _drop(self, job: _Job) -> None:
         """Cancels `job` if it has not started; its slot comes back once no worker can write to it."""
@@ -289,7 +307,7 @@ class WorkerPool:
             return
         with self._lock:  # chunks queued before the slots existed and not started yet: into slots too
             for batch, j, job in self._take_back(lambda job: job.slot is None):
-                batch[j] = self._start(job.chunk, None, job.fetched)
+                batch[j] = self._start(job.chunk, job.epoch, None, job.fetched)
 
     def _take_back(self, which: Callable[[_Job], bool] = lambda job: True) -> list[tuple[list[_Job], int, _Job]]:
         """Cancels the queued jobs (those `which` accepts) no worker has started; returns `(batch, place, job)` of each.
@@ -323,7 +341,7 @@ class WorkerPool:
             if len(self._pending) >= self.max_queue_size:
                 break
             if next_key not in self._pending:
-                self._pending[next_key] = self._submit(next_indices)
+                self._pending[next_key] = self._submit(next_indices, _epoch_of(next_key))
 
     def prefetch(self, upcoming: list[tuple[tuple, np.ndarray]]) -> None:
         """Starts loading batches expected soon, without waiting for them.
@@ -378,15 +396,15 @@ class WorkerPool:
             elif jobs is None:
                 self.misses += 1
                 waiting = self._take_back()
-                jobs = self._submit(indices)
+                jobs = self._submit(indices, _epoch_of(key))
                 for batch, j, job in waiting:  # back in the queue, behind this batch, in the same slot
-                    batch[j] = self._start(job.chunk, job.slot, job.fetched)
+                    batch[j] = self._start(job.chunk, job.epoch, job.slot, job.fetched)
             else:
                 self.hits += 1
             if not self.tuner.inline:
                 self._enqueue(upcoming)
         if jobs is None:
-            return self._delivered(self._load_inline(indices), 0)
+            return self._delivered(self._load_inline(indices, _epoch_of(key)), 0)
         items: list[Any] = []
         try:
             for k, job in enumerate(jobs):  # noqa: B007 (k: where a failure stopped, below)
@@ -407,11 +425,11 @@ class WorkerPool:
             self.tuner.delivered(len(items), now - last, level)
         return items
 
-    def _load_inline(self, indices: np.ndarray) -> list[Any]:
+    def _load_inline(self, indices: np.ndarray, epoch: int | None) -> list[Any]:
         """Loads a batch in the calling thread (the tuner found that faster than thread workers), timed."""
         chunk = np.asarray(indices, dtype=np.int64).tolist()
         start = time.perf_counter()
-        items = self._load_items(chunk)
+        items = self._load_items(chunk, None, epoch)
         self.tuner.record(len(chunk), time.perf_counter() - start)
         return items
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from keras_sepseq.options import MaskOptions
 
-__all__ = ["MaskField", "check_classes", "map_palette", "read_mask", "resize_nearest"]
+__all__ = ["MaskField", "check_class_options", "check_classes", "map_palette", "read_mask", "resize_nearest"]
 
 Palette = Mapping[tuple[int, ...], int] | Sequence[Sequence[int]]
 
@@ -164,6 +164,30 @@ def resize_nearest(mask: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
+def check_class_options(num_classes: Any, ignore_index: Any) -> tuple[int | None, int | None]:
+    """Checks the `num_classes` and `ignore_index` arguments of a mask or label-volume field.
+
+    Args:
+        num_classes: `None` or an integer >= 1.
+        ignore_index: `None` or an integer.
+
+    Returns:
+        `(num_classes, ignore_index)`.
+
+    Raises:
+        ValueError: Naming the argument and the value received.
+
+    Example:
+
+    >>> check_class_options(3, 255)
+    (3, 255)
+    """
+    classes = None if num_classes is None else check_int("num_classes", num_classes, minimum=1)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise ValueError(f"`ignore_index` must be None or an integer. Received: ignore_index={ignore_index!r}")
+    return classes, ignore_index
+
+
 def check_classes(mask: np.ndarray, num_classes: int | None, ignore_index: int | None) -> None:
     """Refuses class ids outside `[0, num_classes)` that are not `ignore_index`, naming them.
 
@@ -246,10 +270,7 @@ class MaskField(Field):
         o = resolve_options(dict(options), owner=type(self).__name__, defaults=MASK_DEFAULTS)
         num_classes, ignore_index, palette = o["num_classes"], o["ignore_index"], o["palette"]
         self.image_size = check_image_size(image_size)
-        self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, minimum=1)
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-            raise ValueError(f"`ignore_index` must be None or an integer. Received: ignore_index={ignore_index!r}")
-        self.ignore_index = ignore_index
+        self.num_classes, self.ignore_index = check_class_options(num_classes, ignore_index)
         if palette is not None:
             try:
                 _palette_table(palette)

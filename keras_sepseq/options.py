@@ -19,9 +19,11 @@ __all__ = [
     "DEFAULTS",
     "IMAGE_DEFAULTS",
     "MASK_DEFAULTS",
+    "VOLUME_DEFAULTS",
     "ImageOptions",
     "MaskOptions",
     "SequenceOptions",
+    "VolumeOptions",
     "resolve_options",
 ]
 
@@ -108,6 +110,23 @@ class MaskOptions(TypedDict, total=False):
 
 MASK_DEFAULTS: dict[str, Any] = {"num_classes": None, "ignore_index": None, "palette": None}
 """The default of each of `MaskOptions`."""
+
+
+class VolumeOptions(TypedDict, total=False):
+    """Where the voxels of a volume go: the geometry keywords shared by `VolumeField` and `LabelVolumeField`.
+
+    A scan and its label volume given the same values come out on the same
+    voxel grid. See `keras_sepseq.volume_fields.VolumeField`.
+    """
+
+    orient: bool
+    spacing: tuple[float, float, float] | None
+    shape: tuple[int, int, int] | None
+    npz_key: str | None
+
+
+VOLUME_DEFAULTS: dict[str, Any] = {"orient": True, "spacing": None, "shape": None, "npz_key": None}
+"""The default of each of `VolumeOptions`."""
 
 
 def resolve_options(

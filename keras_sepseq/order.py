@@ -9,9 +9,12 @@ that holds these settings; `BaseSequence` composes it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
+import threading
+from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -209,6 +212,42 @@ class EpochOrder:
         """
         self.epoch = check_int("epoch", epoch, minimum=0)
         self._order = None
+
+    @contextlib.contextmanager
+    def loading_epoch(self, epoch: int | None) -> Iterator[None]:
+        """Within it, this thread loads samples for `epoch` (`None`: the current one); see `epoch_being_loaded`.
+
+        The worker pool enters it around each chunk with the epoch of the
+        chunk's batch, so that process workers (whose copy of the dataset
+        keeps the epoch it was started in) and thread workers still busy when
+        the epoch moves on load for the batch's own epoch.
+
+        Args:
+            epoch: The epoch of the batch being loaded, or `None`.
+
+        Yields:
+            Nothing.
+        """
+        local = self.__dict__.get("_loading")
+        if local is None:
+            local = self.__dict__["_loading"] = threading.local()
+        before = getattr(local, "epoch", None)
+        local.epoch = epoch
+        try:
+            yield
+        finally:
+            local.epoch = before
+
+    @property
+    def epoch_being_loaded(self) -> int:
+        """The epoch whose samples this thread is loading: what `loading_epoch` set, else `epoch`.
+
+        A `load_item` whose result depends on the epoch (random patches,
+        say) reads this, never `epoch`.
+        """
+        local = self.__dict__.get("_loading")
+        epoch = None if local is None else getattr(local, "epoch", None)
+        return self.epoch if epoch is None else epoch
 
     @property
     def order(self) -> np.ndarray:

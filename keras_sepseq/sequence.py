@@ -464,5 +464,6 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         state["_cache"] = None  # workers never read the cache; it stays with the process that fills it
         state["_errors"], state["_skipped_this_epoch"] = {}, []  # kept by the process that collates
         state.pop("_keras_cursor", None)
+        state.pop("_loading", None)  # per thread, see loading_epoch
         state["augmentation"] = None  # workers load; augmentation runs where batches are assembled
         return self.remote_state(state)  # no credentials: workers get the bytes fetched for them

@@ -12,12 +12,13 @@ FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 NOTEBOOKS = sorted(f for f in os.listdir(FOLDER) if f.endswith(".ipynb"))
 
 
-def test_there_are_the_four_notebooks():
+def test_there_are_the_five_notebooks():
     assert NOTEBOOKS == [
         "01_explore.ipynb",
         "02_custom_format.ipynb",
         "03_padded_sequences.ipynb",
         "04_segmentation.ipynb",
+        "05_scans.ipynb",
     ]
 
 

@@ -1,0 +1,168 @@
+"""`VolumeStore`: decoded volumes kept for their patches, in memory and optionally on local disk.
+
+A volume yields several patches an epoch, in neighbouring batches (see
+`PatchSequence`); the store keeps the volumes of those batches decoded in
+memory (least recently used first out, up to a count), so each is decoded
+once per epoch in a process, however many threads ask for it at once. With
+a directory, decoded volumes are also written there as `.npy` files and
+read back memory-mapped: every epoch after the first reads patches
+straight from them, in every process, and memory holds only the pages
+touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from keras_sepseq.storage import is_url
+
+__all__ = ["VolumeStore"]
+
+Entry = tuple[tuple, np.ndarray | None]  # the volume's items (one per field) and its foreground voxels
+
+
+class VolumeStore:
+    """Decoded volumes by volume index: loaded once, shared by the threads of a process.
+
+    Args:
+        capacity: How many volumes to keep in memory (`None`: all of them).
+        directory: A folder for memory-mapped copies, or `None`.
+        sources: Per volume, the file whose size and modification time
+            make a copy on disk stale (with `directory`).
+
+    Example:
+
+    >>> store = VolumeStore(capacity=8)
+    >>> items, foreground = store.get(3, lambda: ((np.zeros((4, 4, 4)),), None))
+    """
+
+    def __init__(self, capacity: int | None, directory: str | None = None, sources: Sequence[str] = ()) -> None:
+        self.capacity = capacity
+        self.directory = directory
+        self.sources = sources
+        self._entries: OrderedDict[int, Entry] = OrderedDict()
+        self._loading: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.decodes = 0
+        self.hits = 0
+
+    def get(self, index: int, load: Callable[[], Entry]) -> Entry:
+        """The entry of volume `index`, calling `load()` only if no thread has it or is loading it.
+
+        Args:
+            index: The volume index.
+            load: Decodes the volume: returns `(items, foreground)`.
+
+        Returns:
+            `(items, foreground)`.
+
+        Raises:
+            Exception: Whatever `load` raised (not kept: the next call tries again).
+        """
+        while True:
+            with self._lock:
+                entry = self._entries.get(index)
+                if entry is not None:
+                    self._entries.move_to_end(index)
+                    self.hits += 1
+                    return entry
+                waiting = self._loading.get(index)
+                if waiting is None:
+                    self._loading[index] = threading.Event()
+                    break
+            waiting.wait()
+        try:
+            entry = self._from_disk(index)
+            if entry is None:
+                entry = load()
+                self.decodes += 1
+                entry = self._to_disk(index, entry)
+            with self._lock:
+                self._entries[index] = entry
+                while self.capacity is not None and len(self._entries) > self.capacity:
+                    self._entries.popitem(last=False)
+            return entry
+        finally:
+            with self._lock:
+                self._loading.pop(index).set()
+
+    def _paths(self, index: int) -> tuple[str, str]:
+        directory = os.path.join(str(self.directory), f"{index}")
+        return directory, directory + ".json"
+
+    def _stamp(self, index: int) -> list | None:
+        source = self.sources[index]
+        if is_url(source):
+            return [source]
+        stat = os.stat(source)
+        return [source, stat.st_size, stat.st_mtime_ns]
+
+    def _from_disk(self, index: int) -> Entry | None:
+        if self.directory is None:
+            return None
+        folder, record = self._paths(index)
+        try:
+            with open(record) as f:
+                saved = json.load(f)
+            if saved["stamp"] != self._stamp(index):
+                return None
+            items = tuple(
+                None if kind == "none" else np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="r")
+                for k, kind in enumerate(saved["items"])
+            )
+            foreground = np.load(os.path.join(folder, "fg.npy"), mmap_mode="r") if saved["foreground"] else None
+        except (OSError, ValueError, KeyError):
+            return None
+        return items, foreground
+
+    def _to_disk(self, index: int, entry: Entry) -> Entry:
+        if self.directory is None:
+            return entry
+        items, foreground = entry
+        if not all(item is None or isinstance(item, np.ndarray) for item in items):
+            return entry
+        folder, record = self._paths(index)
+        os.makedirs(folder, exist_ok=True)
+        suffix = f".{os.getpid()}.{threading.get_ident()}.tmp"
+        for k, item in enumerate(items):
+            if item is not None:
+                _save(os.path.join(folder, f"{k}.npy"), item, suffix)
+        if foreground is not None:
+            _save(os.path.join(folder, "fg.npy"), foreground, suffix)
+        saved: dict[str, Any] = {
+            "stamp": self._stamp(index),
+            "items": ["none" if item is None else "array" for item in items],
+            "foreground": foreground is not None,
+        }
+        with open(record + suffix, "w") as f:
+            json.dump(saved, f)
+        os.replace(record + suffix, record)  # last: a record only ever names complete files
+        return self._from_disk(index) or entry
+
+    def stats(self) -> dict[str, int]:
+        """`{"decodes": ..., "hits": ..., "in_memory": ...}` in this process so far."""
+        with self._lock:
+            return {"decodes": self.decodes, "hits": self.hits, "in_memory": len(self._entries)}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_entries"], state["_loading"], state["_lock"] = OrderedDict(), {}, None
+        state["decodes"] = state["hits"] = 0
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+def _save(path: str, array: np.ndarray, suffix: str) -> None:
+    with open(path + suffix, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+    os.replace(path + suffix, path)
