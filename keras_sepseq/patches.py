@@ -218,7 +218,7 @@ class PatchSequence(FieldSequence):
             else:
                 capacity = self.volumes_in_memory
             if capacity is None and self.cache != "memory":
-                windows = math.ceil(self.max_queue_size / self.samples_per_file) + 1
+                windows = math.ceil((self.max_queue_size + 1) / self.samples_per_file) + 1  # batches in flight
                 capacity = 2 * self.batch_size * windows  # a window holds fewer than 2 * batch_size volumes
             directory = None
             if self.cache not in (None, "memory"):

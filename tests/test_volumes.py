@@ -77,6 +77,21 @@ def test_dicom_series_is_sorted_by_position_rescaled_and_oriented(tmp_path):
     np.testing.assert_allclose(affine[:3, 3], [-10.0, 20.0, 5.0])  # the first slice's corner, in RAS
 
 
+def test_sagittal_dicom_series_turns_to_ras(tmp_path):
+    """Rows run Inferior, columns Posterior, slices Right: (D, H, W) = (S, A, R) flips rows and columns, moves slices last."""
+    pytest.importorskip("pydicom")
+    s, r, c = np.meshgrid(np.arange(3), np.arange(4), np.arange(5), indexing="ij")
+    stored = (s * 100 + r * 10 + c).astype(np.uint16)
+    folder = write_dicom_series(tmp_path / "sagittal", stored, orientation=(0, 1, 0, 0, 0, -1), spacing=(0.5, 0.7))
+    volume, spacing = to_canonical(*read_volume(folder))
+    assert volume.shape == (4, 5, 3)
+    expected = np.transpose(stored, (1, 2, 0))[
+        ::-1, ::-1, :
+    ]  # d <- rows (reversed), h <- columns (reversed), w <- slices
+    np.testing.assert_array_equal(volume, expected)
+    np.testing.assert_allclose(spacing, (0.5, 0.7, 2.5))
+
+
 def test_dicom_series_errors_name_the_file(tmp_path):
     pytest.importorskip("pydicom")
     folder = write_dicom_series(tmp_path / "series", np.zeros((3, 4, 4), np.uint16), shuffle_files=False)
