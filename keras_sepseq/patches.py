@@ -338,6 +338,31 @@ class PatchSequence(FieldSequence):
                 )
         return super().collate(indices, [item[:n] for item in items], position)
 
+    def output_signature(self) -> tuple:
+        """`FieldSequence.output_signature` with every volume field's spatial size set to `patch_size`."""
+        import tensorflow as tf
+
+        volumes = {name for name, field in self.fields if isinstance(field, VolumeField)}
+
+        def sized(name: str, spec: Any) -> Any:
+            if name not in volumes:
+                return spec
+            shape = list(spec.shape)
+            shape[1:4] = self.patch_size
+            return tf.TensorSpec(shape, spec.dtype)
+
+        signature = list(super().output_signature())
+        n = self.input_count
+        parts = [(self._input_names, self.fields[0][0])]
+        if len(signature) > 1 and self._target_names != {}:
+            parts.append((self._target_names, self.fields[n][0] if len(self.fields) > n else ""))
+        for k, (names, single) in enumerate(parts):
+            if names is None:
+                signature[k] = sized(single, signature[k])
+            else:
+                signature[k] = {name: sized(name, spec) for name, spec in signature[k].items()}
+        return tuple(signature)
+
     def sample_path(self, index: int) -> str | None:
         """The first file of the volume of sample `index`."""
         return super().sample_path(int(index) // self.samples_per_file)

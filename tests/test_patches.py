@@ -219,6 +219,21 @@ def test_bad_volume_skips_its_patches_and_is_named(tmp_path):
     assert "volume 2" in str(seq.errors[0])
 
 
+def test_output_signature_has_the_patch_size(tmp_path):
+    seq = coordinate_sequence(tmp_path)
+    x, y = seq.output_signature()
+    assert tuple(x.shape) == (None, 6, 9, 5, 3) and tuple(y.shape) == (None, 6, 9, 5)
+    assert x.dtype.name == "float32" and y.dtype.name == "int32"
+    scans, labels = seq.fields[0][1].paths, seq.fields[1][1].paths
+    named = PatchSequence(
+        {"ct": VolumeField(scans)}, {"organs": LabelVolumeField(labels), "grade": ArrayField(np.arange(7))},
+        patch_size=(4, 5, 6),
+    )  # fmt: skip
+    x, y = named.output_signature()
+    assert tuple(x["ct"].shape) == (None, 4, 5, 6, 3) and tuple(y["organs"].shape) == (None, 4, 5, 6)
+    assert tuple(y["grade"].shape) == (None,)
+
+
 def test_values_per_volume_repeat_for_each_patch(tmp_path):
     scans, _ = write_coordinate_pairs(tmp_path, 3)
     seq = PatchSequence(
