@@ -223,7 +223,7 @@ class PatchSequence(FieldSequence):
             directory = None
             if self.cache not in (None, "memory"):
                 directory = os.path.join(str(self.cache), "volumes-" + fingerprint(*self.cache_key()))
-            self._store = VolumeStore(capacity, directory, self.cache_sources() if directory else ())
+            self._store = VolumeStore(capacity, directory, self.path_columns() if directory else ())
         return self._store
 
     @property

@@ -34,8 +34,9 @@ class VolumeStore:
     Args:
         capacity: How many volumes to keep in memory (`None`: all of them).
         directory: A folder for memory-mapped copies, or `None`.
-        sources: Per volume, the file whose size and modification time
-            make a copy on disk stale (with `directory`).
+        sources: Columns of files (one column per field backed by files,
+            one file per volume) whose sizes and modification times make a
+            copy on disk stale (with `directory`).
 
     Example:
 
@@ -43,7 +44,9 @@ class VolumeStore:
     >>> items, foreground = store.get(3, lambda: ((np.zeros((4, 4, 4)),), None))
     """
 
-    def __init__(self, capacity: int | None, directory: str | None = None, sources: Sequence[str] = ()) -> None:
+    def __init__(
+        self, capacity: int | None, directory: str | None = None, sources: Sequence[Sequence[str]] = ()
+    ) -> None:
         self.capacity = capacity
         self.directory = directory
         self.sources = sources
@@ -97,12 +100,17 @@ class VolumeStore:
         directory = os.path.join(str(self.directory), f"{index}")
         return directory, directory + ".json"
 
-    def _stamp(self, index: int) -> list | None:
-        source = self.sources[index]
-        if is_url(source):
-            return [source]
-        stat = os.stat(source)
-        return [source, stat.st_size, stat.st_mtime_ns]
+    def _stamp(self, index: int) -> list:
+        """Every file of the volume with its size and modification time (URLs by name: they are not stat-ed)."""
+        stamp: list = []
+        for column in self.sources:
+            source = column[index]
+            if is_url(source):
+                stamp.append([source])
+            else:
+                stat = os.stat(source)
+                stamp.append([source, stat.st_size, stat.st_mtime_ns])
+        return stamp
 
     def _from_disk(self, index: int) -> Entry | None:
         if self.directory is None:

@@ -176,10 +176,11 @@ def test_directory_cache_is_read_memory_mapped_by_every_process(tmp_path):
         again.close()
     items, _ = again.volume_store().get(0, lambda: pytest.fail("decoded again"))
     assert isinstance(items[0], np.memmap)
-    os.utime(first.fields[0][1].paths[0], ns=(1, 1))  # a changed source is decoded again
+    os.utime(first.fields[0][1].paths[0], ns=(1, 1))  # a changed scan is decoded again
+    os.utime(first.fields[1][1].paths[3], ns=(1, 1))  # and so is a volume whose label file changed
     stale = coordinate_sequence(tmp_path / "data", cache=str(tmp_path / "cache"))
     epoch_bytes(stale, 1)
-    assert stale.volume_stats["decodes"] == 1
+    assert stale.volume_stats["decodes"] == 2
 
 
 def test_volumes_smaller_than_the_patch_are_padded(tmp_path):
