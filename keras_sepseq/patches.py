@@ -213,10 +213,7 @@ class PatchSequence(FieldSequence):
             The store.
         """
         if self._store is None:
-            if self.cache is not None:
-                capacity = self.volumes_in_memory if self.cache != "memory" else None
-            else:
-                capacity = self.volumes_in_memory
+            capacity = None if self.cache == "memory" else self.volumes_in_memory
             if capacity is None and self.cache != "memory":
                 windows = math.ceil((self.max_queue_size + 1) / self.samples_per_file) + 1  # batches in flight
                 capacity = 2 * self.batch_size * windows  # a window holds fewer than 2 * batch_size volumes

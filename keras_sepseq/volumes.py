@@ -241,12 +241,15 @@ def _read_dicom(folder: str) -> tuple[np.ndarray, np.ndarray]:
         k = int(np.argmin(np.diff(where)))
         raise ValueError(f"{slices[k][0]!r} and {slices[k + 1][0]!r} lie at the same slice position")
     planes = []
+    expected = first.pixel_array.shape
     for file, ds in slices:
-        pixels = np.asarray(ds.pixel_array, dtype=np.float64 if _rescaled(ds) else None)
-        if pixels.shape != slices[0][1].pixel_array.shape:
-            raise ValueError(f"{file!r} has {pixels.shape} pixels, the series' first slice {first.pixel_array.shape}")
-        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
-        planes.append(pixels * slope + intercept if _rescaled(ds) else pixels)
+        rescaled = _rescaled(ds)
+        pixels = np.asarray(ds.pixel_array, dtype=np.float64 if rescaled else None)
+        if pixels.shape != expected:
+            raise ValueError(f"{file!r} has {pixels.shape} pixels, the series' first slice {expected}")
+        if rescaled:
+            pixels = pixels * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+        planes.append(pixels)
     voxels = np.stack(planes)  # (slice, row, column)
     if voxels.dtype == np.float64:
         voxels = voxels.astype(np.float32)
