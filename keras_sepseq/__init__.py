@@ -53,6 +53,7 @@ _EXPORTS = {
     "load_npy": "npy",
     "npy_shape": "npy",
     "BaseSequence": "sequence",
+    "collates_anywhere": "sequence",
     "epoch_order": "sequence",
     "SequenceCheckpoint": "resume",
 }
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
     from keras_sepseq.paths import PathArray
     from keras_sepseq.resume import SequenceCheckpoint
     from keras_sepseq.separated import SeparatedSequence
-    from keras_sepseq.sequence import BaseSequence, epoch_order
+    from keras_sepseq.sequence import BaseSequence, collates_anywhere, epoch_order
     from keras_sepseq.volume_fields import LabelVolumeField, VolumeField
     from keras_sepseq.volumes import read_volume
 
@@ -110,6 +111,7 @@ __all__ = [
     "ShapeMismatchError",
     "VolumeField",
     "bucketed_order",
+    "collates_anywhere",
     "convert_color",
     "decode_image",
     "default_key",

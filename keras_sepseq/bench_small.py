@@ -2,8 +2,9 @@
 
 Three measurements, all in one run so that their ratios compare:
 
-1. Loaders alone (no model), iterating `seq[i]` for three epochs, the last
-   one reported: 8x8 PNGs with scalar `.npy` labels (`SeparatedSequence`)
+1. Loaders alone (no model), iterating `seq[i]` for four epochs; the third
+   and fourth (in which the load tuner keeps its settings) are reported,
+   as the median over interleaved rounds of all settings: 8x8 PNGs with scalar `.npy` labels (`SeparatedSequence`)
    and short `.npy` sequences (`PaddedSequence`), with `workers=1`, two
    threads and two processes, and `tf.data` (`read_file` + `decode_png`,
    `AUTOTUNE`, labels in memory) on the same PNGs.
@@ -74,12 +75,12 @@ def make_small_dataset(directory: str, *, samples: int = 6000, seed: int = 0) ->
     return files
 
 
-def epoch_rates(seq: Any, epochs: int = 3) -> list[float]:
+def epoch_rates(seq: Any, epochs: int = 4) -> list[float]:
     """Samples/s of iterating every batch of `seq`, per epoch (the first includes starting workers).
 
     Args:
         seq: A keras_sepseq sequence; closed afterwards.
-        epochs: Epochs. Defaults to 3.
+        epochs: Epochs. Defaults to 4.
 
     Returns:
         One rate per epoch.
@@ -98,14 +99,14 @@ def epoch_rates(seq: Any, epochs: int = 3) -> list[float]:
     return rates
 
 
-def tf_png_rates(images: list[str], labels: np.ndarray, batch_size: int, epochs: int = 3) -> list[float]:
+def tf_png_rates(images: list[str], labels: np.ndarray, batch_size: int, epochs: int = 4) -> list[float]:
     """Samples/s of `tf.data` on the PNGs: `read_file` + `decode_png` + float32, `AUTOTUNE`, batched, prefetched.
 
     Args:
         images: PNG files.
         labels: Labels, in memory.
         batch_size: Samples per batch.
-        epochs: Epochs. Defaults to 3.
+        epochs: Epochs. Defaults to 4.
 
     Returns:
         One rate per epoch.
@@ -269,6 +270,7 @@ def run_small(
     samples: int = 6000,
     workers: int = 2,
     seconds: float = 2.0,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     """Runs the three measurements of this module; returns them as a dict for `format_small`.
 
@@ -280,9 +282,12 @@ def run_small(
         samples: Small samples of each kind. Defaults to 6000.
         workers: Threads or processes of the parallel loaders. Defaults to 2.
         seconds: Measuring time of each GIL run. Defaults to 2.
+        rounds: Rounds over all loader settings, interleaved, so that a
+            slow minute of a shared machine hits every setting. Defaults to 3.
 
     Returns:
-        `{"loaders": {workload: {setting: [rates]}}, "engine": {setting: costs}, "gil": {...}}`.
+        `{"loaders": {workload: {setting: [steady rate per round]}}, "engine": {setting: costs}, "gil": {...}}`;
+        a round's steady rate is the median of its third and fourth epochs.
 
     Example:
 
@@ -300,15 +305,20 @@ def run_small(
         f"{workers} processes": (workers, True),
     }
     loaders: dict[str, dict[str, list[float]]] = {"small PNGs": {}, "short sequences": {}}
-    for name, (count, processes) in settings.items():
-        loaders["small PNGs"][name] = epoch_rates(
-            SeparatedSequence(files["images"], files["labels"], 64, image_size=(8, 8), seed=0, workers=count,
-                              use_multiprocessing=processes)
-        )  # fmt: skip
-        loaders["short sequences"][name] = epoch_rates(
-            PaddedSequence(files["sequences"], labels, 64, seed=0, workers=count, use_multiprocessing=processes)
-        )
-    loaders["small PNGs"]["tf.data"] = tf_png_rates(files["images"], labels, 64)
+
+    def steady(rates: list[float]) -> float:
+        return float(np.median(rates[2:]))
+
+    for _ in range(max(1, rounds)):
+        for name, (count, processes) in settings.items():
+            png = SeparatedSequence(files["images"], files["labels"], 64, image_size=(8, 8), seed=0, workers=count,
+                                    use_multiprocessing=processes)  # fmt: skip
+            loaders["small PNGs"].setdefault(name, []).append(steady(epoch_rates(png)))
+            sequences = PaddedSequence(
+                files["sequences"], labels, 64, seed=0, workers=count, use_multiprocessing=processes
+            )
+            loaders["short sequences"].setdefault(name, []).append(steady(epoch_rates(sequences)))
+        loaders["small PNGs"].setdefault("tf.data", []).append(steady(tf_png_rates(files["images"], labels, 64)))
     engine = {
         name: engine_cost(count, processes, samples=samples * 10) for name, (count, processes) in settings.items()
     }
@@ -332,14 +342,20 @@ def format_small(report: dict[str, Any]) -> str:
         Lines of text.
     """
     workers = report["workers"]
-    lines = [f"small samples ({report['samples']} per workload, batch 64, no model; last of 3 epochs):"]
+    rounds = len(next(iter(report["loaders"].values()))["workers=1"])
+    lines = [
+        f"small samples ({report['samples']} per workload, batch 64, no model; epochs 3 and 4 of 4, "
+        f"median of {rounds} interleaved rounds):"
+    ]
     for workload, rates in report["loaders"].items():
-        base = rates["workers=1"][-1]
-        for name, values in rates.items():
-            ratio = f"{values[-1] / base:5.2f}x workers=1"
-            if "tf.data" in rates and name != "tf.data":
-                ratio += f", {values[-1] / rates['tf.data'][-1]:5.2f}x tf.data"
-            lines.append(f"  {workload:16s} {name:12s} {values[-1]:>10,.0f} samples/s  {ratio}")
+        median = {name: float(np.median(values)) for name, values in rates.items()}
+        base = median["workers=1"]
+        for name, value in median.items():
+            ratio = f"{value / base:5.2f}x workers=1"
+            if "tf.data" in median and name != "tf.data":
+                ratio += f", {value / median['tf.data']:5.2f}x tf.data"
+            spread = f"(rounds {min(rates[name]):,.0f}-{max(rates[name]):,.0f})"
+            lines.append(f"  {workload:16s} {name:12s} {value:>10,.0f} samples/s  {ratio}  {spread}")
     lines.append("engine's own cost (the loader returns a prepared array; CPU per sample):")
     for name, cost in report["engine"].items():
         lines.append(

@@ -16,9 +16,11 @@ own pool:
   decides);
 - the batches likely to be asked for next (the following ones, or those
   Keras's generator will ask for) are prefetched, `max_queue_size` at most;
-- workers only load samples (`load_item`); the main process assembles
-  batches (`collate`), so workers never need the epoch order and a batch
-  always holds what the main process says;
+- workers load samples (`load_item`) and the main process assembles
+  batches (`collate`), so a batch always holds what the main process says;
+  process workers that get whole batches of cheap samples also assemble
+  them, when the dataset allows it (`assembles_in_workers`), so that the
+  main process copies one batch instead of unpickling every sample;
 - process workers leave the arrays they loaded in shared memory
   (`SharedSlots`) rather than pickling them through the pool's pipe;
 - a batch asked for that was not prefetched goes ahead of queued
@@ -48,6 +50,7 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
+from keras_sepseq.errors import SampleError
 from keras_sepseq.fetching import when_all
 from keras_sepseq.shared_slots import (
     SHARED_MEMORY_LIMIT,
@@ -86,26 +89,41 @@ def _init_process_worker(dataset: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+class Assembled(NamedTuple):
+    """A batch a process worker assembled (`collate`d) itself, in place of the items of its samples."""
+
+    batch: tuple
+
+
 def _load_chunk_in_process(
     indices: list[int],
     slot: tuple[str, int, int] | None = None,
     contents: dict[str, Any] | None = None,
     epoch: int | None = None,
+    position: int | None = None,
 ) -> tuple[float, Any]:
-    """Loads a chunk in a process worker: `(seconds it took, items or an InSlot)`.
+    """Loads a chunk in a process worker: `(seconds it took, items, an Assembled batch, or an InSlot)`.
 
     `contents` holds the bytes of the chunk's objects in storage, fetched
     by the pool's process (which keeps the credentials); `epoch` is the
-    epoch of the chunk's batch (see `EpochOrder.loading_epoch`).
+    epoch of the chunk's batch (see `EpochOrder.loading_epoch`); with a
+    `position`, the chunk is that whole batch, assembled here unless a
+    sample failed (the calling process then decides what to do).
     """
     start = time.perf_counter()
-    with _WORKER_DATASET.loading_epoch(epoch):
+    dataset = _WORKER_DATASET
+    with dataset.loading_epoch(epoch):
         if contents is None:  # local files
-            items = _WORKER_DATASET.try_load_items(indices)
+            items = dataset.try_load_items(indices)
         else:
             with supplied(contents):
-                items = _WORKER_DATASET.try_load_items(indices)
-    return time.perf_counter() - start, pack_items(items, slot)
+                items = dataset.try_load_items(indices)
+    result: Any = items
+    if position is not None and not any(isinstance(item, SampleError) for item in items):
+        if epoch is not None and dataset.epoch != epoch:
+            dataset.set_epoch(epoch)  # this process's own copy: collate sees the batch's epoch, as the caller's does
+        result = Assembled(dataset.collate(np.asarray(indices, dtype=np.int64), items, position))
+    return time.perf_counter() - start, pack_items(result, slot)
 
 
 def _epoch_of(key: Any) -> int | None:
@@ -120,6 +138,7 @@ class _Job(NamedTuple):
     level: int  # the tuner's limit when it was submitted
     fetched: dict[str, Future] | None = None  # reads of the chunk's objects in storage, in flight or done
     epoch: int | None = None  # the epoch of the chunk's batch
+    position: int | None = None  # the batch's position, when a process worker assembles the whole batch
 
 
 class WorkerPool:
@@ -138,6 +157,9 @@ class WorkerPool:
             a chunk of sample indices and returns `{url: Future}` (see
             `keras_sepseq.fetching`): a chunk goes to a worker once its
             bytes are in, so workers decode and never wait on the network.
+        assemble: Process workers that load a whole batch also collate
+            it (see `BaseSequence.assembles_in_workers`); `load` then
+            returns an `Assembled` batch instead of items.
 
     Example:
 
@@ -153,6 +175,7 @@ class WorkerPool:
         use_processes: bool,
         max_queue_size: int,
         fetch: Callable[[list[int]], dict[str, Future]] | None = None,
+        assemble: bool = False,
     ) -> None:
         self.workers = max(1, int(workers))
         self.use_processes = bool(use_processes)
@@ -165,6 +188,8 @@ class WorkerPool:
         self.misses = 0
         self.inline = 0  # batches the calling thread loaded itself, as the tuner decided
         self.through_shared_memory = 0  # chunks whose arrays came back in shared memory
+        self.assemble = bool(assemble) and self.use_processes
+        self.assembled = 0  # batches a process worker collated
         self._owner_pid = os.getpid()
         self._fetch = fetch
         # Remote data: the rate depends on reads in flight, and the caller must never load (it would wait on them).
@@ -206,25 +231,39 @@ class WorkerPool:
         _LIVE_POOLS.add(self)
 
     def _start(
-        self, chunk: list[int], epoch: int | None, slot: int | None = None, fetched: dict[str, Future] | None = None
+        self,
+        chunk: list[int],
+        epoch: int | None,
+        slot: int | None = None,
+        fetched: dict[str, Future] | None = None,
+        position: int | None = None,
     ) -> _Job:
         if fetched is None and self._fetch is not None:
             fetched = self._fetch(chunk)
         if self.use_processes and slot is None and self._slots is not None:
             slot = self._slots.take()
+        limit = self.tuner.limit
         if fetched:
-            return _Job(chunk, self._after_fetch(chunk, slot, fetched, epoch), slot, self.tuner.limit, fetched, epoch)
-        return _Job(chunk, self._submit_chunk(chunk, slot, None, epoch), slot, self.tuner.limit, None, epoch)
+            future = self._after_fetch(chunk, slot, fetched, epoch, position)
+            return _Job(chunk, future, slot, limit, fetched, epoch, position)
+        return _Job(chunk, self._submit_chunk(chunk, slot, None, epoch, position), slot, limit, None, epoch, position)
 
     def _submit_chunk(
-        self, chunk: list[int], slot: int | None, contents: dict[str, Any] | None, epoch: int | None
+        self,
+        chunk: list[int],
+        slot: int | None,
+        contents: dict[str, Any] | None,
+        epoch: int | None,
+        position: int | None = None,
     ) -> Future:
         if not self.use_processes:
             return self._running().submit(self._load_chunk, chunk, contents, epoch)
         where = None if slot is None or self._slots is None else self._slots.where(slot)
-        return self._running().submit(_load_chunk_in_process, chunk, where, contents, epoch)
+        return self._running().submit(_load_chunk_in_process, chunk, where, contents, epoch, position)
 
-    def _after_fetch(self, chunk: list[int], slot: int | None, fetched: dict[str, Future], epoch: int | None) -> Future:
+    def _after_fetch(
+        self, chunk: list[int], slot: int | None, fetched: dict[str, Future], epoch: int | None, position: int | None
+    ) -> Future:
         """A future of the chunk's items, loaded by a worker once every read in `fetched` is done.
 
         Until then the future is pending (`cancel()` works, and nothing is
@@ -237,7 +276,7 @@ class WorkerPool:
             if not outer.set_running_or_notify_cancel():
                 return  # cancelled while reading: dropped, or taken back to be queued again
             try:
-                inner = self._submit_chunk(chunk, slot, contents, epoch)
+                inner = self._submit_chunk(chunk, slot, contents, epoch, position)
             except BaseException as e:  # the pool was closed meanwhile
                 outer.set_exception(e)
                 return
@@ -251,9 +290,13 @@ class WorkerPool:
             raise RuntimeError("the worker pool was closed")
         return self._executor
 
-    def _submit(self, indices: np.ndarray, epoch: int | None = None) -> list[_Job]:
+    def _submit(self, key: Any, indices: np.ndarray) -> list[_Job]:
+        """Starts loading the batch `key` (`(epoch, position)`): its samples `indices`, in chunks."""
         self._largest_batch = max(self._largest_batch, len(indices))
-        chunks = np.array_split(np.asarray(indices, dtype=np.int64), self.tuner.chunks(len(indices)))
+        epoch, count = _epoch_of(key), self.tuner.chunks(len(indices))
+        if count == 1 and self.assemble and epoch is not None:  # a whole batch to one worker: it collates too
+            return [self._start(np.asarray(indices, dtype=np.int64).tolist(), epoch, position=int(key[1]))]
+        chunks = np.array_split(np.asarray(indices, dtype=np.int64), count)
         return [self._start(chunk, epoch) for chunk in (c.tolist() for c in chunks) if chunk]
 
     def _drop(self, job: _Job) -> None:
@@ -265,8 +308,8 @@ class WorkerPool:
         if slot is not None and slots is not None:
             job.future.add_done_callback(lambda _: slots.give(slot))
 
-    def _collect(self, job: _Job) -> list[Any]:
-        """Waits for `job` and returns its items, out of its slot if the worker used one."""
+    def _collect(self, job: _Job) -> Any:
+        """Waits for `job` and returns its items (or `Assembled` batch), out of its slot if the worker used one."""
         try:
             result = self._result(job.future)
             if self.use_processes:
@@ -307,7 +350,7 @@ class WorkerPool:
             return
         with self._lock:  # chunks queued before the slots existed and not started yet: into slots too
             for batch, j, job in self._take_back(lambda job: job.slot is None):
-                batch[j] = self._start(job.chunk, job.epoch, None, job.fetched)
+                batch[j] = self._start(job.chunk, job.epoch, None, job.fetched, job.position)
 
     def _take_back(self, which: Callable[[_Job], bool] = lambda job: True) -> list[tuple[list[_Job], int, _Job]]:
         """Cancels the queued jobs (those `which` accepts) no worker has started; returns `(batch, place, job)` of each.
@@ -341,7 +384,7 @@ class WorkerPool:
             if len(self._pending) >= self.max_queue_size:
                 break
             if next_key not in self._pending:
-                self._pending[next_key] = self._submit(next_indices, _epoch_of(next_key))
+                self._pending[next_key] = self._submit(next_key, next_indices)
 
     def prefetch(self, upcoming: list[tuple[tuple, np.ndarray]]) -> None:
         """Starts loading batches expected soon, without waiting for them.
@@ -362,7 +405,7 @@ class WorkerPool:
             if not self.tuner.inline:
                 self._enqueue(upcoming)
 
-    def load(self, key: tuple, indices: np.ndarray, upcoming: list[tuple[tuple, np.ndarray]]) -> list[Any]:
+    def load(self, key: tuple, indices: np.ndarray, upcoming: list[tuple[tuple, np.ndarray]]) -> list[Any] | Assembled:
         """Returns the items of one batch, loading them or collecting what was prefetched.
 
         A batch that was not prefetched goes ahead of prefetched work that
@@ -377,7 +420,9 @@ class WorkerPool:
 
         Returns:
             `[try_load_item(i) for i in indices]`: items, or `SampleError`s
-            for samples that failed.
+            for samples that failed; or, from a pool made with `assemble`
+            whose worker loaded the whole batch without a failure, the
+            batch it collated (`Assembled`).
 
         Raises:
             WorkerDiedError: If a worker process died.
@@ -396,20 +441,28 @@ class WorkerPool:
             elif jobs is None:
                 self.misses += 1
                 waiting = self._take_back()
-                jobs = self._submit(indices, _epoch_of(key))
+                jobs = self._submit(key, indices)
                 for batch, j, job in waiting:  # back in the queue, behind this batch, in the same slot
-                    batch[j] = self._start(job.chunk, job.epoch, job.slot, job.fetched)
+                    batch[j] = self._start(job.chunk, job.epoch, job.slot, job.fetched, job.position)
             else:
                 self.hits += 1
             if not self.tuner.inline:
                 self._enqueue(upcoming)
         if jobs is None:
-            return self._delivered(self._load_inline(indices, _epoch_of(key)), 0)
+            loaded = self._load_inline(indices, _epoch_of(key))
+            self._delivered(len(loaded), 0)
+            return loaded
         items: list[Any] = []
         try:
             for k, job in enumerate(jobs):  # noqa: B007 (k: where a failure stopped, below)
-                items.extend(self._collect(job))
-            return self._delivered(items, jobs[0].level)
+                result = self._collect(job)
+                if isinstance(result, Assembled):  # the only job of its batch
+                    self.assembled += 1
+                    self._delivered(len(job.chunk), job.level)
+                    return result
+                items.extend(result)
+            self._delivered(len(items), jobs[0].level)
+            return items
         except BrokenProcessPool as e:
             raise self._died() from e
         except BaseException:
@@ -417,13 +470,12 @@ class WorkerPool:
                 self._drop(job)
             raise
 
-    def _delivered(self, items: list[Any], level: int) -> list[Any]:
-        """Tells the tuner how long the caller waited since the batch before; returns `items`."""
+    def _delivered(self, samples: int, level: int) -> None:
+        """Tells the tuner how long the caller waited since the batch before (of `samples` samples)."""
         now, last = time.perf_counter(), self._last_delivered
         self._last_delivered = now
         if last is not None:
-            self.tuner.delivered(len(items), now - last, level)
-        return items
+            self.tuner.delivered(samples, now - last, level)
 
     def _load_inline(self, indices: np.ndarray, epoch: int | None) -> list[Any]:
         """Loads a batch in the calling thread (the tuner found that faster than thread workers), timed."""

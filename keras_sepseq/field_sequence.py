@@ -18,7 +18,7 @@ import numpy as np
 from keras_sepseq.augment import Augmentation, batch_seed, sample_rng
 from keras_sepseq.fields import Field, ImageField, PaddedField
 from keras_sepseq.masks import MaskField
-from keras_sepseq.sequence import BaseSequence
+from keras_sepseq.sequence import BaseSequence, collates_anywhere
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -274,6 +274,7 @@ class FieldSequence(BaseSequence):
 
     # Batches.
 
+    @collates_anywhere
     def collate(self, indices: np.ndarray, items: list, position: int | None = None) -> tuple:
         """Turns loaded items into `(x,)`, `(x, y)` or `(x, y, sample_weight)`, field by field.
 

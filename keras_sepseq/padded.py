@@ -16,6 +16,7 @@ from keras_sepseq.fields import ArrayField, Field, PaddedField
 from keras_sepseq.npy import load_npy, npy_shape
 from keras_sepseq.padding import PADDING_SIDES, bucketed_order, pad_batch, padding_weights
 from keras_sepseq.paths import PathArray, PathLike, is_path_sequence
+from keras_sepseq.sequence import collates_anywhere
 from keras_sepseq.stacking import stack_arrays
 
 if TYPE_CHECKING:
@@ -381,6 +382,7 @@ class PaddedSequence(FieldSequence):
         """`"sequence"` or `"label"`, as messages name them."""
         return field.kind
 
+    @collates_anywhere
     def collate(self, indices: np.ndarray, items: list, position: int | None = None) -> tuple:
         """Pads loaded samples into `(x, y)` or `(x, y, sample_weight)`.
 

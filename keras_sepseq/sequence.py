@@ -23,7 +23,7 @@ from keras_sepseq.augment import Augmentation
 from keras_sepseq.buffers import BatchBuffers
 from keras_sepseq.cache import DirectoryCache, MemoryCache, fingerprint, parse_bytes
 from keras_sepseq.checks import check_int
-from keras_sepseq.engine import WorkerPool
+from keras_sepseq.engine import Assembled, WorkerPool
 from keras_sepseq.error_policy import BadSample, ErrorPolicy
 from keras_sepseq.errors import SampleError
 from keras_sepseq.fetching import RemoteReading
@@ -34,16 +34,45 @@ from keras_sepseq.tf_data import TfDataExport, batches_dataset
 from keras_sepseq.validation import Validating, ValidationReport
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from typing_extensions import Unpack
+
 
 __all__ = [
     "BadSample",
     "BaseSequence",
     "ValidationReport",
     "batches_dataset",
+    "collates_anywhere",
     "detect_shard",
     "epoch_order",
 ]
+
+
+def collates_anywhere(collate: Callable) -> Callable:
+    """Marks a `collate` method as safe to run in a process worker (see `BaseSequence.assembles_in_workers`).
+
+    Mark a `collate` whose batch depends only on its arguments, the
+    dataset's options and its epoch (a worker's copy of the dataset is
+    switched to the epoch of the batch it assembles), never on state the
+    calling process changes while training.
+
+    Args:
+        collate: The method.
+
+    Returns:
+        The same method, marked.
+
+    Example:
+
+    >>> class Sums(BaseSequence):
+    ...     @collates_anywhere
+    ...     def collate(self, indices, items, position=None):
+    ...         return (np.stack(items),)
+    """
+    collate.collates_anywhere = True  # type: ignore[attr-defined]
+    return collate
 
 
 class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExport, keras.utils.PyDataset):
@@ -232,7 +261,10 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
                 upcoming = self._upcoming_positions(position)
                 if pool.tuner.inline:  # this thread loads every batch itself: nothing to prefetch
                     upcoming = []
-                loaded = pool.load((self.epoch, position), wanted, self._to_load(upcoming))
+                result = pool.load((self.epoch, position), wanted, self._to_load(upcoming))
+                if isinstance(result, Assembled):  # collated by a process worker: see assembles_in_workers
+                    return result.batch
+                loaded = result
             for k, item in zip(missing, loaded):
                 items[k] = item
                 if cache is not None and not isinstance(item, SampleError):
@@ -302,6 +334,7 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
                 use_processes=self.use_processes,
                 max_queue_size=self.max_queue_size,
                 fetch=self.fetch_samples if self.reads_remote else None,
+                assemble=self.use_processes and self.assembles_in_workers(),
             )
             self._pool.start()
         return self._pool
@@ -387,6 +420,35 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
             NotImplementedError: In `BaseSequence` itself.
         """
         raise NotImplementedError("subclasses of BaseSequence implement collate(indices, items, position)")
+
+    def assembles_in_workers(self) -> bool:
+        """Whether process workers may assemble whole batches (`collate`) of cheap samples themselves.
+
+        Samples cheap enough to go to a worker in whole batches (see
+        `keras_sepseq.tuning`) are then collated in the worker, which sends
+        the batch's arrays instead of one item per sample: the main process
+        only copies the batch out of shared memory. It needs a `collate`
+        marked `@collates_anywhere` (a function of its arguments and the
+        dataset's options alone, as the built-in classes' are; a subclass
+        that overrides `collate` always collates in the calling process),
+        `on_error="raise"` (skipping bad samples is decided where errors
+        are recorded), no cache (the cache keeps items) and no `augment`.
+        The batches are the same bytes either way.
+
+        Returns:
+            True when those conditions hold.
+
+        Example:
+
+        >>> SeparatedSequence(images, labels, use_multiprocessing=True).assembles_in_workers()  # doctest: +SKIP
+        True
+        """
+        return (
+            getattr(type(self).collate, "collates_anywhere", False)
+            and self.on_error == "raise"
+            and self.cache is None
+            and getattr(self, "augmentation", None) is None
+        )
 
     def collate_placeholder(self, indices: np.ndarray, items: list[Any], position: int | None = None) -> tuple:
         """`collate` for the weight-0 placeholder a batch of only bad samples is served as; never augmented.

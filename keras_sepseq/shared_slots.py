@@ -87,11 +87,13 @@ def aligned(nbytes: int) -> int:
 
 
 def item_bytes(value: Any) -> int:
-    """Bytes of the arrays in a loaded item (arrays, tuples and lists of them)."""
+    """Bytes of the arrays in a loaded item or a batch (arrays, and tuples, lists and dicts of them)."""
     if isinstance(value, np.ndarray):
         return aligned(value.nbytes)
     if isinstance(value, (tuple, list)):
         return sum(item_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(item_bytes(v) for v in value.values())
     return 0
 
 

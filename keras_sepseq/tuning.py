@@ -47,7 +47,7 @@ CHUNK_SECONDS = 0.002
 PROBE_CHUNKS = 8
 """Batches measured at least at each setting before the tuner compares them."""
 
-PROBE_SECONDS = 0.05
+PROBE_SECONDS = 0.02
 """Seconds measured at least at each setting (batches of cheap samples come in bursts)."""
 
 BETTER_BY = 1.05
@@ -57,7 +57,7 @@ RETUNE_AT = frozenset(4**k for k in range(16)) | {0}
 """The epochs (counted from 0) at whose start the settings are compared again."""
 
 GIVE_UP_BELOW = 0.8
-"""Halving stops once a limit delivers less than this share of the best rate measured."""
+"""Halving stops once a limit delivers less than this share of the best rate measured (above one thread)."""
 
 
 class LoadTuner:
@@ -208,7 +208,8 @@ class LoadTuner:
         """
         self.capacity[self.limit] = rate
         best = max(self.capacity.values())
-        if self.limit > 0 and rate >= GIVE_UP_BELOW * best:
+        # One thread handing every batch over is no evidence against none: the calling thread alone is always tried.
+        if self.limit > 0 and (rate >= GIVE_UP_BELOW * best or (self.threads and self.limit == 1)):
             # Processes share no GIL: fewer would only be slower; the calling process alone may not be.
             self._set_limit(self.limit // 2 if self.threads else 0)  # 1 // 2 = 0: the calling thread loads
             return

@@ -71,11 +71,11 @@ def test_each_batch_of_costly_samples_is_split_across_the_workers(dataset, batch
     seq = SeparatedSequence(*dataset, batch_size=batch_size, workers=workers)
     seq[0]
     seq._pool.tuner.sample_seconds = 0.01  # as measured for large photos
-    jobs = seq._pool._submit(seq.batch_indices(0))
+    jobs = seq._pool._submit((0, 0), seq.batch_indices(0))
     assert [len(job.chunk) for job in jobs] == chunks
     assert [len(job.future.result()) for job in jobs] == chunks
     seq._pool.tuner.sample_seconds = 1e-6  # cheap samples: one worker takes the whole batch
-    jobs = seq._pool._submit(seq.batch_indices(0))
+    jobs = seq._pool._submit((0, 0), seq.batch_indices(0))
     assert [len(job.chunk) for job in jobs] == [len(seq.batch_indices(0))]
     seq.close()
 

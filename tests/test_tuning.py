@@ -55,9 +55,11 @@ def deliver(tuner: LoadTuner, rates: dict[int, float]) -> list[int]:
     "rates, chosen, tried",
     [
         pytest.param({2: 27_000, 1: 30_000, 0: 39_000}, 0, [2, 1, 0], id="gil-bound-caller-alone-fastest"),
-        pytest.param({2: 50_000, 1: 26_000, 0: 25_000}, 2, [2, 1], id="decode-bound-stops-halving"),
+        pytest.param({2: 50_000, 1: 26_000, 0: 25_000}, 2, [2, 1, 0], id="decode-bound-keeps-all-threads"),
+        pytest.param({2: 52_000, 1: 40_000, 0: 80_000}, 0, [2, 1, 0], id="one-thread-slowest-caller-alone-fastest"),
+        pytest.param({8: 40_000, 4: 20_000, 2: 12_000, 1: 9_000, 0: 8_000}, 8, [8, 4], id="decode-bound-stops-halving"),
         pytest.param({2: 30_000, 1: 30_500, 0: 30_200}, 2, [2, 1, 0], id="ties-keep-all-threads"),
-        pytest.param({4: 10_000, 2: 20_000, 1: 15_000, 0: 11_000}, 2, [4, 2, 1], id="best-in-the-middle"),
+        pytest.param({4: 10_000, 2: 20_000, 1: 15_000, 0: 11_000}, 2, [4, 2, 1, 0], id="best-in-the-middle"),
     ],
 )
 def test_threads_settle_on_the_fastest_limit(rates, chosen, tried):
