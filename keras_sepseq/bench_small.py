@@ -7,7 +7,8 @@ Three measurements, all in one run so that their ratios compare:
    as the median over interleaved rounds of all settings: 8x8 PNGs with scalar `.npy` labels (`SeparatedSequence`)
    and short `.npy` sequences (`PaddedSequence`), with `workers=1`, two
    threads and two processes, and `tf.data` (`read_file` + `decode_png`,
-   `AUTOTUNE`, labels in memory) on the same PNGs.
+   `AUTOTUNE`, labels in memory) on the same PNGs; and the photos
+   workload (batch 32, resized) with the same three settings.
 2. The engine's own cost: a dataset whose loader returns a prepared array,
    so that nothing is read or decoded; CPU time per sample in the calling
    process and in all processes together.
@@ -304,7 +305,8 @@ def run_small(
         f"{workers} threads": (workers, False),
         f"{workers} processes": (workers, True),
     }
-    loaders: dict[str, dict[str, list[float]]] = {"small PNGs": {}, "short sequences": {}}
+    loaders: dict[str, dict[str, list[float]]] = {"small PNGs": {}, "short sequences": {}, "photos": {}}
+    photo_labels = np.zeros(len(photos), np.int64)
 
     def steady(rates: list[float]) -> float:
         return float(np.median(rates[2:]))
@@ -318,6 +320,9 @@ def run_small(
                 files["sequences"], labels, 64, seed=0, workers=count, use_multiprocessing=processes
             )
             loaders["short sequences"].setdefault(name, []).append(steady(epoch_rates(sequences)))
+            pictures = SeparatedSequence(photos, photo_labels, 32, image_size=image_size, seed=0, workers=count,
+                                         use_multiprocessing=processes)  # fmt: skip
+            loaders["photos"].setdefault(name, []).append(steady(epoch_rates(pictures)))
         loaders["small PNGs"].setdefault("tf.data", []).append(steady(tf_png_rates(files["images"], labels, 64)))
     engine = {
         name: engine_cost(count, processes, samples=samples * 10) for name, (count, processes) in settings.items()
@@ -325,7 +330,6 @@ def run_small(
     gil = {}
     small = SeparatedSequence(files["images"], files["labels"], 64, image_size=(8, 8))
     gil["small PNGs"] = gil_seconds_per_sample(small.load_item, samples, seconds)
-    photo_labels = np.zeros(len(photos), np.int64)
     photo_seq = SeparatedSequence(photos, photo_labels, 32, image_size=image_size)
     gil["photos"] = gil_seconds_per_sample(photo_seq.load_item, len(photos), seconds)
     gil["photos"]["decode_rate"] = decode_rate(photos, image_size, seconds)
@@ -344,7 +348,8 @@ def format_small(report: dict[str, Any]) -> str:
     workers = report["workers"]
     rounds = len(next(iter(report["loaders"].values()))["workers=1"])
     lines = [
-        f"small samples ({report['samples']} per workload, batch 64, no model; epochs 3 and 4 of 4, "
+        f"loaders alone ({report['samples']} small samples of each kind, batch 64; the photos, batch 32; no model; "
+        f"epochs 3 and 4 of 4, "
         f"median of {rounds} interleaved rounds):"
     ]
     for workload, rates in report["loaders"].items():

@@ -100,6 +100,7 @@ def test_bench_small_quick_smoke_run(tmp_path, capsys):
     assert report["samples"] == 600 and report["workers"] == 2
     assert set(report["loaders"]["small PNGs"]) == {"workers=1", "2 threads", "2 processes", "tf.data"}
     assert set(report["loaders"]["short sequences"]) == {"workers=1", "2 threads", "2 processes"}
+    assert set(report["loaders"]["photos"]) == {"workers=1", "2 threads", "2 processes"}
     for rates in report["loaders"].values():
         assert all(len(per_round) == 1 and min(per_round) > 0 for per_round in rates.values())  # --quick: 1 round
     for cost in report["engine"].values():
