@@ -67,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "shard": None,
     "augment": None,
     "storage_options": None,
-    "reads_in_flight": 64,
+    "reads_in_flight": 128,
 }
 """The default of each of `SequenceOptions`."""
 

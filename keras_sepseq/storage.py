@@ -5,7 +5,8 @@ that tells them apart and reads them:
 
 - `open_file(path)` opens a local file or a URL for reading; the decoders
   (`decode_image`, `load_npy`, masks) and custom loaders use it;
-- `read_url` fetches an object's bytes, retrying transient failures
+- `read_url` fetches an object's bytes (S3 objects through obstore where
+  it can, see `keras_sepseq.object_client`), retrying transient failures
   (timeouts, dropped connections, HTTP 429 and 5xx) with backoff and
   sending permanent ones (403, 404) on at once, as local files do;
 - listing a bucket and reading manifests are `keras_sepseq.listing`'s job;
@@ -34,6 +35,8 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
+
+from keras_sepseq.object_client import UseFsspec, s3_reader
 
 __all__ = [
     "StorageStats",
@@ -147,7 +150,7 @@ _FILESYSTEMS_LOCK = threading.Lock()
 
 
 def filesystem(url: str, options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-    """The fsspec file system for `url` and the path within it, one instance per protocol and options.
+    """The fsspec file system for `url` and the path within it, one instance per process, protocol and options.
 
     Args:
         url: A URL.
@@ -172,7 +175,8 @@ def filesystem(url: str, options: Mapping[str, Any] | None = None) -> tuple[Any,
     except ImportError as e:
         raise _missing_package(url, e) from None
     merged = _defaults(url, options)
-    key = (protocol(url), repr(sorted(merged.items(), key=lambda kv: kv[0])))
+    # Per process: an instance made before a fork() is tied to its parent's event loop ("not fork-safe").
+    key = (os.getpid(), protocol(url), repr(sorted(merged.items(), key=lambda kv: kv[0])))
     with _FILESYSTEMS_LOCK:
         fs = _FILESYSTEMS.get(key)
     if fs is None:
@@ -206,7 +210,7 @@ def _defaults(url: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
     if protocol(url) in ("s3", "s3a"):
         config = dict(merged.get("config_kwargs") or {})
         config.setdefault("retries", {"max_attempts": 0})
-        config.setdefault("max_pool_connections", 64)
+        config.setdefault("max_pool_connections", 128)
         merged["config_kwargs"] = config
         # One GET per object: s3fs would first ask for the size (a HEAD, one more round trip) to split large
         # objects into concurrent range reads; per-sample files are small, and many are read at once anyway.
@@ -353,12 +357,23 @@ def read_url(
     >>> read_url("memory://doc/a.bin")
     b'abc'
     """
-    fs, path = filesystem(url, options)
+    fast = s3_reader(url, options) if protocol(url) in ("s3", "s3a") else None
+    fs, path = (None, "") if fast is not None else filesystem(url, options)
     shown = display_url(url)
     for attempt in range(attempts):
         start = time.perf_counter()
         try:
-            data = fs.cat_file(path)
+            if fast is not None:
+                try:
+                    data = fast(url)
+                except UseFsspec:  # obstore cannot read this store as s3fs would: s3fs reads, in this attempt
+                    fast = None
+            if fast is None:
+                if fs is None:
+                    fs, path = filesystem(url, options)
+                data = fs.cat_file(path)
+        except ImportError:
+            raise  # obstore handed the store to s3fs, which is not installed: the message names the extra
         except Exception as e:
             seconds = time.perf_counter() - start
             if attempt + 1 < attempts and is_transient(e):
