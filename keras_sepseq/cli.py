@@ -370,6 +370,7 @@ def _bench_remote(args: argparse.Namespace, samples: int, size: tuple, epochs: i
     report = bench_remote.run_remote(
         paths, labels, image_size=size, batch_size=args.batch_size, epochs=max(epochs, 3) if not args.quick else 2,
         workers=args.workers, latency=args.latency, list_keys=5_000 if args.quick else 100_000,
+        rounds=args.repeats,
     )  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
