@@ -204,6 +204,10 @@ class _Proxy(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # An answer goes out as two writes (headers, then body): with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK of the headers, 40 ms on Linux, on top of `latency` (measured: 98 ms per read with
+    # latency=0.05 and 128 reads in flight, 1,300 reads/s; with it off, 2,100-2,300 reads/s).
+    disable_nagle_algorithm = True
     server: _Proxy
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
