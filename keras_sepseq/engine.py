@@ -480,9 +480,9 @@ class WorkerPool:
     def _load_inline(self, indices: np.ndarray, epoch: int | None) -> list[Any]:
         """Loads a batch in the calling thread (the tuner found that faster than thread workers), timed."""
         chunk = np.asarray(indices, dtype=np.int64).tolist()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         items = self._load_items(chunk, None, epoch)
-        self.tuner.record(len(chunk), time.perf_counter() - start)
+        self.tuner.record(len(chunk), time.perf_counter() - start, cpu_seconds=time.thread_time() - cpu)
         return items
 
     def _result(self, future: Future) -> list[Any]:

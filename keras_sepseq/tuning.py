@@ -20,7 +20,10 @@ to know:
   all), and keeps the fastest; it measures again at the start of every
   epoch (the page cache, a directory cache or the data itself can change
   the answer). Process workers share no GIL: a process pool is only
-  compared with the calling process loading alone.
+  compared with the calling process loading alone. Samples that take a
+  worker a quarter of a millisecond or more are not compared at all
+  (`COMPARE_BELOW`): every worker loads them, since the comparison would
+  cost more than it could find.
 
 What comes out never depends on these decisions: only how fast.
 
@@ -59,6 +62,17 @@ RETUNE_AT = frozenset(4**k for k in range(16)) | {0}
 GIVE_UP_BELOW = 0.8
 """Halving stops once a limit delivers less than this share of the best rate measured (above one thread)."""
 
+COMPARE_BELOW = 0.00025
+"""Settings are compared only for samples that take a worker less than this (CPU seconds per sample).
+
+Threads lose to one thread where each sample is a few system calls and a little Python: every call hands the
+GIL between cores, a few microseconds each, as much as the work itself. A sample that takes a quarter of a
+millisecond or more (a photo's decode, say) loses a few percent to that at most, while comparing runs a
+dozen batches with fewer workers than there are: 0.5-0.6x of the first epoch's rate for the bench's photos
+(docs/benchmarks.md). Such samples are loaded by every worker without a comparison. The worker thread's
+CPU time is what counts, not its wall time: waiting for the GIL or the disk makes a sample slow, not
+costly (an 8x8 PNG took a thread 50-65 us of CPU, and 80-120 us of wall time, beside another thread)."""
+
 
 class LoadTuner:
     """Decides how many chunks a batch loads in and how many threads load at once.
@@ -87,7 +101,9 @@ class LoadTuner:
         self.limit = self.workers
         """Threads allowed to load at once (`workers` or 0 for processes); 0: the calling thread loads."""
         self.sample_seconds: float | None = None
-        """Worker time per sample, smoothed over the chunks measured (`None` before the first)."""
+        """Worker time per sample divided by the threads loading at once, smoothed (`None` before the first)."""
+        self.worker_seconds: float | None = None
+        """Worker CPU time per sample this comparison epoch, smoothed over its chunks (`None` before the first)."""
         self.capacity: dict[int, float] = {}
         """Samples per second measured with that many threads loading, in the last comparison."""
         self._condition = threading.Condition()
@@ -128,6 +144,7 @@ class LoadTuner:
                 return
             self._tuning = self.workers > 1 or not self.threads
             self.capacity = {}
+            self.worker_seconds = None  # this epoch's samples decide whether to compare (a cold disk's may not)
             self._set_limit(self.workers)
 
     def run(self, load: Callable[[Any], list], chunk: Any) -> list:
@@ -145,29 +162,31 @@ class LoadTuner:
                 self._condition.wait()
             self._active += 1
             sharing = self._active
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return load(chunk)
         finally:
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
             with self._condition:
                 sharing = max(sharing, self._active)
                 self._active -= 1
                 self._condition.notify()
-                self.record(len(chunk), seconds, sharing)
+                self.record(len(chunk), seconds, sharing, cpu)
 
     @property
     def inline(self) -> bool:
         """Whether the calling thread should load batches itself (measured fastest for these samples)."""
         return self.limit == 0
 
-    def record(self, samples: int, seconds: float, sharing: int = 1) -> None:
+    def record(self, samples: int, seconds: float, sharing: int = 1, cpu_seconds: float | None = None) -> None:
         """Takes note of one chunk: `samples` loaded in `seconds` while `sharing` threads loaded.
 
         Args:
             samples: Samples in the chunk.
             seconds: Worker time it took.
             sharing: Threads that loaded at the same time, itself included.
+            cpu_seconds: The worker thread's CPU time for it, where known
+                (else `seconds`: a process worker shares no GIL).
         """
         if samples <= 0 or seconds <= 0:
             return
@@ -175,6 +194,8 @@ class LoadTuner:
         self.sample_seconds = (
             per_sample if self.sample_seconds is None else 0.8 * self.sample_seconds + 0.2 * per_sample
         )
+        cost = (seconds if cpu_seconds is None else cpu_seconds) / samples
+        self.worker_seconds = cost if self.worker_seconds is None else 0.8 * self.worker_seconds + 0.2 * cost
 
     def delivered(self, samples: int, seconds: float, level: int) -> None:
         """Takes note of one batch handed to the caller, `seconds` after the one before it.
@@ -206,7 +227,11 @@ class LoadTuner:
         thread alone much faster); the fastest limit measured wins, a
         smaller one only when it is `BETTER_BY` faster than a larger one.
         """
+        first = not self.capacity
         self.capacity[self.limit] = rate
+        if first and self.worker_seconds is not None and self.worker_seconds >= COMPARE_BELOW:
+            self._tuning = False  # costly samples: every worker loads, nothing to gain from comparing
+            return
         best = max(self.capacity.values())
         # One thread handing every batch over is no evidence against none: the calling thread alone is always tried.
         if self.limit > 0 and (rate >= GIVE_UP_BELOW * best or (self.threads and self.limit == 1)):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keras_sepseq import SeparatedSequence, tuning
-from keras_sepseq.tuning import CHUNK_SECONDS, PROBE_CHUNKS, PROBE_SECONDS, LoadTuner
+from keras_sepseq.tuning import CHUNK_SECONDS, COMPARE_BELOW, PROBE_CHUNKS, PROBE_SECONDS, LoadTuner
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,24 @@ def test_record_smooths_worker_time_per_sample_and_divides_by_sharing():
     assert tuner.sample_seconds == pytest.approx(1e-3)
     tuner.record(0, 1.0)  # nothing to learn from
     assert tuner.sample_seconds == pytest.approx(1e-3)
+
+
+def test_the_cost_that_decides_whether_to_compare_is_cpu_time_where_known():
+    tuner = LoadTuner(2, threads=True)
+    tuner.record(10, 0.010, sharing=2, cpu_seconds=0.001)  # 1 ms per sample of wall time, 100 us of it CPU
+    assert tuner.worker_seconds == pytest.approx(1e-4)
+    assert tuner.sample_seconds == pytest.approx(5e-4)
+    tuner.record(10, 0.010)  # a process worker: its wall time
+    assert tuner.worker_seconds == pytest.approx(0.8 * 1e-4 + 0.2 * 1e-3)
+    tuner._tuning = False  # as if an earlier comparison had ended
+    tuner.new_epoch()  # epoch 0, a comparison epoch, measures afresh
+    assert tuner._tuning and tuner.worker_seconds is None
+
+
+def test_a_thread_worker_measures_its_own_cpu_time():
+    tuner = LoadTuner(2, threads=True)
+    tuner.run(lambda chunk: time.sleep(0.05) or chunk, [1, 2])  # waiting, not working
+    assert tuner.worker_seconds < 0.005 and tuner.sample_seconds > 0.02
 
 
 def deliver(tuner: LoadTuner, rates: dict[int, float]) -> list[int]:
@@ -78,6 +96,53 @@ def test_processes_are_compared_with_the_caller_alone(rates, chosen):
     seen = deliver(tuner, rates)
     assert sorted(set(seen), reverse=True) == [2, 0]  # never one process: processes share no GIL
     assert tuner.limit == chosen
+
+
+@pytest.mark.parametrize("threads", [True, False], ids=["threads", "processes"])
+@pytest.mark.parametrize(
+    "worker_seconds, compared",
+    [
+        pytest.param(25e-6, True, id="small-png-compared"),
+        pytest.param(COMPARE_BELOW * 0.9, True, id="just-below-compared"),
+        pytest.param(COMPARE_BELOW, False, id="at-the-bound-not-compared"),
+        pytest.param(1e-3, False, id="photo-not-compared"),
+    ],
+)
+def test_only_cheap_samples_are_compared(worker_seconds, compared, threads):
+    tuner = LoadTuner(2, threads=threads)
+    tuner.new_epoch()
+    # Even where fewer workers would measure faster, costly samples keep every worker: the comparison costs more.
+    rates = {2: 20_000, 1: 40_000, 0: 60_000}
+    seen = []
+    for _ in range(200):
+        if not tuner._tuning:
+            break
+        seen.append(tuner.limit)
+        tuner.record(64, 64 * worker_seconds)
+        tuner.delivered(64, 64 / rates[tuner.limit], tuner.limit)
+    assert not tuner._tuning
+    assert tuner.worker_seconds == pytest.approx(worker_seconds)
+    if compared:
+        assert tuner.limit == 0 and set(seen) == ({2, 1, 0} if threads else {2, 0})
+    else:
+        assert tuner.limit == 2 and set(seen) == {2} and tuner.capacity == pytest.approx({2: 20_000})
+
+
+def test_costly_samples_are_looked_at_again_in_the_next_comparison_epoch():
+    tuner = LoadTuner(2, threads=True)
+    tuner.new_epoch()
+    while tuner._tuning:  # a cold disk: 2 ms per sample
+        tuner.record(64, 64 * 2e-3)
+        tuner.delivered(64, 0.1, tuner.limit)
+    assert tuner.limit == 2
+    tuner.new_epoch()  # epoch 1, from the page cache: 20 us per sample, and one thread alone is faster
+    assert tuner._tuning
+    for _ in range(200):
+        if not tuner._tuning:
+            break
+        tuner.record(64, 64 * 20e-6)
+        tuner.delivered(64, 64 / {2: 20_000, 1: 25_000, 0: 40_000}[tuner.limit], tuner.limit)
+    assert tuner.limit == 0
 
 
 def test_batches_of_another_limit_and_the_prefetched_start_of_an_epoch_are_not_counted():
