@@ -63,7 +63,8 @@ GIVE_UP_BELOW = 0.8
 """Halving stops once a limit delivers less than this share of the best rate measured (above one thread)."""
 
 COMPARE_BELOW = 0.00025
-"""Settings are compared only for samples that take a worker less than this (CPU seconds per sample).
+"""Settings are compared only for samples that take a worker less than this (CPU seconds per sample, the least
+measured since the comparison started: a worker's first chunk, cold, costs many times its later ones).
 
 Threads lose to one thread where each sample is a few system calls and a little Python: every call hands the
 GIL between cores, a few microseconds each, as much as the work itself. A sample that takes a quarter of a
@@ -103,7 +104,7 @@ class LoadTuner:
         self.sample_seconds: float | None = None
         """Worker time per sample divided by the threads loading at once, smoothed (`None` before the first)."""
         self.worker_seconds: float | None = None
-        """Worker CPU time per sample this comparison epoch, smoothed over its chunks (`None` before the first)."""
+        """The least worker CPU time per sample of a chunk since the comparison started (`None` before the first)."""
         self.capacity: dict[int, float] = {}
         """Samples per second measured with that many threads loading, in the last comparison."""
         self._condition = threading.Condition()
@@ -195,7 +196,7 @@ class LoadTuner:
             per_sample if self.sample_seconds is None else 0.8 * self.sample_seconds + 0.2 * per_sample
         )
         cost = (seconds if cpu_seconds is None else cpu_seconds) / samples
-        self.worker_seconds = cost if self.worker_seconds is None else 0.8 * self.worker_seconds + 0.2 * cost
+        self.worker_seconds = cost if self.worker_seconds is None else min(self.worker_seconds, cost)
 
     def delivered(self, samples: int, seconds: float, level: int) -> None:
         """Takes note of one batch handed to the caller, `seconds` after the one before it.

@@ -44,8 +44,10 @@ def test_the_cost_that_decides_whether_to_compare_is_cpu_time_where_known():
     tuner.record(10, 0.010, sharing=2, cpu_seconds=0.001)  # 1 ms per sample of wall time, 100 us of it CPU
     assert tuner.worker_seconds == pytest.approx(1e-4)
     assert tuner.sample_seconds == pytest.approx(5e-4)
-    tuner.record(10, 0.010)  # a process worker: its wall time
-    assert tuner.worker_seconds == pytest.approx(0.8 * 1e-4 + 0.2 * 1e-3)
+    tuner.record(10, 0.010)  # a process worker: its wall time; the least cost measured counts
+    assert tuner.worker_seconds == pytest.approx(1e-4)
+    tuner.record(10, 0.0005, cpu_seconds=0.0005)
+    assert tuner.worker_seconds == pytest.approx(5e-5)
     tuner._tuning = False  # as if an earlier comparison had ended
     tuner.new_epoch()  # epoch 0, a comparison epoch, measures afresh
     assert tuner._tuning and tuner.worker_seconds is None
@@ -126,6 +128,19 @@ def test_only_cheap_samples_are_compared(worker_seconds, compared, threads):
         assert tuner.limit == 0 and set(seen) == ({2, 1, 0} if threads else {2, 0})
     else:
         assert tuner.limit == 2 and set(seen) == {2} and tuner.capacity == pytest.approx({2: 20_000})
+
+
+def test_a_cold_first_chunk_does_not_make_cheap_samples_look_costly():
+    tuner = LoadTuner(2, threads=False)
+    tuner.record(6, 0.3)  # a fresh process: imports and first calls, 50 ms per sample
+    seen = []
+    for _ in range(200):
+        if not tuner._tuning:
+            break
+        seen.append(tuner.limit)
+        tuner.record(6, 6 * 30e-6)
+        tuner.delivered(6, 6 / {2: 20_000, 0: 30_000}[tuner.limit], tuner.limit)
+    assert set(seen) == {2, 0} and tuner.limit == 0
 
 
 def test_costly_samples_are_looked_at_again_in_the_next_comparison_epoch():
