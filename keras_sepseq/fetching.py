@@ -125,16 +125,20 @@ def when_all(futures: Mapping[str, Future], callback: Callable[[dict[str, Any]],
     if not futures:
         callback({})
         return
-    state: dict[str, Any] = {"remaining": len(futures), "futures": futures, "callback": callback}
+    remaining = len(futures)
+    held: Mapping[str, Future] | None = futures
+    call: Callable[[dict[str, Any]], None] | None = callback
     lock = threading.Lock()
 
     def one_done(_: Future) -> None:
+        nonlocal remaining, held, call
         with lock:
-            state["remaining"] -= 1
-            if state["remaining"]:
+            remaining -= 1
+            if remaining:
                 return
-            held, call = state.pop("futures"), state.pop("callback")
-        call(wait_all(held))
+            done, then, held, call = held, call, None, None
+        if done is not None and then is not None:  # always: only the last future gets here, once
+            then(wait_all(done))
 
     for future in list(futures.values()):
         future.add_done_callback(one_done)

@@ -103,7 +103,7 @@ class LoadTuner:
         """Threads allowed to load at once (`workers` or 0 for processes); 0: the calling thread loads."""
         self.sample_seconds: float | None = None
         """Worker time per sample divided by the threads loading at once, smoothed (`None` before the first)."""
-        self.worker_seconds: float | None = None
+        self.cheapest_seconds: float | None = None
         """The least worker CPU time per sample of a chunk since the comparison started (`None` before the first)."""
         self.capacity: dict[int, float] = {}
         """Samples per second measured with that many threads loading, in the last comparison."""
@@ -145,7 +145,7 @@ class LoadTuner:
                 return
             self._tuning = self.workers > 1 or not self.threads
             self.capacity = {}
-            self.worker_seconds = None  # this epoch's samples decide whether to compare (a cold disk's may not)
+            self.cheapest_seconds = None  # this epoch's samples decide whether to compare (a cold disk's may not)
             self._set_limit(self.workers)
 
     def run(self, load: Callable[[Any], list], chunk: Any) -> list:
@@ -196,7 +196,7 @@ class LoadTuner:
             per_sample if self.sample_seconds is None else 0.8 * self.sample_seconds + 0.2 * per_sample
         )
         cost = (seconds if cpu_seconds is None else cpu_seconds) / samples
-        self.worker_seconds = cost if self.worker_seconds is None else min(self.worker_seconds, cost)
+        self.cheapest_seconds = cost if self.cheapest_seconds is None else min(self.cheapest_seconds, cost)
 
     def delivered(self, samples: int, seconds: float, level: int) -> None:
         """Takes note of one batch handed to the caller, `seconds` after the one before it.
@@ -230,7 +230,7 @@ class LoadTuner:
         """
         first = not self.capacity
         self.capacity[self.limit] = rate
-        if first and self.worker_seconds is not None and self.worker_seconds >= COMPARE_BELOW:
+        if first and self.cheapest_seconds is not None and self.cheapest_seconds >= COMPARE_BELOW:
             self._tuning = False  # costly samples: every worker loads, nothing to gain from comparing
             return
         best = max(self.capacity.values())

@@ -42,21 +42,21 @@ def test_record_smooths_worker_time_per_sample_and_divides_by_sharing():
 def test_the_cost_that_decides_whether_to_compare_is_cpu_time_where_known():
     tuner = LoadTuner(2, threads=True)
     tuner.record(10, 0.010, sharing=2, cpu_seconds=0.001)  # 1 ms per sample of wall time, 100 us of it CPU
-    assert tuner.worker_seconds == pytest.approx(1e-4)
+    assert tuner.cheapest_seconds == pytest.approx(1e-4)
     assert tuner.sample_seconds == pytest.approx(5e-4)
     tuner.record(10, 0.010)  # a process worker: its wall time; the least cost measured counts
-    assert tuner.worker_seconds == pytest.approx(1e-4)
+    assert tuner.cheapest_seconds == pytest.approx(1e-4)
     tuner.record(10, 0.0005, cpu_seconds=0.0005)
-    assert tuner.worker_seconds == pytest.approx(5e-5)
+    assert tuner.cheapest_seconds == pytest.approx(5e-5)
     tuner._tuning = False  # as if an earlier comparison had ended
     tuner.new_epoch()  # epoch 0, a comparison epoch, measures afresh
-    assert tuner._tuning and tuner.worker_seconds is None
+    assert tuner._tuning and tuner.cheapest_seconds is None
 
 
 def test_a_thread_worker_measures_its_own_cpu_time():
     tuner = LoadTuner(2, threads=True)
     tuner.run(lambda chunk: time.sleep(0.05) or chunk, [1, 2])  # waiting, not working
-    assert tuner.worker_seconds < 0.005 and tuner.sample_seconds > 0.02
+    assert tuner.cheapest_seconds < 0.005 and tuner.sample_seconds > 0.02
 
 
 def deliver(tuner: LoadTuner, rates: dict[int, float]) -> list[int]:
@@ -102,7 +102,7 @@ def test_processes_are_compared_with_the_caller_alone(rates, chosen):
 
 @pytest.mark.parametrize("threads", [True, False], ids=["threads", "processes"])
 @pytest.mark.parametrize(
-    "worker_seconds, compared",
+    "cheapest_seconds, compared",
     [
         pytest.param(25e-6, True, id="small-png-compared"),
         pytest.param(COMPARE_BELOW * 0.9, True, id="just-below-compared"),
@@ -110,7 +110,7 @@ def test_processes_are_compared_with_the_caller_alone(rates, chosen):
         pytest.param(1e-3, False, id="photo-not-compared"),
     ],
 )
-def test_only_cheap_samples_are_compared(worker_seconds, compared, threads):
+def test_only_cheap_samples_are_compared(cheapest_seconds, compared, threads):
     tuner = LoadTuner(2, threads=threads)
     tuner.new_epoch()
     # Even where fewer workers would measure faster, costly samples keep every worker: the comparison costs more.
@@ -120,10 +120,10 @@ def test_only_cheap_samples_are_compared(worker_seconds, compared, threads):
         if not tuner._tuning:
             break
         seen.append(tuner.limit)
-        tuner.record(64, 64 * worker_seconds)
+        tuner.record(64, 64 * cheapest_seconds)
         tuner.delivered(64, 64 / rates[tuner.limit], tuner.limit)
     assert not tuner._tuning
-    assert tuner.worker_seconds == pytest.approx(worker_seconds)
+    assert tuner.cheapest_seconds == pytest.approx(cheapest_seconds)
     if compared:
         assert tuner.limit == 0 and set(seen) == ({2, 1, 0} if threads else {2, 0})
     else:
