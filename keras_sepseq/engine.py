@@ -101,8 +101,8 @@ def _load_chunk_in_process(
     contents: dict[str, Any] | None = None,
     epoch: int | None = None,
     position: int | None = None,
-) -> tuple[float, Any]:
-    """Loads a chunk in a process worker: `(seconds it took, items, an Assembled batch, or an InSlot)`.
+) -> tuple[float, float, Any]:
+    """Loads a chunk in a process worker: `(seconds, CPU seconds it took, items, an Assembled batch, or an InSlot)`.
 
     `contents` holds the bytes of the chunk's objects in storage, fetched
     by the pool's process (which keeps the credentials); `epoch` is the
@@ -110,7 +110,7 @@ def _load_chunk_in_process(
     `position`, the chunk is that whole batch, assembled here unless a
     sample failed (the calling process then decides what to do).
     """
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     dataset = _WORKER_DATASET
     with dataset.loading_epoch(epoch):
         if contents is None:  # local files
@@ -123,7 +123,7 @@ def _load_chunk_in_process(
         if epoch is not None and dataset.epoch != epoch:
             dataset.set_epoch(epoch)  # this process's own copy: collate sees the batch's epoch, as the caller's does
         result = Assembled(dataset.collate(np.asarray(indices, dtype=np.int64), items, position))
-    return time.perf_counter() - start, pack_items(result, slot)
+    return time.perf_counter() - start, time.thread_time() - cpu, pack_items(result, slot)
 
 
 def _epoch_of(key: Any) -> int | None:
@@ -313,8 +313,8 @@ class WorkerPool:
         try:
             result = self._result(job.future)
             if self.use_processes:
-                seconds, result = result
-                self.tuner.record(len(job.chunk), seconds)
+                seconds, cpu, result = result
+                self.tuner.record(len(job.chunk), seconds, cpu_seconds=cpu)
             if isinstance(result, InSlot):
                 self.through_shared_memory += 1
                 return cast(SharedSlots, self._slots).read(result)  # a result in a slot implies the slots exist

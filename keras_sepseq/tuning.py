@@ -62,6 +62,13 @@ RETUNE_AT = frozenset(4**k for k in range(16)) | {0}
 GIVE_UP_BELOW = 0.8
 """Halving stops once a limit delivers less than this share of the best rate measured (above one thread)."""
 
+FALLS_AT_ONCE = 4
+"""A chunk this many times cheaper per sample than the smoothed cost replaces it instead of being averaged in.
+
+A fresh process worker's first chunk (imports, first calls) can cost a thousand times its later ones; averaged
+in at a fifth per chunk, it would keep cheap batches split across workers for thirty chunks or more. A sample
+does not become four times cheaper otherwise; a costlier chunk (a busy machine, a cold disk) is averaged in."""
+
 COMPARE_BELOW = 0.00025
 """Settings are compared only for samples that take a worker less than this (CPU seconds per sample, the least
 measured since the comparison started: a worker's first chunk, cold, costs many times its later ones).
@@ -186,15 +193,19 @@ class LoadTuner:
             samples: Samples in the chunk.
             seconds: Worker time it took.
             sharing: Threads that loaded at the same time, itself included.
-            cpu_seconds: The worker thread's CPU time for it, where known
-                (else `seconds`: a process worker shares no GIL).
+            cpu_seconds: The worker thread's CPU time for it, where known.
+                It decides whether settings are compared (`COMPARE_BELOW`)
+                and, for a process worker, which shares no GIL, also the
+                chunk size; else `seconds` does.
         """
         if samples <= 0 or seconds <= 0:
             return
-        per_sample = seconds / samples / sharing
-        self.sample_seconds = (
-            per_sample if self.sample_seconds is None else 0.8 * self.sample_seconds + 0.2 * per_sample
-        )
+        # A process shares no GIL: its CPU time is its work (its wall time on a busy machine is also other programs').
+        per_sample = (seconds if self.threads or cpu_seconds is None else cpu_seconds) / samples / sharing
+        if self.sample_seconds is None or per_sample * FALLS_AT_ONCE <= self.sample_seconds:
+            self.sample_seconds = per_sample  # the first, or the estimate was a cold start's: take the new one
+        else:
+            self.sample_seconds = 0.8 * self.sample_seconds + 0.2 * per_sample
         cost = (seconds if cpu_seconds is None else cpu_seconds) / samples
         self.cheapest_seconds = cost if self.cheapest_seconds is None else min(self.cheapest_seconds, cost)
 

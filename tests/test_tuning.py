@@ -39,6 +39,29 @@ def test_record_smooths_worker_time_per_sample_and_divides_by_sharing():
     assert tuner.sample_seconds == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("workers", [pytest.param(2, id="2-processes"), pytest.param(8, id="8-processes")])
+def test_a_cold_first_chunk_is_forgotten_at_the_first_cheap_one(workers):
+    tuner = LoadTuner(workers, threads=False)
+    tuner.record(2, 0.2)  # a fresh process: imports and first calls, 100 ms per sample
+    assert tuner.chunks(4) == min(4, workers)
+    tuner.record(2, 60e-6)  # then 30 us per sample: whole batches go to one worker at once
+    assert tuner.sample_seconds == pytest.approx(30e-6) and tuner.chunks(4) == 1
+    tuner.record(2, 100e-6)  # a little costlier (a busy machine): averaged in, not taken
+    assert tuner.sample_seconds == pytest.approx(0.8 * 30e-6 + 0.2 * 50e-6)
+    tuner.record(2, 2 * 4 * 36e-6)  # four times dearer than the estimate: still averaged in
+    assert tuner.sample_seconds == pytest.approx(0.8 * (0.8 * 30e-6 + 0.2 * 50e-6) + 0.2 * 4 * 36e-6)
+
+
+@pytest.mark.parametrize(
+    "threads, sample_seconds",
+    [pytest.param(False, 30e-6, id="process-its-cpu-time"), pytest.param(True, 5e-3, id="thread-its-wall-time")],
+)
+def test_a_process_chunk_costs_its_cpu_time_a_thread_chunk_its_wall_time(threads, sample_seconds):
+    tuner = LoadTuner(2, threads=threads)
+    tuner.record(2, 0.01, cpu_seconds=60e-6)  # 5 ms per sample on the clock, 30 us of it working
+    assert tuner.sample_seconds == pytest.approx(sample_seconds) and tuner.cheapest_seconds == pytest.approx(30e-6)
+
+
 def test_the_cost_that_decides_whether_to_compare_is_cpu_time_where_known():
     tuner = LoadTuner(2, threads=True)
     tuner.record(10, 0.010, sharing=2, cpu_seconds=0.001)  # 1 ms per sample of wall time, 100 us of it CPU
