@@ -174,6 +174,32 @@ class Augmentation:
         return self.fast and all(type(layer).__name__ in ("RandomFlip", "RandomCrop") for layer in self.layers)
 
     @property
+    def brightness_ranges(self) -> tuple[tuple[float, float], ...] | None:
+        """Each `RandomBrightness`'s `value_range`, in order, when NumPy applies every layer and no other changes values.
+
+        Such batches may cross into a TensorFlow graph as `uint8` with one
+        offset per sample and layer, added there (`DeferredPixels`); `None`
+        for any other augmentation (a contrast's mean would be summed in
+        another order there, so its bits could differ).
+        """
+        if not self.fast:
+            return None
+        kinds = [type(layer).__name__ for layer in self.layers]
+        if "RandomContrast" in kinds:
+            return None
+        return tuple(
+            (float(config["value_range"][0]), float(config["value_range"][1]))
+            for kind, config in zip(kinds, self.configs)
+            if kind == "RandomBrightness"
+        )
+
+    @staticmethod
+    def offsets(plans: list[dict]) -> np.ndarray:
+        """The brightness offsets of each sample's plan, `(samples, layers)` float32, as `photometric` adds them."""
+        rows = [[amount for kind, amount, _ in plan["photometric"] if kind == "brightness"] for plan in plans]
+        return np.array(rows, np.float32).reshape(len(plans), -1)
+
+    @property
     def per_sample(self) -> bool:
         """Whether this is a callable applied to one sample at a time."""
         return self.function is not None

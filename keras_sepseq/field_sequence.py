@@ -19,6 +19,7 @@ from keras_sepseq.augment import Augmentation, batch_seed, sample_rng
 from keras_sepseq.fields import Field, ImageField, PaddedField
 from keras_sepseq.masks import MaskField
 from keras_sepseq.sequence import BaseSequence, collates_anywhere
+from keras_sepseq.tf_data import DeferredPixels
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -325,7 +326,9 @@ class FieldSequence(BaseSequence):
         if plans is None:
             return self._augmented_batch(arrays, position)
         for k, (_, field) in enumerate(self.fields):
-            if isinstance(field, ImageField):
+            if k == 0 and arrays[k].dtype == np.uint8 and self.scaling_deferred and self.deferred_offsets():
+                arrays[k] = DeferredPixels(arrays[k], Augmentation.offsets(plans))  # scaled and brightened in TF
+            elif isinstance(field, ImageField):
                 arrays[k] = Augmentation.photometric(arrays[k], plans)
         return arrays
 
@@ -427,10 +430,24 @@ class FieldSequence(BaseSequence):
             `{0: 1 / 255}` then, else `{}` (dict inputs cross as they are).
         """
         keeps_pixels = self.augmentation is None or self.augmentation.geometric_only  # flips and crops move pixels only
-        if self._input_names is None and keeps_pixels:
+        if self._input_names is None and (keeps_pixels or self.deferred_offsets()):
             scale = self.fields[0][1].deferred_scale()
             if scale is not None:
                 return {0: scale}
+        return {}
+
+    def deferred_offsets(self) -> dict[int, tuple[tuple[float, float], ...]]:
+        """With `RandomBrightness` (and flips and crops) on one float32 image input, its offsets join the graph too.
+
+        Returns:
+            `{0: ((low, high), ...)}`, one pair per `RandomBrightness`,
+            then; else `{}`.
+        """
+        augmentation = self.augmentation
+        ranges = None if augmentation is None else augmentation.brightness_ranges
+        field = self.fields[0][1]
+        if ranges and self._input_names is None and isinstance(field, ImageField) and field.dtype == "float32":
+            return {0: ranges}
         return {}
 
     def output_signature(self) -> tuple:

@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from keras_sepseq.keras_integration import adapter_batches, adapter_signature, wrap_get_tf_dataset
 
-__all__ = ["TfDataExport", "batches_dataset"]
+__all__ = ["DeferredPixels", "TfDataExport", "batches_dataset"]
+
+
+class DeferredPixels(NamedTuple):
+    """An image batch on its way into a graph: `uint8` pixels and the brightness offsets still to add there.
+
+    What `collate` returns, while `scaling_deferred`, for an element in
+    `deferred_offsets()`: the graph computes
+    `clip(float32(pixels) * scale + offsets[:, j], low_j, high_j)` for each
+    step `j` in turn, in float32, the operations (and so the bits) NumPy
+    would have carried out.
+
+    Example:
+
+    >>> DeferredPixels(np.zeros((2, 4, 4, 3), np.uint8), np.array([[0.1], [-0.05]], np.float32)).offsets.shape
+    (2, 1)
+    """
+
+    pixels: np.ndarray
+    offsets: np.ndarray
 
 
 class TfDataExport:
@@ -43,6 +62,25 @@ class TfDataExport:
 
         >>> seq.deferred_scaling()  # doctest: +SKIP
         {0: 0.00392156862745098}
+        """
+        return {}
+
+    def deferred_offsets(self) -> dict[int, tuple[tuple[float, float], ...]]:
+        """Elements of `deferred_scaling()` whose brightness offsets are also added in the graph. Subclasses say.
+
+        For such an element, `collate` may return `DeferredPixels` while
+        `scaling_deferred`: the `uint8` batch and one float32 offset per
+        sample and step; the graph adds each step's offsets after scaling
+        and clips to its `(low, high)`. Only for `float32` elements.
+
+        Returns:
+            `{element index: ((low, high), ...)}`, one pair per step; `{}`
+            (the default) adds nothing.
+
+        Example:
+
+        >>> seq.deferred_offsets()  # doctest: +SKIP
+        {0: ((0.0, 1.0),)}
         """
         return {}
 
@@ -137,15 +175,25 @@ def batches_dataset(dataset: Any, batches: Callable[[], Iterator], signature: tu
     plan = _deferrable(dataset, signature)
     if not plan:
         return tf.data.Dataset.from_generator(batches, output_signature=signature)
+    steps = {k: v for k, v in dataset.deferred_offsets().items() if k in plan and signature[k].dtype == tf.float32}
     crossing = tuple(
-        (tf.TensorSpec(spec.shape, tf.uint8), spec) if k in plan else spec for k, spec in enumerate(signature)
+        (tf.TensorSpec(spec.shape, tf.uint8), spec) + ((tf.TensorSpec((None, len(steps[k])), tf.float32),) if k in steps else ())
+        if k in plan else spec
+        for k, spec in enumerate(signature)
     )  # fmt: skip
 
-    def split(value: Any, spec: Any) -> tuple[np.ndarray, np.ndarray]:
+    def split(value: Any, spec: Any, k: int) -> tuple[np.ndarray, ...]:
+        offsets = np.empty((0, len(steps[k])), np.float32) if k in steps else None
+        if isinstance(value, DeferredPixels):
+            if offsets is None:
+                raise TypeError(f"collate returned DeferredPixels for batch element {k}, not in deferred_offsets()")
+            value, offsets = np.asarray(value.pixels), np.asarray(value.offsets, np.float32)
         value = np.asarray(value)
         if value.dtype == np.uint8:
-            return value, np.empty((0,) + value.shape[1:], spec.dtype.as_numpy_dtype)
-        return np.empty((0,) + value.shape[1:], np.uint8), value
+            parts = value, np.empty((0,) + value.shape[1:], spec.dtype.as_numpy_dtype)
+        else:
+            parts = np.empty((0,) + value.shape[1:], np.uint8), value
+        return parts if offsets is None else parts + (offsets,)
 
     def generate():
         iterator = iter(batches())
@@ -157,20 +205,31 @@ def batches_dataset(dataset: Any, batches: Callable[[], Iterator], signature: tu
                 return
             finally:
                 _DEFERRING.dataset = None
-            yield tuple(split(value, signature[k]) if k in plan else value for k, value in enumerate(batch))
+            yield tuple(split(value, signature[k], k) if k in plan else value for k, value in enumerate(batch))
+
+    def pixels(element: tuple, k: int) -> Any:
+        """The float batch from a deferred element `(raw, ready[, offsets])`: `ready` if it came ready, else scaled."""
+        raw, ready, dtype = element[0], element[1], signature[k].dtype
+
+        def scaled():
+            values = tf.cast(tf.cast(raw, tf.float32) * np.float32(plan[k]), dtype)
+            if k not in steps:
+                return values
+            offsets = element[2]
+
+            def brightened():  # as Augmentation.photometric: add each step's offsets, then clip, in float32
+                out = values
+                for j, (low, high) in enumerate(steps[k]):
+                    out = tf.clip_by_value(out + offsets[:, j, tf.newaxis, tf.newaxis, tf.newaxis], low, high)
+                return out
+
+            return tf.cond(tf.shape(offsets)[0] > 0, brightened, lambda: values)
+
+        return tf.cond(tf.shape(ready)[0] > 0, lambda: ready, scaled)
 
     @tf.autograph.experimental.do_not_convert  # plain graph code: nothing for AutoGraph to rewrite
     def scale(*elements):
-        out = list(elements)
-        for k, factor in plan.items():
-            raw, ready = elements[k]
-            dtype = signature[k].dtype
-            out[k] = tf.cond(
-                tf.shape(ready)[0] > 0,
-                lambda ready=ready: ready,
-                lambda raw=raw, factor=factor, dtype=dtype: tf.cast(tf.cast(raw, tf.float32) * np.float32(factor), dtype),
-            )  # fmt: skip
-        return tuple(out)
+        return tuple(pixels(element, k) if k in plan else element for k, element in enumerate(elements))
 
     return tf.data.Dataset.from_generator(generate, output_signature=crossing).map(scale)
 

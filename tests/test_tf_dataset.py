@@ -165,7 +165,86 @@ def test_flipped_and_cropped_images_still_cross_as_uint8(tmp_path):
         same_bits(batch[0], seq[position][0])
     seq.close()
     brighter = flips_and_crops + [keras.layers.RandomBrightness(0.1, value_range=(0, 1))]
-    assert SeparatedSequence(paths, np.arange(10), augment=brighter).deferred_scaling() == {}  # values change: float
+    brightened = SeparatedSequence(paths, np.arange(10), augment=brighter)
+    assert brightened.deferred_scaling() == {0: 1 / 255}  # the offsets cross too (see the next test)
+    assert brightened.deferred_offsets() == {0: ((0.0, 1.0),)} and seq.deferred_offsets() == {}
+
+
+@pytest.mark.parametrize(
+    "layers, kwargs",
+    [
+        pytest.param(["brightness"], dict(), id="brightness-threads"),
+        pytest.param(["flip", "crop", "brightness"], dict(), id="flip-crop-brightness"),
+        pytest.param(["brightness", "flip", "brightness"], dict(cache="memory"), id="two-brightness-memory-cache"),
+        pytest.param(["crop", "brightness"], dict(use_multiprocessing=True), id="processes"),
+        pytest.param(["flip", "brightness"], dict(on_error="skip"), id="skip-mode-with-a-bad-file"),
+    ],
+)
+def test_brightened_images_cross_as_uint8_with_their_offsets_and_arrive_with_the_same_bits(
+    tmp_path, monkeypatch, layers, kwargs
+):
+    from keras_sepseq.augment import Augmentation
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(10):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(paths[-1])  # 0 and 255: clipping
+    if "on_error" in kwargs:
+        (tmp_path / "5.png").write_bytes(b"not a png")
+    make = {
+        "brightness": lambda: keras.layers.RandomBrightness(0.2, value_range=(0, 1)),
+        "flip": lambda: keras.layers.RandomFlip("horizontal"),
+        "crop": lambda: keras.layers.RandomCrop(8, 6),
+    }
+    augment = [make[name]() for name in layers]
+    seq = SeparatedSequence(
+        paths, np.arange(10), batch_size=4, shuffle=False, workers=2, seed=5, augment=augment, **kwargs
+    )
+    assert seq.deferred_scaling() == {0: 1 / 255}
+    assert seq.deferred_offsets() == {0: ((0.0, 1.0),) * layers.count("brightness")}
+    photometric = Augmentation.photometric
+    calls = []
+    monkeypatch.setattr(Augmentation, "photometric", lambda *a: calls.append(1) or photometric(*a))
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    dataset = PyDatasetAdapter(seq, shuffle=False).get_tf_dataset()  # Keras reads two batches for their signature
+    calls.clear()
+    spec, batches = dataset.element_spec, [tuple(t.numpy() for t in batch) for batch in dataset]
+    assert calls == []  # brightness was added in the graph, not here
+    assert spec[0] == tf.TensorSpec((None, 8, 6, 3) if "crop" in layers else (None, 9, 7, 3), tf.float32)
+    for position, batch in enumerate(batches):
+        expected = seq[position]
+        assert len(batch) == len(expected)
+        for got, want in zip(batch, expected):
+            same_bits(got, want)
+    assert calls  # seq[i] outside the graph brightens in NumPy
+    x = np.concatenate([batch[0] for batch in batches])
+    assert x.min() == 0.0 and x.max() == 1.0 and len(np.unique(x)) > 256  # clipped, and offsets added
+    seq.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(dict(dtype="float16"), id="float16-images"),
+        pytest.param(dict(augment=[keras.layers.RandomContrast(0.2, value_range=(0, 1))]), id="contrast"),
+        pytest.param(
+            dict(augment=[keras.layers.RandomBrightness(0.2, value_range=(0, 1)), keras.layers.RandomRotation(0.1)]),
+            id="rotation-by-keras",
+        ),
+    ],
+)
+def test_brightness_stays_in_python_where_the_graph_would_not_give_the_same_bits(tmp_path, options):
+    paths = [str(tmp_path / f"{i}.png") for i in range(4)]
+    for path in paths:
+        Image.fromarray(np.full((5, 5, 3), 200, np.uint8)).save(path)
+    options = {"augment": [keras.layers.RandomBrightness(0.2, value_range=(0, 1))], **options}
+    seq = SeparatedSequence(paths, np.arange(4), batch_size=2, shuffle=False, seed=1, **options)
+    assert seq.deferred_offsets() == {} and seq.deferred_scaling() == {}
+    _, batches = keras_batches(seq)
+    for position, batch in enumerate(batches):
+        same_bits(batch[0], seq[position][0])
 
 
 def test_a_batch_with_a_16_bit_image_crosses_scaled_and_keeps_its_precision(tmp_path):
