@@ -130,6 +130,23 @@ def _fast_layers(layers: list) -> bool:
     return not any(n == "RandomCrop" and "RandomContrast" in names[:k] for k, n in enumerate(names))
 
 
+def _brightness_ranges(layers: list, configs: list[dict]) -> tuple[tuple[float, float], ...] | None:
+    """Each `RandomBrightness`'s `value_range`, in order, for fast layers among which none other changes values.
+
+    Such batches may cross into a TensorFlow graph as `uint8` with one offset per sample and layer, added there
+    (`tf_data.DeferredPixels`); `None` with a `RandomContrast` (its mean would be summed in another order there,
+    so its bits could differ).
+    """
+    kinds = [type(layer).__name__ for layer in layers]
+    if "RandomContrast" in kinds:
+        return None
+    return tuple(
+        (float(config["value_range"][0]), float(config["value_range"][1]))
+        for kind, config in zip(kinds, configs)
+        if kind == "RandomBrightness"
+    )
+
+
 class Augmentation:
     """What `augment=` became: per-sample callables or per-batch Keras layers, applied to fields by name.
 
@@ -160,8 +177,10 @@ class Augmentation:
             self.function: SampleAugment | None = None
             self.fast = _fast_layers(layers)
             self.configs = [layer.get_config() for layer in layers] if self.fast else []
+            self.brightness_ranges = _brightness_ranges(layers, self.configs) if self.fast else None
         elif callable(augment):
             self.layers, self.function, self.fast, self.configs = [], augment, False, []
+            self.brightness_ranges = None
         else:
             raise TypeError(
                 "`augment` must be Keras augmentation layers (a layer, a list, a keras.Sequential) or a callable "
@@ -172,26 +191,6 @@ class Augmentation:
     def geometric_only(self) -> bool:
         """Whether NumPy applies every layer and none changes pixel values (flips and crops only)."""
         return self.fast and all(type(layer).__name__ in ("RandomFlip", "RandomCrop") for layer in self.layers)
-
-    @property
-    def brightness_ranges(self) -> tuple[tuple[float, float], ...] | None:
-        """Each `RandomBrightness`'s `value_range`, in order, when NumPy applies every layer and no other changes values.
-
-        Such batches may cross into a TensorFlow graph as `uint8` with one
-        offset per sample and layer, added there (`DeferredPixels`); `None`
-        for any other augmentation (a contrast's mean would be summed in
-        another order there, so its bits could differ).
-        """
-        if not self.fast:
-            return None
-        kinds = [type(layer).__name__ for layer in self.layers]
-        if "RandomContrast" in kinds:
-            return None
-        return tuple(
-            (float(config["value_range"][0]), float(config["value_range"][1]))
-            for kind, config in zip(kinds, self.configs)
-            if kind == "RandomBrightness"
-        )
 
     @staticmethod
     def offsets(plans: list[dict]) -> np.ndarray:

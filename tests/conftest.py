@@ -59,6 +59,19 @@ def write_indexed_dataset(folder, n: int, *, size=(6, 5), label_shape=(), prefix
 
 
 @pytest.fixture
+def every_worker_loads(monkeypatch):
+    """The load tuner compares no settings: every batch goes to the workers, as it does for costly samples.
+
+    Otherwise, for cheap samples, it loads a dozen batches in the calling process to compare, and may keep
+    that (correctly: the bytes are the same), whenever the timing lets it finish. For tests about the workers
+    or the prefetch queue, not about the tuner (tests/test_tuning.py).
+    """
+    from keras_sepseq import tuning
+
+    monkeypatch.setattr(tuning, "COMPARE_BELOW", 0.0)
+
+
+@pytest.fixture
 def indexed_dataset(tmp_path):
     """A factory: `indexed_dataset(n, **options)` -> (image_paths, label_paths)."""
 

@@ -219,16 +219,6 @@ def test_close_stops_the_pool_and_pickling_leaves_it_behind(dataset):
     seq.close()
 
 
-@pytest.fixture
-def every_worker_loads(monkeypatch):
-    """The load tuner compares no settings: every batch goes to the workers, none is loaded by the caller.
-
-    Otherwise, for these cheap samples, it loads a dozen batches in the calling process to compare (neither a
-    hit nor a miss of the prefetch queue, which these tests count), whenever the timing lets it finish.
-    """
-    monkeypatch.setattr(tuning, "COMPARE_BELOW", 0.0)
-
-
 @pytest.mark.parametrize("shuffle", [False, True], ids=["fit in order", "fit shuffles batches"])
 def test_batches_are_prefetched_in_the_order_keras_asks(dataset, shuffle, every_worker_loads):
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter

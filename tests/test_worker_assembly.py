@@ -15,18 +15,9 @@ from keras_sepseq import (
     SampleError,
     SeparatedSequence,
     collates_anywhere,
-    tuning,
 )
 
-
-@pytest.fixture(autouse=True)
-def every_worker_loads(monkeypatch):
-    """The load tuner never compares settings here: every worker loads, as it does for costly samples.
-
-    Otherwise it measures the calling process loading alone against the workers for a dozen batches, and on a
-    busy machine sometimes keeps that (correctly: the bytes are the same); these tests are about the workers.
-    """
-    monkeypatch.setattr(tuning, "COMPARE_BELOW", 0.0)
+pytestmark = pytest.mark.usefixtures("every_worker_loads")  # these tests are about the workers
 
 
 def batch_digest(batch) -> str:
