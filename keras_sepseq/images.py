@@ -5,7 +5,8 @@ composes them. Pixels stay in their source precision (`uint8` or
 `uint16`) until `write_pixels` converts them once, into the batch array.
 
 Which library does what (see docs/dependencies.md for the
-measurements): OpenCV decodes PNG and does the sampled resizes,
+measurements): OpenCV decodes PNG (its image data inflated by ISA-L
+first, `keras_sepseq.png`) and does the sampled resizes,
 simplejpeg decodes JPEG, Pillow decodes everything else and does the
 antialiased resizes, and imageio reads what Pillow cannot.
 """
@@ -25,6 +26,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from keras_sepseq.png import stored_png
 from keras_sepseq.storage import is_url, open_file
 
 DECODER_REVISION = 3
@@ -457,7 +459,7 @@ def _decode_fast(data: bytes, header: tuple, color_mode: str, image_size) -> np.
     else:
         flags = cv2.IMREAD_UNCHANGED
     try:
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        pixels = cv2.imdecode(np.frombuffer(stored_png(data) or data, np.uint8), flags)
     except cv2.error:
         return None
     if pixels is None or pixels.dtype not in (np.uint8, np.uint16) or pixels.size == 0:
