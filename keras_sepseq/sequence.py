@@ -255,14 +255,13 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
                 items[k] = cached
         if missing:
             wanted = indices[missing]
-            if not self.parallel:
+            pool = self._worker_pool() if self.parallel else None
+            if pool is None or pool.loads_here(self.epoch):  # no workers, or the tuner found this thread fastest
                 loaded = self.try_load_items([int(i) for i in wanted])
             else:
-                pool = self._worker_pool()
-                upcoming = self._upcoming_positions(position)
-                if pool.tuner.inline:  # this thread loads every batch itself: nothing to prefetch
-                    upcoming = []
-                result = pool.load((self.epoch, position), wanted, self._to_load(upcoming))
+                # When this thread loads every batch itself, there is nothing to prefetch (nor to work out).
+                upcoming = [] if pool.tuner.inline else self._to_load(self._upcoming_positions(position))
+                result = pool.load((self.epoch, position), wanted, upcoming)
                 if isinstance(result, Assembled):  # collated by a process worker: see assembles_in_workers
                     return result.batch
                 loaded = result

@@ -182,6 +182,11 @@ class LoadTuner:
                 self.record(len(chunk), seconds, sharing, cpu)
 
     @property
+    def tuning(self) -> bool:
+        """Whether settings are being compared (batches delivered are measured)."""
+        return self._tuning
+
+    @property
     def inline(self) -> bool:
         """Whether the calling thread should load batches itself (measured fastest for these samples)."""
         return self.limit == 0

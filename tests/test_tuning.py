@@ -247,6 +247,20 @@ def small_pngs(tmp_path):
     return images, np.array(labels)
 
 
+def same_epoch(seq, reference, after_each=lambda: None):
+    """One epoch of `seq` and of `reference`, every batch asserted equal; `after_each()` after every batch."""
+    reference.on_epoch_begin()
+    seq.on_epoch_begin()
+    for p in range(len(seq)):
+        x, y = seq[p]
+        ex, ey = reference[p]
+        np.testing.assert_array_equal(x, ex)
+        np.testing.assert_array_equal(y, ey)
+        after_each()
+    seq.on_epoch_end()
+    reference.on_epoch_end()
+
+
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_whatever_the_tuner_decides_every_sample_comes_once_in_order(small_pngs, processes, monkeypatch):
     monkeypatch.setattr(tuning, "PROBE_CHUNKS", 2)  # compare within the few batches of a tiny dataset
@@ -257,17 +271,33 @@ def test_whatever_the_tuner_decides_every_sample_comes_once_in_order(small_pngs,
     try:
         limits = set()
         for _ in range(6):
-            reference.on_epoch_begin()
-            seq.on_epoch_begin()
-            for p in range(len(seq)):
-                x, y = seq[p]
-                ex, ey = reference[p]
-                np.testing.assert_array_equal(x, ex)
-                np.testing.assert_array_equal(y, ey)
-                limits.add(seq._pool.tuner.limit)
-            seq.on_epoch_end()
-            reference.on_epoch_end()
+            same_epoch(seq, reference, lambda: limits.add(seq._pool.tuner.limit))
         assert len(limits) >= 2  # it did compare settings
         assert seq._pool.hits + seq._pool.misses + seq._pool.inline == 6 * len(seq)
+    finally:
+        seq.close()
+
+
+def test_once_settled_on_the_calling_thread_batches_skip_the_pool_until_the_next_comparison(small_pngs):
+    images, labels = small_pngs
+    reference = SeparatedSequence(images, labels, 16, image_size=(8, 8), seed=3)
+    seq = SeparatedSequence(images, labels, 16, image_size=(8, 8), seed=3, workers=2)
+
+    def epoch():
+        same_epoch(seq, reference)
+
+    try:
+        epoch()
+        epoch()  # epochs 0 and 1 compare settings
+        pool = seq._pool
+        pool.tuner.limit, pool.tuner._tuning = 0, False  # as if the comparison had found the calling thread fastest
+        before = (pool.inline, pool.hits, pool.misses)
+        epoch()  # epoch 2: no comparison
+        epoch()  # epoch 3
+        assert (pool.inline, pool.hits, pool.misses) == (before[0] + 2 * len(seq), before[1], before[2])
+        assert not pool.loads_here(seq.epoch + 1)  # a new epoch's first batch goes through the pool
+        seq.on_epoch_begin()
+        seq[0]  # epoch 4 compares again: all threads load
+        assert pool.tuner.tuning and pool.tuner.limit == 2 and not pool.loads_here(seq.epoch)
     finally:
         seq.close()
