@@ -22,6 +22,7 @@ Three measurements, all in one run so that their ratios compare:
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -371,13 +372,19 @@ def format_small(report: dict[str, Any]) -> str:
         "time per sample threads cannot overlap (GIL; Karp-Flatt from 1 and 2 threads), and what threads reach:"
     )
     for workload, g in report["gil"].items():
-        ceiling = 1 / max(g["gil_s"], 1e-9)
         per_core = 1 / g["alone_s"]
+        measured = g["gil_s"] > 0
+        ceiling = 1 / g["gil_s"] if measured else math.inf
         reach = {n: min(n * per_core, ceiling) for n in (16, 64)}
+        limit = (
+            f"threads reach at most {ceiling:,.0f}/s"
+            if measured
+            else "no serial part measurable (two threads at least twice one), no ceiling seen"
+        )
         lines.append(
             f"  {workload:12s} 2 threads {g['speedup']:.2f}x one; serial (GIL) {g['gil_s'] * 1e6:6.1f} us "
-            f"of {g['alone_s'] * 1e6:6.1f} us per sample: "
-            f"threads reach at most {ceiling:,.0f}/s; on 16 cores {reach[16]:,.0f}/s, on 64 {reach[64]:,.0f}/s"
+            f"of {g['alone_s'] * 1e6:6.1f} us per sample: {limit}; on 16 cores {reach[16]:,.0f}/s, "
+            f"on 64 {reach[64]:,.0f}/s"
         )
         if "decode_rate" in g:
             target = 16 * g["decode_rate"]
@@ -386,8 +393,8 @@ def format_small(report: dict[str, Any]) -> str:
                 if ceiling >= target
                 else f"threads cannot: use use_multiprocessing=True ({workers} processes ran at the rates above)"
             )
+            ratio = f"{ceiling / target:.1f}" if measured else "unbounded"
             lines.append(
-                f"  {'':12s} 16 x single-core decode = {target:,.0f}/s; GIL ceiling / that = {ceiling / target:.1f}: "
-                + verdict
+                f"  {'':12s} 16 x single-core decode = {target:,.0f}/s; GIL ceiling / that = {ratio}: " + verdict
             )
     return "\n".join(lines)

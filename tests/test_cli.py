@@ -286,3 +286,31 @@ def test_the_contact_sheet_draws_each_mask_over_its_image(tmp_path):
     expected_right = 128 * 0.55 + mask_colours(np.array([2]))[0] * 0.45
     np.testing.assert_allclose(cell[:, 12], np.tile(expected_right, (16, 1)), atol=1.5)
     np.testing.assert_allclose(cell[:, 2], np.full((16, 3), 128 * 0.55), atol=1.5)  # class 0 is drawn black
+
+
+@pytest.mark.parametrize(
+    "gil, expected",
+    [
+        ({"gil_s": 100e-6, "alone_s": 500e-6, "speedup": 1.67, "decode_rate": 2000.0},
+         ["serial (GIL)  100.0 us of  500.0 us per sample: threads reach at most 10,000/s; on 16 cores 10,000/s",
+          "16 x single-core decode = 32,000/s; GIL ceiling / that = 0.3: threads cannot: use use_multiprocessing=True"]),
+        ({"gil_s": 0.0, "alone_s": 500e-6, "speedup": 2.2, "decode_rate": 2000.0},
+         ["no serial part measurable (two threads at least twice one), no ceiling seen; on 16 cores 32,000/s, on 64 128,000/s",
+          "GIL ceiling / that = unbounded: threads keep up"]),
+    ],
+    ids=["gil_bound", "no_serial_part"],
+)  # fmt: skip
+def test_bench_small_report_states_the_gil_ceiling_or_that_none_was_seen(gil, expected):
+    from keras_sepseq.bench_small import format_small
+
+    report = {
+        "samples": 600,
+        "workers": 2,
+        "loaders": {"photos": {"workers=1": [1000.0], "2 threads": [1900.0]}},
+        "engine": {"workers=1": {"caller_us": 2.4, "total_us": 2.4, "wall_us": 2.5}},
+        "gil": {"photos": gil},
+    }
+    text = format_small(report)
+    for line in expected:
+        assert line in text
+    assert "1,000,000,000" not in text and "inf" not in text
