@@ -409,7 +409,8 @@ class WorkerPool:
         """Whether the caller should load its next batch of `epoch` itself, as with no workers at all.
 
         True once the tuner has settled, for this epoch, on the calling
-        thread loading and nothing is in flight: the batch then skips the
+        thread loading (and measured it again: `LoadTuner.watching`) and
+        nothing is in flight: the batch then skips the
         pool's bookkeeping (locks, timings, the epoch's context), which cost
         small samples 1-2% against `workers=1` (docs/benchmarks.md). The
         batch is counted in `inline`. False at the first batch of an epoch,
@@ -427,7 +428,7 @@ class WorkerPool:
         False
         """
         tuner = self.tuner
-        if tuner.limit != 0 or tuner.tuning or epoch != self._epoch or self._pending:
+        if tuner.limit != 0 or tuner.tuning or tuner.watching or epoch != self._epoch or self._pending:
             return False
         self.inline += 1
         return True

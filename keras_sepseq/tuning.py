@@ -19,7 +19,10 @@ to know:
   thread and then none (the calling thread loads, with no hand-over at
   all), and keeps the fastest; it measures again at the start of every
   epoch (the page cache, a directory cache or the data itself can change
-  the answer). Process workers share no GIL: a process pool is only
+  the answer), and measures the chosen setting once more right after (a
+  pause of the machine during one measurement can make it choose wrong; if
+  the choice then lags another setting's rate, the settings are compared
+  again, once per epoch at most). Process workers share no GIL: a process pool is only
   compared with the calling process loading alone. Samples that take a
   worker a quarter of a millisecond or more are not compared at all
   (`COMPARE_BELOW`): every worker loads them, since the comparison would
@@ -55,6 +58,14 @@ PROBE_SECONDS = 0.02
 
 BETTER_BY = 1.05
 """Fewer loading threads are kept only when they deliver at least this many times more samples per second."""
+
+WATCH_BATCHES = 2 * PROBE_CHUNKS
+"""Batches (and `2 * PROBE_SECONDS` at least) measured after a comparison settles, to check what it chose.
+
+A comparison measures each setting over a few dozen milliseconds: a pause of the machine in one of them can
+make it choose a setting 2.5x slower than the best (seen once in three `bench --small` rounds). The chosen
+setting is measured again right after; if it delivers less than `GIVE_UP_BELOW` times the best rate measured
+for another setting, the settings are compared again, once per epoch at most."""
 
 RETUNE_AT = frozenset(4**k for k in range(16)) | {0}
 """The epochs (counted from 0) at whose start the settings are compared again."""
@@ -119,6 +130,8 @@ class LoadTuner:
         self._probe: list[float] = [0.0, 0.0, 0]  # at `limit`: samples, seconds, batches delivered
         self.compare = bool(compare)
         self._tuning = self.compare and (self.workers > 1 or not self.threads)
+        self._watching = False  # measuring the setting a comparison just settled on
+        self._rechecked = -2  # the epoch of the last comparison started again by the check
         self.epochs = -1  # the epochs started so far, minus one
         self.queue = max(0, int(queue))
         self._skip = 0  # batches still to pass uncounted this epoch
@@ -187,6 +200,11 @@ class LoadTuner:
         return self._tuning
 
     @property
+    def watching(self) -> bool:
+        """Whether the setting a comparison settled on is being measured (`WATCH_BATCHES`)."""
+        return self._watching
+
+    @property
     def inline(self) -> bool:
         """Whether the calling thread should load batches itself (measured fastest for these samples)."""
         return self.limit == 0
@@ -224,7 +242,7 @@ class LoadTuner:
                 under another (prefetched before a change) are not counted.
         """
         with self._condition:
-            if not self._tuning or level != self.limit or seconds <= 0:
+            if not (self._tuning or self._watching) or level != self.limit or seconds <= 0:
                 return
             if self._skip > 0:
                 self._skip -= 1
@@ -233,8 +251,21 @@ class LoadTuner:
             probe[0] += samples
             probe[1] += seconds
             probe[2] += 1
-            if probe[2] >= PROBE_CHUNKS and probe[1] >= PROBE_SECONDS:
+            if self._tuning and probe[2] >= PROBE_CHUNKS and probe[1] >= PROBE_SECONDS:
                 self._compare(probe[0] / probe[1])
+            elif self._watching and probe[2] >= WATCH_BATCHES and probe[1] >= 2 * PROBE_SECONDS:
+                self._check(probe[0] / probe[1])
+
+    def _check(self, rate: float) -> None:
+        """Called with the condition held, once the settled setting was measured: compares again if it lags."""
+        self._watching = False
+        self._probe = [0.0, 0.0, 0]
+        others = [measured for limit, measured in self.capacity.items() if limit != self.limit]
+        if others and rate < GIVE_UP_BELOW * max(others) and self._rechecked != self.epochs:
+            self._rechecked = self.epochs
+            self._tuning = True
+            self.capacity = {}
+            self._set_limit(self.workers)
 
     def _compare(self, rate: float) -> None:
         """Called with the condition held, once `limit` was measured: halves it, or settles on the best.
@@ -261,6 +292,7 @@ class LoadTuner:
                 chosen = limit
         self._set_limit(chosen)
         self._tuning = False
+        self._watching = True  # measured again right away (`WATCH_BATCHES`)
 
     def _set_limit(self, limit: int) -> None:
         self.limit = limit

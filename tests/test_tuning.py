@@ -301,3 +301,47 @@ def test_once_settled_on_the_calling_thread_batches_skip_the_pool_until_the_next
         assert pool.tuner.tuning and pool.tuner.limit == 2 and not pool.loads_here(seq.epoch)
     finally:
         seq.close()
+
+
+def deliver_while(tuner, busy, rates):
+    """Delivers batches at `rates[limit]` while `busy(tuner)`; returns how many."""
+    for count in range(500):
+        if not busy(tuner):
+            return count
+        tuner.delivered(64, 64 / rates[tuner.limit], tuner.limit)
+    raise AssertionError("the tuner never settled")
+
+
+def comparing(tuner):
+    return tuner.tuning
+
+
+def watching(tuner):
+    return tuner.watching
+
+
+def test_a_choice_that_lags_another_settings_rate_is_compared_again_once_per_epoch():
+    tuner = LoadTuner(2, threads=True)
+    tuner.new_epoch()
+    # A pause of the machine while the calling thread was measured: it looked slower than two threads.
+    deliver_while(tuner, comparing, {2: 30_000, 1: 22_000, 0: 20_000})
+    assert tuner.limit == 2 and tuner.watching
+    # Measured again, two threads deliver what they really do: less than 0.8x what one thread measured.
+    truth = {2: 14_000, 1: 22_000, 0: 35_000}
+    assert deliver_while(tuner, watching, truth) >= tuning.WATCH_BATCHES
+    assert tuner.tuning and tuner.limit == 2 and tuner.capacity == {}
+    deliver_while(tuner, comparing, truth)
+    assert tuner.limit == 0 and tuner.watching and tuner.capacity == pytest.approx(truth)
+    deliver_while(tuner, watching, {2: 14_000, 1: 22_000, 0: 10_000})  # lags again: not compared a third time
+    assert tuner.limit == 0 and not tuner.tuning and not tuner.watching
+
+
+def test_a_choice_that_holds_up_is_kept_and_no_longer_watched():
+    tuner = LoadTuner(2, threads=True)
+    tuner.new_epoch()
+    rates = {2: 27_000, 1: 30_000, 0: 39_000}
+    deliver_while(tuner, comparing, rates)
+    assert tuner.limit == 0 and tuner.watching
+    # Slower than measured, but not below 0.8x the best other setting's rate.
+    assert deliver_while(tuner, watching, {2: 27_000, 1: 30_000, 0: 33_000}) >= tuning.WATCH_BATCHES
+    assert not tuner.tuning and tuner.limit == 0 and tuner.capacity == pytest.approx(rates)
