@@ -59,8 +59,8 @@ PROBE_SECONDS = 0.02
 BETTER_BY = 1.05
 """Fewer loading threads are kept only when they deliver at least this many times more samples per second."""
 
-WATCH_BATCHES = 2 * PROBE_CHUNKS
-"""Batches (and `2 * PROBE_SECONDS` at least) measured after a comparison settles, to check what it chose.
+WATCH_BATCHES = PROBE_CHUNKS
+"""Batches (and `PROBE_SECONDS` at least) measured after a comparison settles, to check what it chose.
 
 A comparison measures each setting over a few dozen milliseconds: a pause of the machine in one of them can
 make it choose a setting 2.5x slower than the best (seen once in three `bench --small` rounds). The chosen
@@ -164,6 +164,7 @@ class LoadTuner:
             if self._tuning or self.epochs not in RETUNE_AT or not self.compare:
                 return
             self._tuning = self.workers > 1 or not self.threads
+            self._watching = False
             self.capacity = {}
             self.cheapest_seconds = None  # this epoch's samples decide whether to compare (a cold disk's may not)
             self._set_limit(self.workers)
@@ -253,7 +254,7 @@ class LoadTuner:
             probe[2] += 1
             if self._tuning and probe[2] >= PROBE_CHUNKS and probe[1] >= PROBE_SECONDS:
                 self._compare(probe[0] / probe[1])
-            elif self._watching and probe[2] >= WATCH_BATCHES and probe[1] >= 2 * PROBE_SECONDS:
+            elif not self._tuning and probe[2] >= WATCH_BATCHES and probe[1] >= PROBE_SECONDS:  # watching
                 self._check(probe[0] / probe[1])
 
     def _check(self, rate: float) -> None:

@@ -345,3 +345,12 @@ def test_a_choice_that_holds_up_is_kept_and_no_longer_watched():
     # Slower than measured, but not below 0.8x the best other setting's rate.
     assert deliver_while(tuner, watching, {2: 27_000, 1: 30_000, 0: 33_000}) >= tuning.WATCH_BATCHES
     assert not tuner.tuning and tuner.limit == 0 and tuner.capacity == pytest.approx(rates)
+
+
+def test_a_comparison_epoch_replaces_a_check_still_running():
+    tuner = LoadTuner(2, threads=True)
+    tuner.new_epoch()
+    deliver_while(tuner, comparing, {2: 27_000, 1: 30_000, 0: 39_000})
+    assert tuner.watching
+    tuner.new_epoch()  # epoch 1 compares again before the check of epoch 0's choice ended
+    assert tuner.tuning and not tuner.watching and tuner.capacity == {} and tuner.limit == 2
