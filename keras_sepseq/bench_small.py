@@ -77,12 +77,17 @@ def make_small_dataset(directory: str, *, samples: int = 6000, seed: int = 0) ->
     return files
 
 
-def epoch_rates(seq: Any, epochs: int = 4) -> list[float]:
+def epoch_rates(seq: Any, epochs: int = 4, tuning: list | None = None) -> list[float]:
     """Samples/s of iterating every batch of `seq`, per epoch (the first includes starting workers).
 
     Args:
         seq: A keras_sepseq sequence; closed afterwards.
         epochs: Epochs. Defaults to 4.
+        tuning: Where to append, after each epoch, what the worker pool's
+            load tuner had decided: `{"limit", "capacity"}` (threads loading
+            at once, 0 for the calling thread; samples/s it measured per
+            limit), or `None` without a pool. A slow round then explains
+            itself in `bench --small --json`.
 
     Returns:
         One rate per epoch.
@@ -96,6 +101,14 @@ def epoch_rates(seq: Any, epochs: int = 4) -> list[float]:
                 seen += len(seq[position][1])
             seq.on_epoch_end()
             rates.append(seen / (time.perf_counter() - start))
+            if tuning is not None:
+                pool = getattr(seq, "_pool", None)
+                tuner = None if pool is None else pool.tuner
+                tuning.append(
+                    None
+                    if tuner is None
+                    else {"limit": tuner.limit, "capacity": {str(k): round(v) for k, v in tuner.capacity.items()}}
+                )
     finally:
         seq.close()
     return rates
@@ -288,7 +301,8 @@ def run_small(
             slow minute of a shared machine hits every setting. Defaults to 3.
 
     Returns:
-        `{"loaders": {workload: {setting: [steady rate per round]}}, "engine": {setting: costs}, "gil": {...}}`;
+        `{"loaders": {workload: {setting: [steady rate per round]}}, "engine": {setting: costs}, "gil": {...},
+        "tuning": {workload: {setting: [per round, per epoch: the tuner's limit and capacity, or None]}}}`;
         a round's steady rate is the median of its third and fourth epochs.
 
     Example:
@@ -312,18 +326,30 @@ def run_small(
     def steady(rates: list[float]) -> float:
         return float(np.median(rates[2:]))
 
+    tuning: dict[str, dict[str, list[list]]] = {}
+
+    def decided(setting: str, workload: str) -> list:
+        """A new round's list of the tuner's decisions after each epoch, kept in the report."""
+        rounds = tuning.setdefault(workload, {}).setdefault(setting, [])
+        rounds.append([])
+        return rounds[-1]
+
     for _ in range(max(1, rounds)):
         for name, (count, processes) in settings.items():
             png = SeparatedSequence(files["images"], files["labels"], 64, image_size=(8, 8), seed=0, workers=count,
                                     use_multiprocessing=processes)  # fmt: skip
-            loaders["small PNGs"].setdefault(name, []).append(steady(epoch_rates(png)))
+            loaders["small PNGs"].setdefault(name, []).append(
+                steady(epoch_rates(png, tuning=decided(name, "small PNGs")))
+            )
             sequences = PaddedSequence(
                 files["sequences"], labels, 64, seed=0, workers=count, use_multiprocessing=processes
             )
-            loaders["short sequences"].setdefault(name, []).append(steady(epoch_rates(sequences)))
+            loaders["short sequences"].setdefault(name, []).append(
+                steady(epoch_rates(sequences, tuning=decided(name, "short sequences")))
+            )
             pictures = SeparatedSequence(photos, photo_labels, 32, image_size=image_size, seed=0, workers=count,
                                          use_multiprocessing=processes)  # fmt: skip
-            loaders["photos"].setdefault(name, []).append(steady(epoch_rates(pictures)))
+            loaders["photos"].setdefault(name, []).append(steady(epoch_rates(pictures, tuning=decided(name, "photos"))))
         loaders["small PNGs"].setdefault("tf.data", []).append(steady(tf_png_rates(files["images"], labels, 64)))
     engine = {
         name: engine_cost(count, processes, samples=samples * 10) for name, (count, processes) in settings.items()
@@ -334,7 +360,7 @@ def run_small(
     photo_seq = SeparatedSequence(photos, photo_labels, 32, image_size=image_size)
     gil["photos"] = gil_seconds_per_sample(photo_seq.load_item, len(photos), seconds)
     gil["photos"]["decode_rate"] = decode_rate(photos, image_size, seconds)
-    return {"samples": samples, "workers": workers, "loaders": loaders, "engine": engine, "gil": gil}
+    return {"samples": samples, "workers": workers, "loaders": loaders, "engine": engine, "gil": gil, "tuning": tuning}
 
 
 def format_small(report: dict[str, Any]) -> str:
