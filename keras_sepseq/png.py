@@ -127,16 +127,19 @@ def stored_png(data: bytes) -> bytes | None:
         return None
     if len(raw) != expected or not inflater.eof:
         return None
-    stream = [_ZLIB_STORED]
+    stream: list[bytes | memoryview] = [_ZLIB_STORED]
+    rows = memoryview(raw)  # sliced without copying; the one copy is the final join
     for offset in range(0, expected, _BLOCK):
-        block = raw[offset : offset + _BLOCK]
+        block = rows[offset : offset + _BLOCK]
         stream.append(struct.pack("<BHH", offset + _BLOCK >= expected, len(block), len(block) ^ 0xFFFF))
         stream.append(block)
     stream.append(struct.pack(">I", _isal.adler32(raw)))
-    body = b"".join(stream)
-    crc = _isal.crc32(body, _isal.crc32(b"IDAT"))
+    crc = _isal.crc32(b"IDAT")
+    for piece in stream:  # the new IDAT chunk's CRC, piece by piece: the stream is joined once, into the file
+        crc = _isal.crc32(piece, crc)
     first, last = chunks[idats[0]][1] - 8, chunks[idats[-1]][2] + 4  # the IDAT run, length field to CRC
-    return b"".join((view[:first], struct.pack(">I", len(body)), b"IDAT", body, struct.pack(">I", crc), view[last:]))
+    length = struct.pack(">I", sum(len(piece) for piece in stream))
+    return b"".join((view[:first], length, b"IDAT", *stream, struct.pack(">I", crc), view[last:]))
 
 
 def _chunks(view: memoryview) -> list[tuple[bytes, int, int]] | None:
