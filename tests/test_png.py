@@ -163,3 +163,12 @@ def test_small_images_are_left_to_opencv(monkeypatch, side, inflated):
     monkeypatch.setattr(png, "MIN_RAW_BYTES", 16 << 10)
     data = pil_png(RNG.integers(0, 256, (side, side, 3), dtype=np.uint8))
     assert (png.stored_png(data) is not None) == inflated
+
+
+def test_without_isal_opencv_inflates_as_before(tmp_path, monkeypatch):
+    path = tmp_path / "rgb.png"
+    path.write_bytes(CASES["rgb_large"])
+    expected = decode_image(str(path))
+    monkeypatch.setattr(png, "_isal", None)
+    assert png.stored_png(CASES["rgb_large"]) is None
+    assert decode_image(str(path)).tobytes() == expected.tobytes()
