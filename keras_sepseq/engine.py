@@ -428,7 +428,7 @@ class WorkerPool:
         False
         """
         tuner = self.tuner
-        if tuner.limit != 0 or tuner.tuning or tuner.watching or epoch != self._epoch or self._pending:
+        if not tuner.inline or tuner.tuning or tuner.watching or epoch != self._epoch or self._pending:
             return False
         self.inline += 1
         return True

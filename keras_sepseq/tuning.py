@@ -59,14 +59,6 @@ PROBE_SECONDS = 0.02
 BETTER_BY = 1.05
 """Fewer loading threads are kept only when they deliver at least this many times more samples per second."""
 
-WATCH_BATCHES = PROBE_CHUNKS
-"""Batches (and `PROBE_SECONDS` at least) measured after a comparison settles, to check what it chose.
-
-A comparison measures each setting over a few dozen milliseconds: a pause of the machine in one of them can
-make it choose a setting 2.5x slower than the best (seen once in three `bench --small` rounds). The chosen
-setting is measured again right after; if it delivers less than `GIVE_UP_BELOW` times the best rate measured
-for another setting, the settings are compared again, once per epoch at most."""
-
 RETUNE_AT = frozenset(4**k for k in range(16)) | {0}
 """The epochs (counted from 0) at whose start the settings are compared again."""
 
@@ -163,11 +155,8 @@ class LoadTuner:
             self._skip = self.queue
             if self._tuning or self.epochs not in RETUNE_AT or not self.compare:
                 return
-            self._tuning = self.workers > 1 or not self.threads
-            self._watching = False
-            self.capacity = {}
-            self.cheapest_seconds = None  # this epoch's samples decide whether to compare (a cold disk's may not)
-            self._set_limit(self.workers)
+            if self.workers > 1 or not self.threads:
+                self._start_comparison()
 
     def run(self, load: Callable[[Any], list], chunk: Any) -> list:
         """Runs `load(chunk)` in a worker thread, when the limit lets it, and measures it.
@@ -202,7 +191,7 @@ class LoadTuner:
 
     @property
     def watching(self) -> bool:
-        """Whether the setting a comparison settled on is being measured (`WATCH_BATCHES`)."""
+        """Whether the setting a comparison settled on is being measured once more (see `_check`)."""
         return self._watching
 
     @property
@@ -252,21 +241,34 @@ class LoadTuner:
             probe[0] += samples
             probe[1] += seconds
             probe[2] += 1
-            if self._tuning and probe[2] >= PROBE_CHUNKS and probe[1] >= PROBE_SECONDS:
-                self._compare(probe[0] / probe[1])
-            elif not self._tuning and probe[2] >= WATCH_BATCHES and probe[1] >= PROBE_SECONDS:  # watching
-                self._check(probe[0] / probe[1])
+            if probe[2] >= PROBE_CHUNKS and probe[1] >= PROBE_SECONDS:
+                if self._tuning:
+                    self._compare(probe[0] / probe[1])
+                else:  # watching
+                    self._check(probe[0] / probe[1])
+
+    def _start_comparison(self) -> None:
+        """Called with the condition held: every worker loads again, and each setting is measured anew."""
+        self._tuning, self._watching = True, False
+        self.capacity = {}
+        self.cheapest_seconds = None  # the samples from now on decide whether to compare (a cold disk's may not)
+        self._set_limit(self.workers)
 
     def _check(self, rate: float) -> None:
-        """Called with the condition held, once the settled setting was measured: compares again if it lags."""
+        """Called with the condition held, once the settled setting was measured again: compares again if it lags.
+
+        A comparison measures each setting over a few dozen milliseconds: a pause of the machine in one of
+        them can make it choose a setting 2.5x slower than the best (seen once in three `bench --small`
+        rounds). The choice is measured for one more probe (`PROBE_CHUNKS`, `PROBE_SECONDS`); if it delivers
+        less than `GIVE_UP_BELOW` times the best rate measured for another setting, the settings are compared
+        again, once per epoch at most.
+        """
         self._watching = False
         self._probe = [0.0, 0.0, 0]
         others = [measured for limit, measured in self.capacity.items() if limit != self.limit]
         if others and rate < GIVE_UP_BELOW * max(others) and self._rechecked != self.epochs:
             self._rechecked = self.epochs
-            self._tuning = True
-            self.capacity = {}
-            self._set_limit(self.workers)
+            self._start_comparison()
 
     def _compare(self, rate: float) -> None:
         """Called with the condition held, once `limit` was measured: halves it, or settles on the best.
@@ -293,7 +295,7 @@ class LoadTuner:
                 chosen = limit
         self._set_limit(chosen)
         self._tuning = False
-        self._watching = True  # measured again right away (`WATCH_BATCHES`)
+        self._watching = True  # measured once more right away (`_check`)
 
     def _set_limit(self, limit: int) -> None:
         self.limit = limit

@@ -328,7 +328,7 @@ def test_a_choice_that_lags_another_settings_rate_is_compared_again_once_per_epo
     assert tuner.limit == 2 and tuner.watching
     # Measured again, two threads deliver what they really do: less than 0.8x what one thread measured.
     truth = {2: 14_000, 1: 22_000, 0: 35_000}
-    assert deliver_while(tuner, watching, truth) >= tuning.WATCH_BATCHES
+    assert deliver_while(tuner, watching, truth) >= PROBE_CHUNKS
     assert tuner.tuning and tuner.limit == 2 and tuner.capacity == {}
     deliver_while(tuner, comparing, truth)
     assert tuner.limit == 0 and tuner.watching and tuner.capacity == pytest.approx(truth)
@@ -343,7 +343,7 @@ def test_a_choice_that_holds_up_is_kept_and_no_longer_watched():
     deliver_while(tuner, comparing, rates)
     assert tuner.limit == 0 and tuner.watching
     # Slower than measured, but not below 0.8x the best other setting's rate.
-    assert deliver_while(tuner, watching, {2: 27_000, 1: 30_000, 0: 33_000}) >= tuning.WATCH_BATCHES
+    assert deliver_while(tuner, watching, {2: 27_000, 1: 30_000, 0: 33_000}) >= PROBE_CHUNKS
     assert not tuner.tuning and tuner.limit == 0 and tuner.capacity == pytest.approx(rates)
 
 
