@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +33,7 @@ from typing import Any
 
 from keras_sepseq import storage
 from keras_sepseq.checks import check_int
+from keras_sepseq.object_client import UseFsspec, s3_reader
 
 __all__ = ["Fetcher", "RemoteReading", "wait_all", "when_all"]
 
@@ -62,6 +64,7 @@ class Fetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._rng = random.Random()  # backoff jitter; never the global `random` state
+        self._reading: set[_Retrying] = set()  # reads through a CurlReader not finished yet
 
     def fetch(self, urls: list[str]) -> dict[str, Future]:
         """Starts reading `urls`; returns a future of each one's bytes (or of its error).
@@ -79,8 +82,23 @@ class Fetcher:
         futures: dict[str, Future] = {}
         for url in urls:
             if url not in futures:
-                futures[url] = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
+                reader = s3_reader(url, self.options) if storage.protocol(url) in ("s3", "s3a") else None
+                if reader is not None and reader.usable:
+                    reader.allow(self.reads_in_flight)
+                    futures[url] = _Retrying(self, reader, url).future
+                else:
+                    futures[url] = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
         return futures
+
+    def _read_elsewhere(self, url: str, future: Future) -> None:
+        """Reads `url` on an I/O thread through fsspec (with retries) and finishes `future` with it."""
+        with self._lock:
+            executor = self._executor
+        if executor is None:
+            future.cancel()
+            return
+        inner = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
+        inner.add_done_callback(lambda done: _settle(future, done))
 
     def close(self) -> None:
         """Stops the I/O threads once the reads in flight end; reads not started are cancelled."""
@@ -88,6 +106,79 @@ class Fetcher:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            reading, self._reading = list(self._reading), set()
+        for read in reading:
+            read.cancel()
+
+
+class _Retrying:
+    """One object read through a `CurlReader`, tried again after transient failures as `read_url` would.
+
+    The tries run on the reader's I/O thread, without a thread waiting per read: a transient failure is
+    queued again with the backoff `storage.after_failure` gives; a store the reader hands to s3fs is read
+    through fsspec on the fetcher's I/O threads.
+    """
+
+    def __init__(self, fetcher: Fetcher, reader: Any, url: str) -> None:
+        self.fetcher, self.reader, self.url = fetcher, reader, url
+        self.future: Future = Future()
+        self.attempt = 0
+        with fetcher._lock:
+            fetcher._reading.add(self)
+        self.future.add_done_callback(lambda _: fetcher._reading.discard(self))
+        self._try(0.0)
+
+    def cancel(self) -> None:
+        """Drops the read if it has not started (the fetcher closed)."""
+        self.future.cancel()
+        self.tried.cancel()
+
+    def _try(self, delay: float) -> None:
+        self.start = time.perf_counter() + delay  # when the reader could not say when the read went out
+        self.tried = self.reader.submit(self.url, delay)
+        self.tried.add_done_callback(self._tried)
+
+    def _tried(self, done: Future) -> None:
+        if self.future.cancelled() or done.cancelled():
+            self.future.cancel()
+            return
+        error = done.exception()
+        stats = self.fetcher.stats
+        seconds = time.perf_counter() - getattr(done, "started", self.start)  # from when the read went out
+        if error is None:
+            data = done.result()
+            stats.add(requests=1, bytes=len(data), seconds=seconds)
+            if self.future.set_running_or_notify_cancel():
+                self.future.set_result(data)
+            return
+        if isinstance(error, UseFsspec):
+            self.fetcher._read_elsewhere(self.url, self.future)
+            return
+        try:
+            delay = storage.after_failure(
+                error, storage.display_url(self.url), self.attempt, storage.ATTEMPTS, seconds, stats, self.fetcher._rng
+            )
+        except OSError as failed:
+            if self.future.set_running_or_notify_cancel():
+                self.future.set_exception(failed)
+            return
+        self.attempt += 1
+        self._try(delay)
+
+
+def _settle(future: Future, done: Future) -> None:
+    """Finishes `future` as `done` finished."""
+    if not future.set_running_or_notify_cancel():
+        return
+    if done.cancelled():
+        future.set_exception(OSError("the read was cancelled"))
+        return
+    error = done.exception()
+    if error is None:
+        future.set_result(done.result())
+    else:
+        future.set_exception(error)
 
 
 def wait_all(futures: Mapping[str, Future]) -> dict[str, Any]:

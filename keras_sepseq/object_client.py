@@ -1,37 +1,37 @@
-"""Reading S3 objects through obstore (Rust's `object_store`) when it is installed: a quarter of the CPU per read.
+"""Reading S3 objects through libcurl (pycurl) when it is installed: one I/O thread keeps every read in flight.
 
 On this project's 2-core machine a GET through s3fs costs 1.1-1.2 ms of CPU
 in the reading process (botocore builds, signs and parses each request in
-Python; aiohttp and fsspec's event loop hand it over), and through obstore
-0.3 ms (signing, HTTP and parsing in Rust, outside the GIL). The first
-epoch from S3 is CPU-bound on small machines, so the client matters more
-than the latency (docs/benchmarks.md, "Object storage").
+Python), through obstore (Rust's `object_store`, one blocked thread per
+read) 0.21-0.29 ms, and through libcurl's multi interface 0.06-0.09 ms
+(0.12-0.15 ms with `keras_sepseq.fetching`'s retries and counting):
+libcurl signs (AWS Signature Version 4), sends and parses in C, and one
+thread drives a hundred reads in flight instead of a hundred threads
+taking turns at the GIL. The first epoch from S3 is CPU-bound on small
+machines, so the client's CPU decides its speed (docs/benchmarks.md).
 
-obstore reads only what it is told: keys from `storage_options` or the
+libcurl reads only what it is told: keys from `storage_options` or the
 `AWS_*` environment variables, not `~/.aws` profiles or botocore's other
-sources, and its region from the options or the environment. So it is
-used for an `s3://` URL only when
+sources. So it is used for an `s3://` URL only when
 
-- `obstore` imports (`pip install "keras-sepseq[s3]"` installs it),
+- `pycurl` imports (`pip install "keras-sepseq[s3]"` installs it),
 - `KERAS_SEPSEQ_S3_CLIENT` is not `s3fs`,
 - every key of `storage_options` translates (`key`, `secret`, `token`,
-  `anon`, `endpoint_url`, `client_kwargs={"endpoint_url", "region_name"}`,
-  and the client settings keras_sepseq itself adds), and
+  `anon`, `endpoint_url`, `client_kwargs={"endpoint_url", "region_name"}`),
+  and
 - credentials are in the options, in `AWS_ACCESS_KEY_ID` and
   `AWS_SECRET_ACCESS_KEY`, or `anon=True`.
 
-Otherwise s3fs reads, as it lists buckets in every case; s3fs also reads
-in processes forked from one that used obstore (its threads do not survive
-`fork()`). A store that
-answers obstore in a way s3fs could handle (a redirect to another region,
-a configuration it refuses) is handed to s3fs for good, with one warning;
+Otherwise s3fs reads, as it lists buckets in every case. A store that
+answers in a way s3fs could handle (a redirect to another region, a
+request it shapes otherwise) is handed to s3fs for good, with one warning;
 404 and 403 are answers, and go to the error policy as from s3fs.
 
-obstore retries nothing here (`read_url` retries transient failures and
-counts them). Its errors are turned into the exceptions s3fs raises
-(`FileNotFoundError`, `PermissionError`, `ConnectionError`, or an `OSError`
-carrying the HTTP `status`), with a message of one line that names the URL
-and never the credentials.
+Reads are tried once here (`keras_sepseq.fetching` and `read_url` retry
+transient failures and count them). Failures become the exceptions s3fs
+raises (`FileNotFoundError`, `PermissionError`, `ConnectionError`, or an
+`OSError` carrying the HTTP `status`), with a message of one line that
+names the URL and never the credentials.
 
 Example:
 
@@ -42,25 +42,44 @@ b'\\x89PNG...'
 
 from __future__ import annotations
 
-import datetime
+import collections
+import heapq
+import io
 import os
 import re
+import selectors
+import sys
 import threading
+import time
+import urllib.parse
 import warnings
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any
 
-__all__ = ["ObjectStoreError", "UseFsspec", "s3_reader"]
+__all__ = ["CurlReader", "ObjectStoreError", "UseFsspec", "s3_reader"]
 
 CLIENT_VARIABLE = "KERAS_SEPSEQ_S3_CLIENT"
 """Set to `s3fs` to read every `s3://` URL through s3fs."""
 
-_STATUS = re.compile(r"status(?: code)?:? (\d{3})")
-_SENDING = re.compile(r"error sending request|connect|timed? ?out|connection (?:reset|closed)|broken pipe", re.I)
+CONNECT_TIMEOUT = 30
+"""Seconds to open a connection before the read fails (transiently)."""
+
+STALL_SECONDS = 60
+"""A read that receives nothing for this long fails (transiently); large objects may take longer in all."""
+
+BLOCKING_IN_FLIGHT = 16
+"""Reads on the wire at once, at least, once threads read objects one at a time (`read_url`)."""
+
+_CONNECTION_ERRORS = {5, 6, 7, 18, 28, 35, 52, 55, 56}
+"""libcurl's codes for a connection that failed, dropped or stalled: proxy/host not resolved, connect
+failed, partial body, timeout, TLS handshake, empty reply, send and receive errors."""
+
+_DNS_SAFE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
 class ObjectStoreError(OSError):
-    """A failed read through obstore, with the HTTP `status` when there was an answer.
+    """A failed read with an HTTP answer, carrying its `status`.
 
     Args:
         message: One line naming the URL.
@@ -78,58 +97,70 @@ class ObjectStoreError(OSError):
 
 
 class UseFsspec(Exception):  # noqa: N818 (a signal to the caller, not a failure to report)
-    """obstore cannot read this store the way s3fs would: the caller reads the URL through fsspec instead."""
+    """libcurl cannot read this store the way s3fs would: the caller reads the URL through fsspec instead."""
 
 
-_READERS: dict[tuple, Any] = {}
-_LOCK = threading.Lock()
-_RUNTIME_PID: list[int | None] = [None]
-"""The process that used obstore first. Its runtime's threads do not survive `fork()`: a forked child that
-reads through it waits forever (measured with obstore 0.12), so children of that process read through s3fs."""
-
-
-def _translate(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """`(S3Store config, client options)` for fsspec `options`, or `None` when some option has no equivalent."""
-    config: dict[str, Any] = {}
-    client: dict[str, Any] = {"timeout": datetime.timedelta(seconds=120)}
+def _translate(options: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What libcurl needs to read a bucket with fsspec `options`, or `None` when some option has no equivalent."""
     rest = dict(options)
-    names = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
-    for ours, theirs in names.items():
-        value = rest.pop(ours, None)
-        if value is not None:
-            config[theirs] = str(value)
-    if rest.pop("anon", False):
-        config["skip_signature"] = True
+    settings: dict[str, Any] = {name: rest.pop(name, None) for name in ("key", "secret", "token")}
+    settings["anon"] = bool(rest.pop("anon", False))
     kwargs = dict(rest.pop("client_kwargs", None) or {})
     endpoint = rest.pop("endpoint_url", None) or kwargs.pop("endpoint_url", None)
     region = kwargs.pop("region_name", None)
     if rest or kwargs:
-        return None  # an option obstore has no equivalent for (a profile, addressing style, ...): s3fs
-    if endpoint:
-        config["endpoint"] = str(endpoint)
-        client["allow_http"] = str(endpoint).startswith("http://")
-    if region:
-        config["region"] = str(region)
-    has_keys = "access_key_id" in config or (
-        os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
-    )
-    if not has_keys and not config.get("skip_signature"):
+        return None  # an option with no equivalent here (a profile, addressing style, ...): s3fs
+    env = os.environ
+    settings["endpoint"] = str(endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "")
+    settings["region"] = str(region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
+    if settings["anon"]:
+        settings["key"] = settings["secret"] = settings["token"] = None
+        return settings
+    if settings["key"] is None and settings["secret"] is None:
+        settings["key"], settings["secret"] = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+        settings["token"] = settings["token"] or env.get("AWS_SESSION_TOKEN")
+    if not settings["key"] or not settings["secret"]:
         return None  # credentials from a profile or botocore's other sources: s3fs finds them
-    return config, client
+    return settings
 
 
-def s3_reader(url: str, options: Mapping[str, Any] | None) -> Callable[[str], bytes] | None:
-    """A function reading `s3://` URLs of `url`'s bucket through obstore, or `None` where s3fs should read.
+def _object_url(settings: Mapping[str, Any], bucket: str, key: str) -> str:
+    """The HTTP URL of `bucket/key`: path style on a given endpoint, virtual-hosted on AWS where the name allows."""
+    quoted = urllib.parse.quote(key, safe="/~")
+    if settings["endpoint"]:
+        return f"{settings['endpoint'].rstrip('/')}/{bucket}/{quoted}"
+    region = settings["region"]
+    if _DNS_SAFE.match(bucket):
+        return f"https://{bucket}.s3.{region}.amazonaws.com/{quoted}"
+    return f"https://s3.{region}.amazonaws.com/{bucket}/{quoted}"
+
+
+_READERS: dict[tuple, CurlReader | None] = {}
+_ORPHANS: list[Any] = []
+_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    # A forked child must not free its parent's readers: cleaning up libcurl's connections there could close
+    # a TLS session the parent still uses. They are kept, unused, and the child makes its own.
+    _ORPHANS.append(dict(_READERS))
+    _READERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def s3_reader(url: str, options: Mapping[str, Any] | None) -> CurlReader | None:
+    """The reader of `s3://` URLs of `url`'s bucket through libcurl, or `None` where s3fs should read.
 
     Args:
         url: An `s3://` (or `s3a://`) URL.
         options: The fsspec storage options, as the user gave them.
 
     Returns:
-        `read(url) -> bytes`, raising `FileNotFoundError`,
-        `PermissionError`, `ConnectionError` or `ObjectStoreError`, or
-        `UseFsspec` once the store turned out to need s3fs; or `None`
-        (see the module docstring for when).
+        A `CurlReader` (shared by every caller with the same bucket and
+        options in this process), or `None` (see the module docstring).
 
     Example:
 
@@ -138,85 +169,343 @@ def s3_reader(url: str, options: Mapping[str, Any] | None) -> Callable[[str], by
     """
     if os.environ.get(CLIENT_VARIABLE, "").strip().lower() == "s3fs":
         return None
-    if _RUNTIME_PID[0] not in (None, os.getpid()):
-        return None  # forked after obstore started its threads here: obstore would hang in this process; s3fs reads
     scheme, _, rest = url.partition("://")
     if scheme not in ("s3", "s3a") or not rest:
         return None
     bucket = rest.split("/", 1)[0]
     key = (bucket, repr(sorted((options or {}).items(), key=lambda kv: kv[0])))
     with _LOCK:
-        if key in _READERS:
-            return _READERS[key]
-    reader = _make_reader(bucket, options or {})
-    with _LOCK:
-        return _READERS.setdefault(key, reader)
+        if key not in _READERS:
+            _READERS[key] = _make_reader(bucket, options or {})
+        return _READERS[key]
 
 
-def _make_reader(bucket: str, options: Mapping[str, Any]) -> Callable[[str], bytes] | None:
+def _pycurl() -> Any:
+    """Imports pycurl so that it calls its own libcurl, not TensorFlow's; raises `ImportError` if it cannot.
+
+    TensorFlow's library exports the symbols of the libcurl built into it
+    (8.11 in TensorFlow 2.21) to everything loaded after it, so a plain
+    `import pycurl` after `import tensorflow` binds pycurl's extension to
+    that libcurl and fails ("link-time version (8.11.0) is older than
+    compile-time version"). Loading the extension with `RTLD_DEEPBIND`
+    (Linux) makes it look up symbols in its own libraries first; the flags
+    are put back at once.
+    """
+    if "pycurl" in sys.modules:
+        return sys.modules["pycurl"]
+    flags = sys.getdlopenflags() if hasattr(sys, "getdlopenflags") else None
+    deep = getattr(os, "RTLD_DEEPBIND", 0)
+    with _IMPORT_LOCK:
+        try:
+            if flags is not None and deep:
+                sys.setdlopenflags(flags | deep)
+            import pycurl
+        finally:
+            if flags is not None and deep:
+                sys.setdlopenflags(flags)
+    return pycurl
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def _make_reader(bucket: str, options: Mapping[str, Any]) -> CurlReader | None:
     try:
-        import obstore
-        from obstore.store import S3Store
+        _pycurl()
     except ImportError:
         return None
     settings = _translate(options)
-    if settings is None:
-        return None
-    config, client = settings
-    try:
-        store = S3Store(
-            bucket, config=cast(Any, config), client_options=cast(Any, client), retry_config={"max_retries": 0}
-        )
-    except Exception:  # a configuration obstore refuses: s3fs decides what it means
-        return None
-    state = {"usable": True}
-    with _LOCK:
-        _RUNTIME_PID[0] = os.getpid()
+    return None if settings is None else CurlReader(bucket, settings)
 
-    def read(url: str) -> bytes:
-        if not state["usable"]:
-            raise UseFsspec(url)
-        path = url.partition("://")[2].split("/", 1)[1] if "/" in url.partition("://")[2] else ""
+
+class CurlReader:
+    """Reads the objects of one bucket through libcurl's multi interface, on one I/O thread.
+
+    Calls may come from any thread: `submit` queues a read and returns its
+    future at once; the I/O thread keeps up to `in_flight` reads on the
+    wire and finishes the futures (on itself: callbacks must be quick).
+
+    Args:
+        bucket: The bucket's name.
+        settings: What `_translate` made of the storage options.
+        in_flight: Reads on the wire at most (`allow` raises it; a
+            blocking read raises it to `BLOCKING_IN_FLIGHT`).
+
+    Example:
+
+    >>> reader = s3_reader("s3://data/a.bin", options)  # doctest: +SKIP
+    >>> reader.submit("s3://data/a.bin").result()  # doctest: +SKIP
+    b'...'
+    """
+
+    def __init__(self, bucket: str, settings: Mapping[str, Any], in_flight: int = 1) -> None:
+        self.bucket = bucket
+        self.usable = True
+        self.in_flight = max(1, int(in_flight))
+        self._settings = dict(settings)
+        self._lock = threading.Lock()
+        self._queue: collections.deque[tuple[str, Future]] = collections.deque()
+        self._later: list[tuple[float, int, str, Future]] = []  # (when, order, url, future): reads tried later
+        self._order = 0
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._waking = False
+
+    def __repr__(self) -> str:
+        return f"CurlReader(bucket={self.bucket!r}, in_flight={self.in_flight})"  # never the credentials
+
+    def __reduce__(self):
+        raise TypeError("a CurlReader holds credentials and a thread; it is not sent to other processes")
+
+    def allow(self, in_flight: int) -> None:
+        """Lets at least `in_flight` reads be on the wire at once.
+
+        Args:
+            in_flight: Reads in flight the caller wants.
+        """
+        self.in_flight = max(self.in_flight, int(in_flight))
+
+    def __call__(self, url: str) -> bytes:
+        """Reads `url` once, waiting for it.
+
+        Args:
+            url: An `s3://` URL of this reader's bucket.
+
+        Returns:
+            The object's bytes.
+
+        Raises:
+            FileNotFoundError: If there is no such object.
+            PermissionError: If access is refused.
+            ConnectionError: If the connection failed or dropped.
+            ObjectStoreError: On another HTTP error (with `status`).
+            UseFsspec: If s3fs should read this store.
+        """
+        self.allow(BLOCKING_IN_FLIGHT)
+        return self.submit(url).result()
+
+    def submit(self, url: str, delay: float = 0.0) -> Future:
+        """Queues a read of `url` (after `delay` seconds); the future holds its bytes or its exception.
+
+        Args:
+            url: An `s3://` URL of this reader's bucket.
+            delay: Seconds to wait before sending it (a retry's backoff).
+
+        Returns:
+            A future; cancelling it before the read starts drops the read.
+        """
+        future: Future = Future()
+        with self._lock:
+            if not self.usable:
+                future.set_exception(UseFsspec(url))
+                return future
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="keras_sepseq_curl", daemon=True)
+                self._thread.start()
+            if delay > 0:
+                self._order += 1
+                heapq.heappush(self._later, (time.monotonic() + delay, self._order, url, future))
+            else:
+                self._queue.append((url, future))
+            wake, self._waking = not self._waking, True
+        if wake:
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
+        return future
+
+    # The I/O thread: everything below runs on it alone (libcurl's handles are not shared between threads).
+
+    def _run(self) -> None:
+        pycurl = _pycurl()
+
+        multi = pycurl.CurlMulti()
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        deadline: list[float | None] = [None]
+        watched: dict[int, int] = {}
+
+        def on_socket(event: int, fd: int, _multi: Any, _data: Any) -> None:
+            if event == pycurl.POLL_REMOVE:
+                if watched.pop(fd, None) is not None:
+                    try:
+                        selector.unregister(fd)
+                    except (KeyError, ValueError, OSError):
+                        pass
+                return
+            mask = (selectors.EVENT_READ if event & pycurl.POLL_IN else 0) | (
+                selectors.EVENT_WRITE if event & pycurl.POLL_OUT else 0
+            )
+            if fd in watched:
+                selector.modify(fd, mask)
+            else:
+                selector.register(fd, mask)
+            watched[fd] = mask
+
+        def on_timer(milliseconds: int) -> None:
+            deadline[0] = None if milliseconds < 0 else time.monotonic() + milliseconds / 1000
+
+        multi.setopt(pycurl.M_SOCKETFUNCTION, on_socket)
+        multi.setopt(pycurl.M_TIMERFUNCTION, on_timer)
+        free: list[Any] = []
+        active: dict[Any, tuple[str, Future, io.BytesIO]] = {}
         try:
-            return bytes(obstore.get(store, path).bytes())
-        except Exception as e:
-            error = _mapped(e, url)
-        if isinstance(error, UseFsspec):
-            state["usable"] = False
+            self._loop(multi, selector, deadline, free, active)
+        except BaseException as e:  # noqa: BLE001 (nothing may wait forever: every read goes to s3fs instead)
+            self._stopped(f"{type(e).__name__}: {e}", [future for _, future, _ in active.values()])
+
+    def _stopped(self, why: str, active: list[Future]) -> None:
+        """The I/O thread failed: every read in flight or queued, and every later one, goes to s3fs."""
+        with self._lock:
+            self.usable = False
+        warnings.warn(f"keras_sepseq: the libcurl reader of s3://{self.bucket} stopped ({why}); "
+                      "reading through s3fs from now on.", stacklevel=2)  # fmt: skip
+        with self._lock:
+            waiting = [f for _, f in self._queue] + [f for *_, f in self._later]
+            self._queue.clear()
+            self._later.clear()
+        for future in active + waiting:
+            if future.running() or future.set_running_or_notify_cancel():
+                future.set_exception(UseFsspec(why))
+
+    def _loop(self, multi: Any, selector: Any, deadline: list, free: list, active: dict) -> None:
+        pycurl = _pycurl()
+
+        while True:
+            self._finish(multi, free, active)  # first: a finished read frees a place for a queued one
+            self._start(multi, free, active)
+            now = time.monotonic()
+            waits = [w - now for w in (deadline[0], self._later[0][0] if self._later else None) if w is not None]
+            timeout = min([1.0, *waits]) if waits else 1.0
+            for key, mask in selector.select(max(0.0, timeout)):
+                if key.fd == self._wake_r:
+                    self._drain_wakeups()
+                    continue
+                flags = (pycurl.CSELECT_IN if mask & selectors.EVENT_READ else 0) | (
+                    pycurl.CSELECT_OUT if mask & selectors.EVENT_WRITE else 0
+                )
+                multi.socket_action(key.fd, flags)
+            if deadline[0] is not None and time.monotonic() >= deadline[0]:
+                deadline[0] = None
+                multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+
+    def _drain_wakeups(self) -> None:
+        with self._lock:
+            self._waking = False
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _start(self, multi: Any, free: list[Any], active: dict) -> None:
+        """Puts queued reads (and retries whose time came) on the wire, up to `in_flight`."""
+        now = time.monotonic()
+        while len(active) < self.in_flight:
+            with self._lock:
+                if self._later and self._later[0][0] <= now:
+                    _, _, url, future = heapq.heappop(self._later)
+                elif self._queue:
+                    url, future = self._queue.popleft()
+                else:
+                    return
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited: the sequence closed
+            if not self.usable:
+                future.set_exception(UseFsspec(url))
+                continue
+            future.started = time.perf_counter()  # type: ignore[attr-defined]
+            handle = free.pop() if free else self._new_handle()
+            buffer = io.BytesIO()
+            path = url.partition("://")[2].split("/", 1)
+            handle.setopt(handle.URL, _object_url(self._settings, self.bucket, path[1] if len(path) > 1 else ""))
+            handle.setopt(handle.WRITEDATA, buffer)
+            active[handle] = (url, future, buffer)
+            multi.add_handle(handle)
+
+    def _new_handle(self) -> Any:
+        pycurl = _pycurl()
+
+        handle = pycurl.Curl()
+        handle.setopt(pycurl.NOSIGNAL, 1)
+        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.CONNECTTIMEOUT, CONNECT_TIMEOUT)
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        handle.setopt(pycurl.LOW_SPEED_TIME, STALL_SECONDS)
+        bundle = os.environ.get("AWS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or _certifi_bundle()
+        if bundle:
+            handle.setopt(pycurl.CAINFO, bundle)
+        settings = self._settings
+        if settings["key"]:
+            handle.setopt(pycurl.AWS_SIGV4, f"aws:amz:{settings['region']}:s3")
+            handle.setopt(pycurl.USERNAME, str(settings["key"]))
+            handle.setopt(pycurl.PASSWORD, str(settings["secret"]))
+            if settings["token"]:
+                handle.setopt(pycurl.HTTPHEADER, [f"x-amz-security-token: {settings['token']}"])
+        return handle
+
+    def _finish(self, multi: Any, free: list[Any], active: dict) -> None:
+        """Finishes the futures of reads libcurl is done with."""
+        while True:
+            queued, done, failed = multi.info_read()
+            for handle in done:
+                url, future, buffer = active.pop(handle)
+                multi.remove_handle(handle)
+                status = int(handle.getinfo(handle.RESPONSE_CODE))
+                free.append(handle)
+                if status == 200:
+                    future.set_result(buffer.getvalue())
+                else:
+                    self._fail(future, _answer_error(status, buffer.getvalue(), url))
+            for handle, code, message in failed:
+                url, future, _ = active.pop(handle)
+                multi.remove_handle(handle)
+                free.append(handle)
+                self._fail(future, _connection_error(int(code), str(message), url))
+            if not queued:
+                return
+
+    def _fail(self, future: Future, error: Exception) -> None:
+        if isinstance(error, UseFsspec) and self.usable:
+            self.usable = False
             warnings.warn(
-                f"keras_sepseq: obstore could not read s3://{bucket} ({error}); reading it through s3fs from now on.",
+                f"keras_sepseq: libcurl could not read s3://{self.bucket} ({error}); reading it through s3fs "
+                "from now on.",
                 stacklevel=2,
             )
-        raise error
-
-    return read
+        future.set_exception(error)
 
 
-def _mapped(error: Exception, url: str) -> Exception:
-    """The exception s3fs would have raised for obstore's `error`, with a one-line message.
+def _certifi_bundle() -> str | None:
+    try:
+        import certifi
+    except ImportError:
+        return None  # libcurl's own default
+    return certifi.where()
 
-    obstore's message holds the request's URL, the server's XML answer and
-    a debug dump; the one-line message keeps the status and the answer's
-    `Code` and `Message` (what S3 says, "SlowDown" say), and never headers.
-    """
-    text = str(error).split("\n\nDebug source", 1)[0]
-    first = text.splitlines()[0] if text else type(error).__name__
-    match = _STATUS.search(text)
-    status = int(match.group(1)) if match else None
+
+def _answer_error(status: int, body: bytes, url: str) -> Exception:
+    """The exception s3fs would raise for an HTTP answer `status`, with S3's `Code` and `Message` in one line."""
+    text = body[:4096].decode("utf-8", "replace")
     said = " ".join(
         found.group(1).strip() for tag in ("Code", "Message") if (found := re.search(f"<{tag}>(.*?)</{tag}>", text))
     )
-    if isinstance(error, FileNotFoundError) or status == 404:
+    detail = f"HTTP {status}{': ' + said if said else ''}"[:300]
+    if status == 404:
         return FileNotFoundError(f"no such object: {url}")
-    names = {cls.__name__ for cls in type(error).__mro__}
-    if names & {"PermissionDeniedError", "UnauthenticatedError"} or status in (401, 403):
-        return PermissionError(f"access refused to {url} (HTTP {status or 403}{': ' + said if said else ''})")
-    if status is not None:
-        detail = f"HTTP {status}{': ' + said if said else ''}"[:300]
-        if status in (408, 429) or status >= 500:
-            return ObjectStoreError(detail, status)
-        return UseFsspec(detail)  # a redirect to another region, a request s3fs would shape otherwise
-    detail = first.rsplit(" - ", 1)[-1][:200]  # what failed, without obstore's "Error performing GET <url> in 1ms"
-    if _SENDING.search(first):
+    if status in (401, 403):
+        return PermissionError(f"access refused to {url} ({detail})")
+    if status in (408, 429) or status >= 500:
+        return ObjectStoreError(detail, status)
+    return UseFsspec(detail)  # a redirect to another region, a request s3fs would shape otherwise
+
+
+def _connection_error(code: int, message: str, url: str) -> Exception:
+    """What a libcurl failure without an answer becomes: `ConnectionError` when the connection failed or dropped."""
+    detail = f"libcurl error {code}: {message}"[:200]
+    if code in _CONNECTION_ERRORS:
         return ConnectionError(detail)
     return UseFsspec(detail)

@@ -5,7 +5,7 @@ that tells them apart and reads them:
 
 - `open_file(path)` opens a local file or a URL for reading; the decoders
   (`decode_image`, `load_npy`, masks) and custom loaders use it;
-- `read_url` fetches an object's bytes (S3 objects through obstore where
+- `read_url` fetches an object's bytes (S3 objects through libcurl where
   it can, see `keras_sepseq.object_client`), retrying transient failures
   (timeouts, dropped connections, HTTP 429 and 5xx) with backoff and
   sending permanent ones (403, 404) on at once, as local files do;
@@ -45,6 +45,7 @@ __all__ = [
     "has_supply",
     "is_transient",
     "is_url",
+    "after_failure",
     "named_error",
     "open_file",
     "protocol",
@@ -366,30 +367,65 @@ def read_url(
             if fast is not None:
                 try:
                     data = fast(url)
-                except UseFsspec:  # obstore cannot read this store as s3fs would: s3fs reads, in this attempt
+                except UseFsspec:  # libcurl cannot read this store as s3fs would: s3fs reads, in this attempt
                     fast = None
             if fast is None:
                 if fs is None:
                     fs, path = filesystem(url, options)
                 data = fs.cat_file(path)
         except ImportError:
-            raise  # obstore handed the store to s3fs, which is not installed: the message names the extra
+            raise  # libcurl handed the store to s3fs, which is not installed: the message names the extra
         except Exception as e:
-            seconds = time.perf_counter() - start
-            if attempt + 1 < attempts and is_transient(e):
-                if stats is not None:
-                    stats.add(requests=1, retries=1, seconds=seconds)
-                    stats.last_retry = f"{shown}: {type(e).__name__}: {e}"
-                rng = rng or random.Random()  # made only when needed: seeding one reads os.urandom
-                time.sleep(min(BACKOFF_LIMIT, BACKOFF_SECONDS * 2**attempt) * (0.5 + rng.random()))
-                continue
-            if stats is not None:
-                stats.add(requests=1, failures=1, seconds=seconds)
-            raise named_error(e, shown, attempt + 1) from e
+            time.sleep(after_failure(e, shown, attempt, attempts, time.perf_counter() - start, stats, rng))
+            continue
         if stats is not None:
             stats.add(requests=1, bytes=len(data), seconds=time.perf_counter() - start)
         return bytes(data)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def after_failure(
+    error: BaseException,
+    url: str,
+    attempt: int,
+    attempts: int,
+    seconds: float,
+    stats: StorageStats | None,
+    rng: random.Random | None,
+) -> float:
+    """Counts a failed try at reading `url`; returns the backoff before the next, or raises when there is none.
+
+    Args:
+        error: What the try raised.
+        url: The URL to name (credentials removed).
+        attempt: Which try failed, from 0.
+        attempts: Tries allowed.
+        seconds: How long the try took.
+        stats: Where the request, retry or failure is counted.
+        rng: Draws the backoff jitter (made when `None`).
+
+    Returns:
+        Seconds to wait before trying again (exponential, with jitter).
+
+    Raises:
+        OSError: `named_error(error, ...)` when `error` is permanent or
+            the tries are used up (a `FileNotFoundError` or
+            `PermissionError` where it says so).
+
+    Example:
+
+    >>> after_failure(TimeoutError("slow"), "s3://b/k", 0, 6, 0.1, None, random.Random(0)) < 0.1
+    True
+    """
+    if attempt + 1 < attempts and is_transient(error):
+        if stats is not None:
+            stats.add(requests=1, retries=1, seconds=seconds)
+            stats.last_retry = f"{url}: {type(error).__name__}: {error}"
+        rng = rng or random.Random()  # made only when needed: seeding one reads os.urandom
+        return min(BACKOFF_LIMIT, BACKOFF_SECONDS * 2**attempt) * (0.5 + rng.random())
+    if stats is not None:
+        stats.add(requests=1, failures=1, seconds=seconds)
+    raise named_error(error, url, attempt + 1) from error
 
 
 def named_error(error: BaseException, url: str, tries: int) -> OSError:
