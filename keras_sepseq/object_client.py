@@ -48,6 +48,7 @@ import io
 import os
 import re
 import selectors
+import ssl
 import sys
 import threading
 import time
@@ -435,7 +436,7 @@ class CurlReader:
         handle.setopt(pycurl.CONNECTTIMEOUT, CONNECT_TIMEOUT)
         handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
         handle.setopt(pycurl.LOW_SPEED_TIME, STALL_SECONDS)
-        bundle = os.environ.get("AWS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or _certifi_bundle()
+        bundle = _ca_bundle()
         if bundle:
             handle.setopt(pycurl.CAINFO, bundle)
         settings = self._settings
@@ -479,11 +480,23 @@ class CurlReader:
         future.set_exception(error)
 
 
-def _certifi_bundle() -> str | None:
+def _ca_bundle() -> str | None:
+    """The certificates HTTPS is checked against: as botocore finds them, else this system's, else certifi's.
+
+    The libcurl in pycurl's wheels looks where the system it was built on
+    keeps them (`/etc/pki/tls/certs/ca-bundle.crt`), which other systems
+    do not have. `None`: libcurl's own default.
+    """
+    for name in ("AWS_CA_BUNDLE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        if os.environ.get(name):
+            return os.environ[name]
+    system = ssl.get_default_verify_paths().cafile  # Python's OpenSSL's file, where it exists
+    if system:
+        return system
     try:
         import certifi
     except ImportError:
-        return None  # libcurl's own default
+        return None
     return certifi.where()
 
 

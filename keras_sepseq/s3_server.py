@@ -14,6 +14,9 @@ serving requests does not compete for the caller's GIL):
   a few milliseconds of CPU per request, which on a small machine would
   measure moto rather than the client. Writes and listings go to moto.
 
+With `tls=True` the proxy serves HTTPS, with a certificate for 127.0.0.1
+made for the server (`ca_file`, the one clients must trust).
+
 Only loopback addresses are used; the child ends with the `with` block,
 or when the process that started it exits.
 
@@ -28,13 +31,17 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import ipaddress
 import json
 import os
 import random
 import select
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import Counter
 from typing import Any
@@ -58,6 +65,9 @@ class LoopbackS3:
             503 answer, half with the connection closed unanswered.
         seed: Seeds which requests fail (the proxy's own generator).
         start_timeout: Seconds to wait for the server to come up.
+        tls: Serve the proxy over HTTPS, with a certificate for 127.0.0.1
+            made for this server (needs `cryptography`, which moto needs);
+            clients trust it through `ca_file` (`AWS_CA_BUNDLE=ca_file`).
 
     Raises:
         ImportError: If `moto[server]` is not installed (`pip install
@@ -72,7 +82,9 @@ class LoopbackS3:
     0
     """
 
-    def __init__(self, *, latency: float = 0.0, fail: float = 0.0, seed: int = 0, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self, *, latency: float = 0.0, fail: float = 0.0, seed: int = 0, start_timeout: float = 60.0, tls: bool = False
+    ) -> None:
         try:
             import moto  # noqa: F401
         except ImportError as e:
@@ -80,6 +92,10 @@ class LoopbackS3:
         self.latency, self.fail, self.seed, self.start_timeout = float(latency), float(fail), int(seed), start_timeout
         self._process: subprocess.Popen | None = None
         self.endpoint = self.direct_endpoint = ""
+        self.tls = bool(tls)
+        self.ca_file = ""
+        """With `tls=True`: the certificate to trust (PEM), removed by `stop`."""
+        self._folder: str | None = None
 
     def __enter__(self) -> LoopbackS3:
         self.start()
@@ -91,6 +107,10 @@ class LoopbackS3:
     def start(self) -> None:
         """Starts the child process and waits until both servers answer."""
         command = [sys.executable, "-m", "keras_sepseq.s3_server", str(self.latency), str(self.fail), str(self.seed)]
+        if self.tls:
+            self._folder = tempfile.mkdtemp(prefix="keras_sepseq_s3_tls_")
+            self.ca_file, key_file = _self_signed(self._folder)
+            command += [self.ca_file, key_file]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         stdout = self._process.stdout
         assert stdout is not None
@@ -100,12 +120,15 @@ class LoopbackS3:
             self.stop()
             raise RuntimeError(f"the loopback S3 server did not start within {self.start_timeout} s")
         ports = json.loads(line)
-        self.endpoint = f"http://127.0.0.1:{ports['proxy']}"
+        self.endpoint = f"{'https' if self.tls else 'http'}://127.0.0.1:{ports['proxy']}"
         self.direct_endpoint = f"http://127.0.0.1:{ports['moto']}"
 
     def stop(self) -> None:
         """Stops the child process (closing its stdin; killed after 10 s). Safe to call twice."""
         process, self._process = self._process, None
+        folder, self._folder = self._folder, None
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
         if process is None:
             return
         try:
@@ -176,7 +199,12 @@ class LoopbackS3:
         self._control("configure", {"latency": latency, "fail": fail, "deny": deny})
 
     def _control(self, what: str, body: dict | None = None) -> Any:
-        connection = http.client.HTTPConnection(self.endpoint.split("://", 1)[1], timeout=60)
+        address = self.endpoint.split("://", 1)[1]
+        connection = (
+            http.client.HTTPSConnection(address, timeout=60, context=ssl.create_default_context(cafile=self.ca_file))
+            if self.tls
+            else http.client.HTTPConnection(address, timeout=60)
+        )
         try:
             connection.request("POST", f"{_CONTROL}/{what}", body=json.dumps(body or {}))
             answer = connection.getresponse()
@@ -197,8 +225,10 @@ class _Proxy:
     first reads of an object) wait for it on a thread of the loop's executor, with a blocking client.
     """
 
-    def __init__(self, upstream: int, latency: float, fail: float, seed: int) -> None:
-        self.upstream, self.latency, self.fail = upstream, latency, fail
+    def __init__(
+        self, upstream: int, latency: float, fail: float, seed: int, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.upstream, self.latency, self.fail, self.tls = upstream, latency, fail, tls
         self.rng = random.Random(seed)
         self.denied: tuple[str, ...] = ()
         self.counts: Counter = Counter()
@@ -215,7 +245,7 @@ class _Proxy:
 
     async def _serve(self, ready: threading.Event) -> None:
         self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
-        server = await asyncio.start_server(self._connection, "127.0.0.1", 0, limit=1 << 20)
+        server = await asyncio.start_server(self._connection, "127.0.0.1", 0, limit=1 << 20, ssl=self.tls)
         self.port = server.sockets[0].getsockname()[1]
         ready.set()
         async with server:
@@ -440,7 +470,43 @@ _ERROR = (
 )
 
 
-def _serve(latency: float, fail: float, seed: int) -> None:
+def _self_signed(folder: str) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, made now and written into `folder` (PEM): `(cert, key)` paths."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keras_sepseq loopback S3")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = os.path.join(folder, "loopback.pem"), os.path.join(folder, "loopback.key")
+    with open(cert_file, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_file, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return cert_file, key_file
+
+
+def _serve(latency: float, fail: float, seed: int, cert_file: str = "", key_file: str = "") -> None:
     """In the child: starts moto and the proxy, prints their ports, serves until stdin closes."""
     import logging
 
@@ -450,7 +516,11 @@ def _serve(latency: float, fail: float, seed: int) -> None:
     moto_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto_server.start()
     _, moto_port = moto_server.get_host_and_port()
-    proxy = _Proxy(moto_port, latency, fail, seed)
+    tls = None
+    if cert_file:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cert_file, key_file)
+    proxy = _Proxy(moto_port, latency, fail, seed, tls)
     print(json.dumps({"moto": moto_port, "proxy": proxy.port}), flush=True)
     sys.stdin.read()  # until the parent closes it, or exits
     proxy.shutdown()
@@ -458,4 +528,4 @@ def _serve(latency: float, fail: float, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    _serve(float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))
+    _serve(float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import socket
 import subprocess
 import sys
@@ -373,3 +374,35 @@ def test_bytes_read_through_libcurl_and_s3fs_are_the_same(s3, monkeypatch):
     slow = [storage.read_url(u, s3.storage_options) for u in urls]
     assert fast == slow and all(isinstance(b, bytes) for b in fast)
     assert np.frombuffer(fast[7], np.uint8).tolist() == [7] * 8
+
+
+def test_https_is_checked_against_the_bundle_botocore_uses(monkeypatch):
+    """Over TLS, with the server's certificate trusted through AWS_CA_BUNDLE: libcurl and s3fs read the same bytes."""
+    pytest.importorskip("cryptography")
+    monkeypatch.delenv(object_client.CLIENT_VARIABLE, raising=False)
+    with s3_server.LoopbackS3(tls=True) as server:
+        assert server.endpoint.startswith("https://127.0.0.1:")
+        server.upload("secure", {"a.bin": b"\x01" * 70_000})
+        monkeypatch.setenv("AWS_CA_BUNDLE", server.ca_file)
+        reader = s3_reader("s3://secure/a.bin", server.storage_options)
+        assert isinstance(reader, CurlReader)
+        assert reader("s3://secure/a.bin") == b"\x01" * 70_000
+        assert wait_all(Fetcher(4, server.storage_options).fetch(["s3://secure/a.bin"])) == {
+            "s3://secure/a.bin": b"\x01" * 70_000
+        }
+        monkeypatch.setenv(object_client.CLIENT_VARIABLE, "s3fs")
+        assert storage.read_url("s3://secure/a.bin", server.storage_options) == b"\x01" * 70_000
+        assert server.stats()["get"] == 3
+        folder = server.ca_file
+    assert not os.path.exists(folder)  # the certificate goes with the server
+
+
+def test_the_certificates_are_botocores_then_the_systems(monkeypatch):
+    for name in ("AWS_CA_BUNDLE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    system = __import__("ssl").get_default_verify_paths().cafile
+    assert object_client._ca_bundle() in ({system} if system else {None, __import__("certifi").where()})
+    monkeypatch.setenv("SSL_CERT_FILE", "/somewhere/else.pem")
+    assert object_client._ca_bundle() == "/somewhere/else.pem"
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/for/aws.pem")
+    assert object_client._ca_bundle() == "/for/aws.pem"
