@@ -394,13 +394,16 @@ class CurlReader:
                 multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
 
     def _drain_wakeups(self) -> None:
-        with self._lock:
-            self._waking = False
+        # Read first, then let `submit` wake the loop again: the other way round, a wake-up written between the
+        # two would be read here while `_waking` stayed set, and the next read queued would wait for the select's
+        # timeout (seen: a second, now and then, before a first batch).
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        with self._lock:
+            self._waking = False
 
     def _start(self, multi: Any, free: list[Any], active: dict) -> None:
         """Puts queued reads (and retries whose time came) on the wire, up to `in_flight`."""
