@@ -51,7 +51,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 
 from keras_sepseq.errors import SampleError
-from keras_sepseq.fetching import when_all
+from keras_sepseq.fetching import Pending, when_all
 from keras_sepseq.shared_slots import (
     SHARED_MEMORY_LIMIT,
     InSlot,
@@ -136,7 +136,7 @@ class _Job(NamedTuple):
     future: Future
     slot: int | None  # the SharedSlots slot the worker writes into, if any
     level: int  # the tuner's limit when it was submitted
-    fetched: dict[str, Future] | None = None  # reads of the chunk's objects in storage, in flight or done
+    fetched: dict[str, Pending] | None = None  # reads of the chunk's objects in storage, in flight or done
     epoch: int | None = None  # the epoch of the chunk's batch
     position: int | None = None  # the batch's position, when a process worker assembles the whole batch
 
@@ -174,7 +174,7 @@ class WorkerPool:
         workers: int,
         use_processes: bool,
         max_queue_size: int,
-        fetch: Callable[[list[int]], dict[str, Future]] | None = None,
+        fetch: Callable[[list[int]], dict[str, Pending]] | None = None,
         assemble: bool = False,
     ) -> None:
         self.workers = max(1, int(workers))
@@ -235,7 +235,7 @@ class WorkerPool:
         chunk: list[int],
         epoch: int | None,
         slot: int | None = None,
-        fetched: dict[str, Future] | None = None,
+        fetched: dict[str, Pending] | None = None,
         position: int | None = None,
     ) -> _Job:
         if fetched is None and self._fetch is not None:
@@ -262,7 +262,7 @@ class WorkerPool:
         return self._running().submit(_load_chunk_in_process, chunk, where, contents, epoch, position)
 
     def _after_fetch(
-        self, chunk: list[int], slot: int | None, fetched: dict[str, Future], epoch: int | None, position: int | None
+        self, chunk: list[int], slot: int | None, fetched: dict[str, Pending], epoch: int | None, position: int | None
     ) -> Future:
         """A future of the chunk's items, loaded by a worker once every read in `fetched` is done.
 

@@ -25,17 +25,17 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from keras_sepseq import storage
 from keras_sepseq.checks import check_int
-from keras_sepseq.object_client import UseFsspec, s3_reader
+from keras_sepseq.object_client import CurlReader, s3_reader
+from keras_sepseq.object_read import ObjectRead
 
-__all__ = ["Fetcher", "RemoteReading", "wait_all", "when_all"]
+__all__ = ["Fetcher", "Pending", "RemoteReading", "wait_all", "when_all"]
 
 
 class Fetcher:
@@ -64,124 +64,87 @@ class Fetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._rng = random.Random()  # backoff jitter; never the global `random` state
-        self._reading: set[_Retrying] = set()  # reads through a CurlReader not finished yet
+        self._readers: set[CurlReader] = set()  # the libcurl readers given reads: close() cancels those queued
 
-    def fetch(self, urls: list[str]) -> dict[str, Future]:
+    def fetch(self, urls: list[str]) -> dict[str, Pending]:
         """Starts reading `urls`; returns a future of each one's bytes (or of its error).
 
         Args:
             urls: Object URLs; repeated ones are read once.
 
         Returns:
-            `{url: Future}`.
+            `{url: future}` (an `ObjectRead` for S3 read through libcurl,
+            else a `concurrent.futures.Future`).
         """
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.reads_in_flight, thread_name_prefix="keras_sepseq_io")
             executor = self._executor
-        futures: dict[str, Future] = {}
+        futures: dict[str, Pending] = {}
         for url in urls:
             if url not in futures:
                 reader = s3_reader(url, self.options) if storage.protocol(url) in ("s3", "s3a") else None
                 if reader is not None and reader.usable:
                     reader.allow(self.reads_in_flight)
-                    futures[url] = _Retrying(self, reader, url).future
+                    with self._lock:
+                        self._readers.add(reader)
+                    futures[url] = reader.submit(url, owner=self)  # retried and counted by the hooks below
                 else:
                     futures[url] = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
         return futures
-
-    def _read_elsewhere(self, url: str, future: Future) -> None:
-        """Reads `url` on an I/O thread through fsspec (with retries) and finishes `future` with it."""
-        with self._lock:
-            executor = self._executor
-        if executor is None:
-            future.cancel()
-            return
-        inner = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
-        inner.add_done_callback(lambda done: _settle(future, done))
 
     def close(self) -> None:
         """Stops the I/O threads once the reads in flight end; reads not started are cancelled."""
         with self._lock:
             executor, self._executor = self._executor, None
+            readers, self._readers = list(self._readers), set()
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+        for reader in readers:
+            reader.cancel_owned(self)
+
+    # What a CurlReader calls, on its I/O thread, for a read this fetcher owns.
+
+    def _counted(self, read: ObjectRead, size: int, seconds: float) -> None:
+        self.stats.add(requests=1, bytes=size, seconds=seconds)
+
+    def _after_failure(self, read: ObjectRead, error: BaseException, seconds: float) -> float:
+        """The backoff before trying `read` again, or raises the error to end it with (as `read_url` would)."""
+        url = storage.display_url(read.url)
+        delay = storage.after_failure(error, url, read.attempt, storage.ATTEMPTS, seconds, self.stats, self._rng)
+        read.attempt += 1
+        return delay
+
+    def _read_elsewhere(self, read: ObjectRead) -> None:
+        """Reads `read.url` through fsspec on an I/O thread (with retries) and ends `read` with what it gives."""
         with self._lock:
-            reading, self._reading = list(self._reading), set()
-        for read in reading:
-            read.cancel()
-
-
-class _Retrying:
-    """One object read through a `CurlReader`, tried again after transient failures as `read_url` would.
-
-    The tries run on the reader's I/O thread, without a thread waiting per read: a transient failure is
-    queued again with the backoff `storage.after_failure` gives; a store the reader hands to s3fs is read
-    through fsspec on the fetcher's I/O threads.
-    """
-
-    def __init__(self, fetcher: Fetcher, reader: Any, url: str) -> None:
-        self.fetcher, self.reader, self.url = fetcher, reader, url
-        self.future: Future = Future()
-        self.attempt = 0
-        with fetcher._lock:
-            fetcher._reading.add(self)
-        self.future.add_done_callback(lambda _: fetcher._reading.discard(self))
-        self._try(0.0)
-
-    def cancel(self) -> None:
-        """Drops the read if it has not started (the fetcher closed)."""
-        self.future.cancel()
-        self.tried.cancel()
-
-    def _try(self, delay: float) -> None:
-        self.start = time.perf_counter() + delay  # when the reader could not say when the read went out
-        self.tried = self.reader.submit(self.url, delay)
-        self.tried.add_done_callback(self._tried)
-
-    def _tried(self, done: Future) -> None:
-        if self.future.cancelled() or done.cancelled():
-            self.future.cancel()
+            executor = self._executor
+        if executor is None:
+            read._finish(None, OSError(f"cannot read {storage.display_url(read.url)}: the reader was closed"))
             return
-        error = done.exception()
-        stats = self.fetcher.stats
-        seconds = time.perf_counter() - getattr(done, "started", self.start)  # from when the read went out
-        if error is None:
-            data = done.result()
-            stats.add(requests=1, bytes=len(data), seconds=seconds)
-            if self.future.set_running_or_notify_cancel():
-                self.future.set_result(data)
-            return
-        if isinstance(error, UseFsspec):
-            self.fetcher._read_elsewhere(self.url, self.future)
-            return
-        try:
-            delay = storage.after_failure(
-                error, storage.display_url(self.url), self.attempt, storage.ATTEMPTS, seconds, stats, self.fetcher._rng
-            )
-        except OSError as failed:
-            if self.future.set_running_or_notify_cancel():
-                self.future.set_exception(failed)
-            return
-        self.attempt += 1
-        self._try(delay)
+        inner = executor.submit(storage.read_url, read.url, self.options, stats=self.stats, rng=self._rng)
+        inner.add_done_callback(lambda done: read._finish(*_outcome(done)))
 
 
-def _settle(future: Future, done: Future) -> None:
-    """Finishes `future` as `done` finished."""
-    if not future.set_running_or_notify_cancel():
-        return
+def _outcome(done: Future) -> tuple[Any, BaseException | None]:
+    """`(value, None)` or `(None, exception)` of a finished future."""
     if done.cancelled():
-        future.set_exception(OSError("the read was cancelled"))
-        return
+        return None, OSError("the read was cancelled")
     error = done.exception()
-    if error is None:
-        future.set_result(done.result())
-    else:
-        future.set_exception(error)
+    return (None, error) if error is not None else (done.result(), None)
 
 
-def wait_all(futures: Mapping[str, Future]) -> dict[str, Any]:
+class Pending(Protocol):
+    """What the worker pool uses of a read in flight: a `concurrent.futures.Future` or an `ObjectRead`."""
+
+    def result(self, timeout: float | None = None) -> Any: ...
+
+    def add_done_callback(self, fn: Callable[[Any], Any]) -> None: ...
+
+    def cancel(self) -> bool: ...
+
+
+def wait_all(futures: Mapping[str, Pending]) -> dict[str, Any]:
     """Waits for every future; returns `{url: bytes or the exception}` (failures are values, not raised).
 
     Args:
@@ -199,7 +162,7 @@ def wait_all(futures: Mapping[str, Future]) -> dict[str, Any]:
     return contents
 
 
-def when_all(futures: Mapping[str, Future], callback: Callable[[dict[str, Any]], None]) -> None:
+def when_all(futures: Mapping[str, Pending], callback: Callable[[dict[str, Any]], None]) -> None:
     """Calls `callback(contents)` once every future is done (at once if they are), on the thread that finished last.
 
     A future keeps its done-callbacks after running them (`concurrent.futures` never clears the list), so
@@ -217,11 +180,11 @@ def when_all(futures: Mapping[str, Future], callback: Callable[[dict[str, Any]],
         callback({})
         return
     remaining = len(futures)
-    held: Mapping[str, Future] | None = futures
+    held: Mapping[str, Pending] | None = futures
     call: Callable[[dict[str, Any]], None] | None = callback
     lock = threading.Lock()
 
-    def one_done(_: Future) -> None:
+    def one_done(_: Any) -> None:
         nonlocal remaining, held, call
         with lock:
             remaining -= 1
@@ -307,14 +270,14 @@ class RemoteReading:
             self._fetcher = Fetcher(self.reads_in_flight, self.storage_options, self._storage_stats)
         return self._fetcher
 
-    def fetch_samples(self, indices: list[int]) -> dict[str, Future]:
+    def fetch_samples(self, indices: list[int]) -> dict[str, Pending]:
         """Starts reading every object the samples at `indices` need; `{}` for local data.
 
         Args:
             indices: Sample indices.
 
         Returns:
-            `{url: Future}`.
+            `{url: future}`.
         """
         if not self.reads_remote:
             return {}

@@ -55,8 +55,9 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import Mapping
-from concurrent.futures import Future
 from typing import Any
+
+from keras_sepseq.object_read import ObjectRead
 
 __all__ = ["CurlReader", "ObjectStoreError", "UseFsspec", "s3_reader"]
 
@@ -245,8 +246,8 @@ class CurlReader:
         self.in_flight = max(1, int(in_flight))
         self._settings = dict(settings)
         self._lock = threading.Lock()
-        self._queue: collections.deque[tuple[str, Future]] = collections.deque()
-        self._later: list[tuple[float, int, str, Future]] = []  # (when, order, url, future): reads tried later
+        self._queue: collections.deque[ObjectRead] = collections.deque()
+        self._later: list[tuple[float, int, ObjectRead]] = []  # (when, order, read): reads tried again later
         self._order = 0
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -287,36 +288,53 @@ class CurlReader:
         self.allow(BLOCKING_IN_FLIGHT)
         return self.submit(url).result()
 
-    def submit(self, url: str, delay: float = 0.0) -> Future:
-        """Queues a read of `url` (after `delay` seconds); the future holds its bytes or its exception.
+    def submit(self, url: str, owner: Any = None) -> ObjectRead:
+        """Queues a read of `url`; the returned `ObjectRead` holds its bytes or its exception.
 
         Args:
             url: An `s3://` URL of this reader's bucket.
-            delay: Seconds to wait before sending it (a retry's backoff).
+            owner: Who retries and counts the read (a
+                `keras_sepseq.fetching.Fetcher`: its `_counted`,
+                `_after_failure` and `_read_elsewhere`), or `None` for one
+                try whose failure is the read's exception.
 
         Returns:
-            A future; cancelling it before the read starts drops the read.
+            The read; cancelling it before it starts drops it.
         """
-        future: Future = Future()
+        read = ObjectRead(url, owner)
+        self._enqueue(read, 0.0)
+        return read
+
+    def cancel_owned(self, owner: Any) -> None:
+        """Cancels the reads of `owner` that are not on the wire (its sequence closed)."""
+        with self._lock:
+            waiting = [r for r in self._queue if r.owner is owner] + [r for *_, r in self._later if r.owner is owner]
+        for read in waiting:
+            read.cancel()
+
+    def _enqueue(self, read: ObjectRead, delay: float) -> None:
+        wake = refused = False
         with self._lock:
             if not self.usable:
-                future.set_exception(UseFsspec(url))
-                return future
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="keras_sepseq_curl", daemon=True)
-                self._thread.start()
-            if delay > 0:
-                self._order += 1
-                heapq.heappush(self._later, (time.monotonic() + delay, self._order, url, future))
+                refused = True
             else:
-                self._queue.append((url, future))
-            wake, self._waking = not self._waking, True
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="keras_sepseq_curl", daemon=True)
+                    self._thread.start()
+                if delay > 0:
+                    self._order += 1
+                    heapq.heappush(self._later, (time.monotonic() + delay, self._order, read))
+                else:
+                    self._queue.append(read)
+                wake, self._waking = not self._waking, True
+        if refused:
+            self._give_up(read, UseFsspec(read.url))
+            return
         if wake:
             try:
                 os.write(self._wake_w, b"\0")
             except BlockingIOError:
                 pass  # the pipe is full of wake-ups already
-        return future
 
     # The I/O thread: everything below runs on it alone (libcurl's handles are not shared between threads).
 
@@ -352,25 +370,24 @@ class CurlReader:
         multi.setopt(pycurl.M_SOCKETFUNCTION, on_socket)
         multi.setopt(pycurl.M_TIMERFUNCTION, on_timer)
         free: list[Any] = []
-        active: dict[Any, tuple[str, Future, io.BytesIO]] = {}
+        active: dict[Any, tuple[ObjectRead, io.BytesIO]] = {}
         try:
             self._loop(multi, selector, deadline, free, active)
         except BaseException as e:  # noqa: BLE001 (nothing may wait forever: every read goes to s3fs instead)
-            self._stopped(f"{type(e).__name__}: {e}", [future for _, future, _ in active.values()])
+            self._stopped(f"{type(e).__name__}: {e}", [read for read, _ in active.values()])
 
-    def _stopped(self, why: str, active: list[Future]) -> None:
+    def _stopped(self, why: str, active: list[ObjectRead]) -> None:
         """The I/O thread failed: every read in flight or queued, and every later one, goes to s3fs."""
         with self._lock:
             self.usable = False
         warnings.warn(f"keras_sepseq: the libcurl reader of s3://{self.bucket} stopped ({why}); "
                       "reading through s3fs from now on.", stacklevel=2)  # fmt: skip
         with self._lock:
-            waiting = [f for _, f in self._queue] + [f for *_, f in self._later]
+            waiting = list(self._queue) + [r for *_, r in self._later]
             self._queue.clear()
             self._later.clear()
-        for future in active + waiting:
-            if future.running() or future.set_running_or_notify_cancel():
-                future.set_exception(UseFsspec(why))
+        for read in active + waiting:
+            self._give_up(read, UseFsspec(why))
 
     def _loop(self, multi: Any, selector: Any, deadline: list, free: list, active: dict) -> None:
         pycurl = _pycurl()
@@ -411,23 +428,23 @@ class CurlReader:
         while len(active) < self.in_flight:
             with self._lock:
                 if self._later and self._later[0][0] <= now:
-                    _, _, url, future = heapq.heappop(self._later)
+                    read = heapq.heappop(self._later)[2]
                 elif self._queue:
-                    url, future = self._queue.popleft()
+                    read = self._queue.popleft()
                 else:
                     return
-            if not future.set_running_or_notify_cancel():
+            if not read._begin():
                 continue  # cancelled while it waited: the sequence closed
             if not self.usable:
-                future.set_exception(UseFsspec(url))
+                self._give_up(read, UseFsspec(read.url))
                 continue
-            future.started = time.perf_counter()  # type: ignore[attr-defined]
+            read.started = time.perf_counter()
             handle = free.pop() if free else self._new_handle()
             buffer = io.BytesIO()
-            path = url.partition("://")[2].split("/", 1)
+            path = read.url.partition("://")[2].split("/", 1)
             handle.setopt(handle.URL, _object_url(self._settings, self.bucket, path[1] if len(path) > 1 else ""))
             handle.setopt(handle.WRITEDATA, buffer)
-            active[handle] = (url, future, buffer)
+            active[handle] = (read, buffer)
             multi.add_handle(handle)
 
     def _new_handle(self) -> Any:
@@ -452,35 +469,62 @@ class CurlReader:
         return handle
 
     def _finish(self, multi: Any, free: list[Any], active: dict) -> None:
-        """Finishes the futures of reads libcurl is done with."""
+        """Ends the reads libcurl is done with: their bytes, a retry, or their exception."""
         while True:
             queued, done, failed = multi.info_read()
             for handle in done:
-                url, future, buffer = active.pop(handle)
+                read, buffer = active.pop(handle)
                 multi.remove_handle(handle)
                 status = int(handle.getinfo(handle.RESPONSE_CODE))
                 free.append(handle)
                 if status == 200:
-                    future.set_result(buffer.getvalue())
+                    self._complete(read, buffer.getvalue(), None)
                 else:
-                    self._fail(future, _answer_error(status, buffer.getvalue(), url))
+                    self._complete(read, None, _answer_error(status, buffer.getvalue(), read.url))
             for handle, code, message in failed:
-                url, future, _ = active.pop(handle)
+                read, _ = active.pop(handle)
                 multi.remove_handle(handle)
                 free.append(handle)
-                self._fail(future, _connection_error(int(code), str(message), url))
+                self._complete(read, None, _connection_error(int(code), str(message), read.url))
             if not queued:
                 return
 
-    def _fail(self, future: Future, error: Exception) -> None:
-        if isinstance(error, UseFsspec) and self.usable:
-            self.usable = False
+    def _complete(self, read: ObjectRead, data: bytes | None, error: Exception | None) -> None:
+        """A try of `read` ended: counted and finished, queued again after a backoff, or handed to s3fs."""
+        owner, seconds = read.owner, time.perf_counter() - read.started
+        if error is None:
+            if owner is not None:
+                owner._counted(read, len(data or b""), seconds)
+            read._finish(data, None)
+        elif isinstance(error, UseFsspec):
+            self._give_up(read, error)
+        elif owner is None:
+            read._finish(None, error)
+        else:
+            try:
+                delay = owner._after_failure(read, error, seconds)
+            except OSError as final:
+                read._finish(None, final)
+            else:
+                read._again()
+                self._enqueue(read, delay)
+
+    def _give_up(self, read: ObjectRead, error: UseFsspec) -> None:
+        """This store is s3fs's from now on (one warning); an owned read is read through it, else fails so."""
+        warn = False
+        with self._lock:
+            if self.usable:
+                self.usable, warn = False, True
+        if warn:
             warnings.warn(
                 f"keras_sepseq: libcurl could not read s3://{self.bucket} ({error}); reading it through s3fs "
                 "from now on.",
                 stacklevel=2,
             )
-        future.set_exception(error)
+        if read.owner is not None:
+            read.owner._read_elsewhere(read)
+        else:
+            read._finish(None, error)
 
 
 def _ca_bundle() -> str | None:
