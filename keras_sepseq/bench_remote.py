@@ -170,14 +170,16 @@ def run_remote(
             }
             log(f"listing {list_keys:,} keys: {listing['requests']} requests for {listing['pages']} pages of 1,000 "
                 f"({time.perf_counter() - start:.1f} s with filling the bucket)")  # fmt: skip
-    remote, local, instant = (
-        runs[f"s3, {workers} workers"],
-        runs["local disk"],
-        runs[f"s3, {workers} workers, no latency"],
-    )
+    # Medians over the rounds: the first of each kind also pays for warming up (tracing, connections).
+    suffixes = [""] + [f" (round {k + 1})" for k in range(1, max(1, rounds))]
+    remote = {key: float(np.median([runs[f"s3, {workers} workers{s}"][key] for s in suffixes]))
+              for key in ("cpu_ms_per_sample", "server_cpu_ms_per_request", "requests")}  # fmt: skip
+    local = {"cpu_ms_per_sample": float(np.median([runs[f"local disk{s}"]["cpu_ms_per_sample"] for s in suffixes]))}
+    remote_rate = float(np.median([runs[f"s3, {workers} workers{s}"]["rates"][0] for s in suffixes]))
+    instant = runs[f"s3, {workers} workers, no latency"]
     ratios = {
         "first_epoch_s3_vs_local": float(np.median(first_epochs)),
-        "first_epoch_with_latency_vs_without": remote["rates"][0] / instant["rates"][0],
+        "first_epoch_with_latency_vs_without": remote_rate / instant["rates"][0],
         "cached_later_epochs_s3_vs_local": float(
             np.median(cached["rates"][1:]) / np.median(runs["local disk, cache=<dir>"]["rates"][1:])
         ),
@@ -194,8 +196,8 @@ def run_remote(
         log(f"{key.replace('_', ' ')}: {value:.2f}x")
         if key == "first_epoch_s3_vs_local" and len(first_epochs) > 1:
             log(f"  (median of {len(first_epochs)} rounds: {', '.join(f'{r:.2f}x' for r in first_epochs)})")
-    log(f"CPU per sample: local {cpu['local_ms_per_sample']:.2f} ms; s3 {cpu['s3_client_ms_per_sample']:.2f} ms here "
-        f"+ {per_sample_server:.2f} ms in the loopback server; with the server elsewhere, the first epoch could "
+    log(f"CPU per sample (medians of the rounds): local {cpu['local_ms_per_sample']:.2f} ms; "
+        f"s3 {cpu['s3_client_ms_per_sample']:.2f} ms here + {per_sample_server:.2f} ms in the loopback server; with the server elsewhere, the first epoch could "
         f"reach {cpu['client_bound_ratio']:.2f}x of local disk (CPU-bound, latency hidden)")  # fmt: skip
     log(f"requests in the cached s3 run: {cached['requests']:,} over {epochs} epochs "
         f"({cached['requests'] - len(paths):,} after the first, which read each of the {len(paths):,} objects once)")  # fmt: skip
