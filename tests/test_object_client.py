@@ -304,14 +304,15 @@ def test_a_store_libcurl_cannot_read_goes_to_s3fs_for_good_with_one_warning(s3, 
 def test_a_reader_whose_thread_fails_hands_every_read_to_s3fs(s3, monkeypatch):
     options = {**s3.storage_options, "key": "third-key"}
 
-    def broken(self, *args):
+    def broken(*args):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(CurlReader, "_start", broken)
     reader = s3_reader("s3://things/k/1.bin", options)
+    assert reader is not None
+    monkeypatch.setattr(reader, "_start", broken)  # this reader only: other readers' threads still run
     with pytest.warns(UserWarning, match=r"the libcurl reader of s3://things stopped \(RuntimeError: injected\)"):
         assert storage.read_url("s3://things/k/1.bin", options) == b"\x01\x01"
-    assert reader is not None and not reader.usable
+    assert not reader.usable
     assert storage.read_url("s3://things/k/3.bin", options) == b"\x03" * 4
 
 
