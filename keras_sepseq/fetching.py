@@ -9,6 +9,13 @@ at once, across all queued chunks), and the chunk goes to a decoding
 worker only once its bytes are in. Process workers receive the bytes with
 the chunk, so they never hold credentials or open a connection.
 
+S3 objects that libcurl can read go to the process's `CurlReader`
+(`keras_sepseq.object_client`): one I/O thread for every read in flight,
+each an `ObjectRead`, which the reader tries again after transient
+failures through this fetcher's hooks (the same backoff and counts as
+`storage.read_url`). Everything else is read on a pool of I/O threads, one
+`read_url` per object.
+
 `RemoteReading` gives every sequence the options (`storage_options`,
 `reads_in_flight`), the per-sample list of URLs and the statistics.
 
@@ -39,7 +46,7 @@ __all__ = ["Fetcher", "Pending", "RemoteReading", "wait_all", "when_all"]
 
 
 class Fetcher:
-    """Reads objects on a pool of I/O threads, up to `reads_in_flight` at once, with retries and stats.
+    """Reads objects, up to `reads_in_flight` at once, with retries and stats: through libcurl or on I/O threads.
 
     Args:
         reads_in_flight: Reads in flight at most.
@@ -135,7 +142,13 @@ def _outcome(done: Future) -> tuple[Any, BaseException | None]:
 
 
 class Pending(Protocol):
-    """What the worker pool uses of a read in flight: a `concurrent.futures.Future` or an `ObjectRead`."""
+    """What the worker pool uses of a read in flight: a `concurrent.futures.Future` or an `ObjectRead`.
+
+    Example:
+
+    >>> def size(read: Pending) -> int:
+    ...     return len(read.result())
+    """
 
     def result(self, timeout: float | None = None) -> Any: ...
 

@@ -348,19 +348,28 @@ class CurlReader:
         watched: dict[int, int] = {}
 
         def on_socket(event: int, fd: int, _multi: Any, _data: Any) -> None:
-            if event == pycurl.POLL_REMOVE:
+            mask = (selectors.EVENT_READ if event & pycurl.POLL_IN else 0) | (
+                selectors.EVENT_WRITE if event & pycurl.POLL_OUT else 0
+            )
+            if event == pycurl.POLL_REMOVE or not mask:  # not watched (POLL_NONE: libcurl waits for nothing yet)
                 if watched.pop(fd, None) is not None:
                     try:
                         selector.unregister(fd)
                     except (KeyError, ValueError, OSError):
                         pass
                 return
-            mask = (selectors.EVENT_READ if event & pycurl.POLL_IN else 0) | (
-                selectors.EVENT_WRITE if event & pycurl.POLL_OUT else 0
-            )
-            if fd in watched:
-                selector.modify(fd, mask)
-            else:
+            if watched.get(fd) == mask:
+                return
+            try:
+                if fd in watched:
+                    selector.modify(fd, mask)
+                else:
+                    selector.register(fd, mask)
+            except (KeyError, ValueError, OSError):  # a number closed and reused unseen: watch it afresh
+                try:
+                    selector.unregister(fd)
+                except (KeyError, ValueError, OSError):
+                    pass
                 selector.register(fd, mask)
             watched[fd] = mask
 

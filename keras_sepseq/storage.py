@@ -40,12 +40,12 @@ from keras_sepseq.object_client import UseFsspec, s3_reader
 
 __all__ = [
     "StorageStats",
+    "after_failure",
     "display_url",
     "filesystem",
     "has_supply",
     "is_transient",
     "is_url",
-    "after_failure",
     "named_error",
     "open_file",
     "protocol",
