@@ -77,6 +77,8 @@ _CONNECTION_ERRORS = {5, 6, 7, 18, 28, 35, 52, 55, 56}
 """libcurl's codes for a connection that failed, dropped or stalled: proxy/host not resolved, connect
 failed, partial body, timeout, TLS handshake, empty reply, send and receive errors."""
 
+_USER_AGENT = "keras-sepseq (libcurl)"
+
 _DNS_SAFE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
@@ -461,6 +463,7 @@ class CurlReader:
 
         handle = pycurl.Curl()
         handle.setopt(pycurl.NOSIGNAL, 1)
+        handle.setopt(pycurl.USERAGENT, _USER_AGENT)  # pycurl's own names every library it links: 150 bytes
         handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         handle.setopt(pycurl.CONNECTTIMEOUT, CONNECT_TIMEOUT)
         handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
