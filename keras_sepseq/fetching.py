@@ -71,7 +71,7 @@ class Fetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._rng = random.Random()  # backoff jitter; never the global `random` state
-        self._readers: set[CurlReader] = set()  # the libcurl readers given reads: close() cancels those queued
+        self._readers: dict[str, CurlReader | None] = {}  # by bucket, as given reads: close() cancels those queued
 
     def fetch(self, urls: list[str]) -> dict[str, Pending]:
         """Starts reading `urls`; returns a future of each one's bytes (or of its error).
@@ -90,21 +90,33 @@ class Fetcher:
         futures: dict[str, Pending] = {}
         for url in urls:
             if url not in futures:
-                reader = s3_reader(url, self.options) if storage.protocol(url) in ("s3", "s3a") else None
+                reader = self._curl_reader(url)
                 if reader is not None and reader.usable:
-                    reader.allow(self.reads_in_flight)
-                    with self._lock:
-                        self._readers.add(reader)
                     futures[url] = reader.submit(url, owner=self)  # retried and counted by the hooks below
                 else:
                     futures[url] = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
         return futures
 
+    def _curl_reader(self, url: str) -> CurlReader | None:
+        """The libcurl reader of `url`'s bucket, or `None`: looked up once per bucket, not per object."""
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("s3", "s3a"):
+            return None
+        bucket = rest.split("/", 1)[0]
+        if bucket not in self._readers:
+            reader = s3_reader(url, self.options)
+            if reader is not None:
+                reader.allow(self.reads_in_flight)
+            with self._lock:
+                self._readers[bucket] = reader
+        return self._readers[bucket]
+
     def close(self) -> None:
         """Stops the I/O threads once the reads in flight end; reads not started are cancelled."""
         with self._lock:
             executor, self._executor = self._executor, None
-            readers, self._readers = list(self._readers), set()
+            readers = [r for r in self._readers.values() if r is not None]
+            self._readers = {}
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
         for reader in readers:

@@ -232,8 +232,7 @@ class _Proxy:
         self.rng = random.Random(seed)
         self.denied: tuple[str, ...] = ()
         self.counts: Counter = Counter()
-        self.answers: dict[str, tuple[int, dict[str, str], bytes]] = {}  # object reads moto answered, by path
-        self.wire: dict[str, bytes] = {}  # the same answers as sent (headers and body), for GETs of them
+        self.wire: dict[str, bytes] = {}  # object reads moto answered, by path, as sent (headers and body)
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -313,21 +312,15 @@ class _Proxy:
         else:
             cacheable = kind == "get" and "range" not in request.headers
             wire = self.wire.get(request.path) if cacheable else None
-            if wire is not None:  # built once: an object of 80 KB costs a copy and a format less per read
-                writer.write(wire)
-                await writer.drain()
-                return True
-            kept = self.answers.get(request.path) if cacheable else None
-            if kept is None:
+            if wire is None:
                 if not cacheable and kind != "head":  # a write or a listing: forget what was read
-                    self.answers.clear()
                     self.wire.clear()
-                loop = asyncio.get_running_loop()
-                kept = await loop.run_in_executor(None, self._upstream, request)
+                kept = await asyncio.get_running_loop().run_in_executor(None, self._upstream, request)
+                wire = _answer_bytes(*kept, head=head)  # built once: a kept read costs no copy or format
                 if cacheable and kept[0] == 200:
-                    self.answers[request.path] = kept
-                    self.wire[request.path] = _answer_bytes(*kept)
-            await _answer(writer, *kept, head=head)
+                    self.wire[request.path] = wire
+            writer.write(wire)
+            await writer.drain()
         return True
 
     def _upstream(self, request: _Request) -> tuple[int, dict[str, str], bytes]:
@@ -358,11 +351,9 @@ class _Proxy:
             if request.get("deny") is not None:
                 self.denied = tuple(f"/{prefix}" for prefix in request["deny"])
         elif what == "fill":  # many tiny keys at once, written into moto's store in this process
-            self.answers.clear()
             self.wire.clear()
             await asyncio.get_running_loop().run_in_executor(None, _fill, request)
         elif what == "bucket":
-            self.answers.clear()
             self.wire.clear()
             bucket = _Request("PUT", f"/{request['name']}", [], b"")
             status, _, _ = await asyncio.get_running_loop().run_in_executor(None, self._upstream, bucket)
