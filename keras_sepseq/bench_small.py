@@ -4,7 +4,8 @@ Three measurements, all in one run so that their ratios compare:
 
 1. Loaders alone (no model), iterating `seq[i]` for four epochs; the third
    and fourth (in which the load tuner keeps its settings) are reported,
-   as the median over interleaved rounds of all settings: 8x8 PNGs with scalar `.npy` labels (`SeparatedSequence`)
+   as the median over interleaved rounds of all settings (each ratio the median of the rounds' own ratios,
+   `paired_ratio`): 8x8 PNGs with scalar `.npy` labels (`SeparatedSequence`)
    and short `.npy` sequences (`PaddedSequence`), with `workers=1`, two
    threads and two processes, and `tf.data` (`read_file` + `decode_png`,
    `AUTOTUNE`, labels in memory) on the same PNGs; and the photos
@@ -363,6 +364,30 @@ def run_small(
     return {"samples": samples, "workers": workers, "loaders": loaders, "engine": engine, "gil": gil, "tuning": tuning}
 
 
+def paired_ratio(rates: list[float], base: list[float]) -> float:
+    """The median over rounds of `rates[k] / base[k]`: each setting against the other measured in the same round.
+
+    A round runs every setting one after the other within a few seconds; the
+    machine's speed drifts by 10-20% between rounds (other tenants), so a
+    ratio of the two medians mixes rounds, while each round's own ratio does
+    not (the same code path measured twice was 0.88x-1.17x itself by the
+    former, in three rounds).
+
+    Args:
+        rates: One rate per round.
+        base: The rate it is compared with, one per round.
+
+    Returns:
+        The median of the per-round ratios.
+
+    Example:
+
+    >>> paired_ratio([110.0, 90.0, 105.0], [100.0, 90.0, 100.0])
+    1.05
+    """
+    return float(np.median([a / b for a, b in zip(rates, base)]))
+
+
 def format_small(report: dict[str, Any]) -> str:
     """The report of `run_small` as text: rates, ratios, engine cost, GIL ceilings and what they mean.
 
@@ -376,16 +401,14 @@ def format_small(report: dict[str, Any]) -> str:
     rounds = len(next(iter(report["loaders"].values()))["workers=1"])
     lines = [
         f"loaders alone ({report['samples']} small samples of each kind, batch 64; the photos, batch 32; no model; "
-        f"epochs 3 and 4 of 4, "
-        f"median of {rounds} interleaved rounds):"
+        f"epochs 3 and 4 of 4; rates: median of {rounds} interleaved rounds; ratios: median of the rounds' ratios):"
     ]
     for workload, rates in report["loaders"].items():
         median = {name: float(np.median(values)) for name, values in rates.items()}
-        base = median["workers=1"]
         for name, value in median.items():
-            ratio = f"{value / base:5.2f}x workers=1"
+            ratio = f"{paired_ratio(rates[name], rates['workers=1']):5.2f}x workers=1"
             if "tf.data" in median and name != "tf.data":
-                ratio += f", {value / median['tf.data']:5.2f}x tf.data"
+                ratio += f", {paired_ratio(rates[name], rates['tf.data']):5.2f}x tf.data"
             spread = f"(rounds {min(rates[name]):,.0f}-{max(rates[name]):,.0f})"
             lines.append(f"  {workload:16s} {name:12s} {value:>10,.0f} samples/s  {ratio}  {spread}")
     lines.append("engine's own cost (the loader returns a prepared array; CPU per sample):")

@@ -334,7 +334,7 @@ def _bench_small(args: argparse.Namespace) -> int:
           f"resized to {size[0]}x{size[1]}; {args.workers} workers, {os.cpu_count()} cores")  # fmt: skip
     report = bench_small.run_small(
         os.path.join(root, "small"), photos[:200], size, samples=samples, workers=args.workers,
-        seconds=0.3 if args.quick else 2.0, rounds=1 if args.quick else 3,
+        seconds=0.3 if args.quick else 2.0, rounds=1 if args.quick else max(5, args.repeats),
     )  # fmt: skip
     print(bench_small.format_small(report))
     if args.json:

@@ -17,12 +17,13 @@ to know:
   (the time between batches handed over, so the caller's own work and
   whatever the threads cost it are counted) with all threads loading, then with half as many, down to one
   thread and then none (the calling thread loads, with no hand-over at
-  all), and keeps the fastest; it measures again at the start of every
-  epoch (the page cache, a directory cache or the data itself can change
-  the answer), and measures the chosen setting once more right after (a
-  pause of the machine during one measurement can make it choose wrong; if
-  the choice then lags another setting's rate, the settings are compared
-  again, once per epoch at most). Process workers share no GIL: a process pool is only
+  all), and keeps the fastest; it measures again at the start of epochs
+  1, 4, 16, 64... (the page cache, a directory cache or the data itself
+  can change the answer), and measures the chosen setting once more right
+  after (a pause or a burst of the machine during one measurement can make
+  it choose wrong): if the choice then lags another setting's rate by 20%,
+  the settings are compared again, once per epoch at most; by 5%, the
+  tuner moves to that setting and measures it in turn. Process workers share no GIL: a process pool is only
   compared with the calling process loading alone. Samples that take a
   worker a quarter of a millisecond or more are not compared at all
   (`COMPARE_BELOW`): every worker loads them, since the comparison would
@@ -63,7 +64,11 @@ RETUNE_AT = frozenset(4**k for k in range(16)) | {0}
 """The epochs (counted from 0) at whose start the settings are compared again."""
 
 GIVE_UP_BELOW = 0.8
-"""Halving stops once a limit delivers less than this share of the best rate measured (above one thread)."""
+"""Halving stops once a limit delivers less than this share of the best rate measured (above one thread); a
+settled choice measured again below this share of another setting's rate starts a new comparison."""
+
+SWITCHES = 2
+"""Times a settled choice may move to another setting measured faster, after one comparison (see `_check`)."""
 
 FALLS_AT_ONCE = 4
 """A chunk this many times cheaper per sample than the smoothed cost replaces it instead of being averaged in.
@@ -123,6 +128,7 @@ class LoadTuner:
         self.compare = bool(compare)
         self._tuning = self.compare and (self.workers > 1 or not self.threads)
         self._watching = False  # measuring the setting a comparison just settled on
+        self._switches = 0  # moves to another setting since the last comparison (see `_check`)
         self._rechecked = -2  # the epoch of the last comparison started again by the check
         self.epochs = -1  # the epochs started so far, minus one
         self.queue = max(0, int(queue))
@@ -249,26 +255,38 @@ class LoadTuner:
 
     def _start_comparison(self) -> None:
         """Called with the condition held: every worker loads again, and each setting is measured anew."""
-        self._tuning, self._watching = True, False
+        self._tuning, self._watching, self._switches = True, False, 0
         self.capacity = {}
         self.cheapest_seconds = None  # the samples from now on decide whether to compare (a cold disk's may not)
         self._set_limit(self.workers)
 
     def _check(self, rate: float) -> None:
-        """Called with the condition held, once the settled setting was measured again: compares again if it lags.
+        """Called with the condition held, once the settled setting was measured again: keeps it, or moves on.
 
         A comparison measures each setting over a few dozen milliseconds: a pause of the machine in one of
         them can make it choose a setting 2.5x slower than the best (seen once in three `bench --small`
-        rounds). The choice is measured for one more probe (`PROBE_CHUNKS`, `PROBE_SECONDS`); if it delivers
-        less than `GIVE_UP_BELOW` times the best rate measured for another setting, the settings are compared
-        again, once per epoch at most.
+        rounds), and a burst in another can make a setting look 9% faster than it is (one thread for short
+        sequences, which then ran 0.7x the calling thread's rate for twelve epochs). The choice is measured
+        for one more probe (`PROBE_CHUNKS`, `PROBE_SECONDS`), and that rate replaces its first one:
+
+        - below `GIVE_UP_BELOW` times the best rate measured for another setting, every setting is compared
+          again (once per epoch at most): the other measurements may be as wrong;
+        - else, below the best other rate divided by `BETTER_BY`, the tuner moves to that setting and
+          measures it once more in turn (`SWITCHES` moves per comparison at most, then it stays);
+        - else the choice stands, and is no longer watched.
         """
-        self._watching = False
         self._probe = [0.0, 0.0, 0]
-        others = [measured for limit, measured in self.capacity.items() if limit != self.limit]
-        if others and rate < GIVE_UP_BELOW * max(others) and self._rechecked != self.epochs:
+        self.capacity[self.limit] = rate
+        others = {limit: measured for limit, measured in self.capacity.items() if limit != self.limit}
+        best = max(others, key=others.__getitem__) if others else None
+        if best is not None and rate < GIVE_UP_BELOW * others[best] and self._rechecked != self.epochs:
             self._rechecked = self.epochs
             self._start_comparison()
+        elif best is not None and rate * BETTER_BY < others[best] and self._switches < SWITCHES:
+            self._switches += 1
+            self._set_limit(best)  # still watching: the new choice is measured once more too
+        else:
+            self._watching = False
 
     def _compare(self, rate: float) -> None:
         """Called with the condition held, once `limit` was measured: halves it, or settles on the best.

@@ -319,3 +319,18 @@ def test_bench_small_report_states_the_gil_ceiling_or_that_none_was_seen(gil, ex
     for line in expected:
         assert line in text
     assert "1,000,000,000" not in text and "inf" not in text
+
+
+def test_bench_small_ratios_are_the_median_of_each_rounds_own_ratio():
+    from keras_sepseq.bench_small import format_small
+
+    report = {
+        "samples": 600,
+        "workers": 2,
+        # Round by round 1.05x, 0.95x and 0.625x; the ratio of the medians (105 / 160) would say 0.66x.
+        "loaders": {"small PNGs": {"workers=1": [100.0, 200.0, 160.0], "2 threads": [105.0, 190.0, 100.0]}},
+        "engine": {},
+        "gil": {},
+    }
+    line = next(line for line in format_small(report).splitlines() if "2 threads" in line)
+    assert " 0.95x workers=1" in line and "(rounds 100-190)" in line and "      105 samples/s" in line
