@@ -2,8 +2,9 @@
 
 Three measurements, all in one run so that their ratios compare:
 
-1. Loaders alone (no model), iterating `seq[i]` for four epochs; the third
-   and fourth (in which the load tuner keeps its settings) are reported,
+1. Loaders alone (no model), iterating `seq[i]` for nine epochs; the median
+   of the five in which the load tuner keeps its settings is reported
+   (`STEADY_EPOCHS`),
    as the median over interleaved rounds of all settings (each ratio the median of the rounds' own ratios,
    `paired_ratio`): 8x8 PNGs with scalar `.npy` labels (`SeparatedSequence`)
    and short `.npy` sequences (`PaddedSequence`), with `workers=1`, two
@@ -35,6 +36,14 @@ import numpy as np
 from keras_sepseq.memory import _children
 
 _FORMAT = 1
+
+EPOCHS = 9
+"""Epochs each loader runs in `run_small`."""
+
+STEADY_EPOCHS = (2, 3, 6, 7, 8)
+"""The epochs (from 0) whose median is a run's steady rate: not those in which the load tuner compares settings
+(0, 1 and 4: `tuning.RETUNE_AT`), nor the one after epoch 4, in which it may still measure its choice again.
+Five epochs of ~0.12 s rather than two: this machine's speed varies by 10-15% at that scale."""
 
 
 def make_small_dataset(directory: str, *, samples: int = 6000, seed: int = 0) -> dict[str, list[str]]:
@@ -304,7 +313,7 @@ def run_small(
     Returns:
         `{"loaders": {workload: {setting: [steady rate per round]}}, "engine": {setting: costs}, "gil": {...},
         "tuning": {workload: {setting: [per round, per epoch: the tuner's limit and capacity, or None]}}}`;
-        a round's steady rate is the median of its third and fourth epochs.
+        a round's steady rate is the median of its epochs `STEADY_EPOCHS` (of `EPOCHS`).
 
     Example:
 
@@ -325,7 +334,7 @@ def run_small(
     photo_labels = np.zeros(len(photos), np.int64)
 
     def steady(rates: list[float]) -> float:
-        return float(np.median(rates[2:]))
+        return float(np.median([rates[e] for e in STEADY_EPOCHS]))
 
     tuning: dict[str, dict[str, list[list]]] = {}
 
@@ -335,23 +344,29 @@ def run_small(
         rounds.append([])
         return rounds[-1]
 
-    for _ in range(max(1, rounds)):
-        for name, (count, processes) in settings.items():
+    for round_ in range(max(1, rounds)):
+        # Every other round in reverse order, so that a machine slowing down (or speeding up) over a round, or
+        # what the run before leaves behind, does not favour the settings that run first.
+        for name, (count, processes) in list(settings.items())[:: -1 if round_ % 2 else 1]:
             png = SeparatedSequence(files["images"], files["labels"], 64, image_size=(8, 8), seed=0, workers=count,
                                     use_multiprocessing=processes)  # fmt: skip
             loaders["small PNGs"].setdefault(name, []).append(
-                steady(epoch_rates(png, tuning=decided(name, "small PNGs")))
+                steady(epoch_rates(png, EPOCHS, tuning=decided(name, "small PNGs")))
             )
             sequences = PaddedSequence(
                 files["sequences"], labels, 64, seed=0, workers=count, use_multiprocessing=processes
             )
             loaders["short sequences"].setdefault(name, []).append(
-                steady(epoch_rates(sequences, tuning=decided(name, "short sequences")))
+                steady(epoch_rates(sequences, EPOCHS, tuning=decided(name, "short sequences")))
             )
             pictures = SeparatedSequence(photos, photo_labels, 32, image_size=image_size, seed=0, workers=count,
                                          use_multiprocessing=processes)  # fmt: skip
-            loaders["photos"].setdefault(name, []).append(steady(epoch_rates(pictures, tuning=decided(name, "photos"))))
-        loaders["small PNGs"].setdefault("tf.data", []).append(steady(tf_png_rates(files["images"], labels, 64)))
+            loaders["photos"].setdefault(name, []).append(
+                steady(epoch_rates(pictures, EPOCHS, tuning=decided(name, "photos")))
+            )
+        loaders["small PNGs"].setdefault("tf.data", []).append(
+            steady(tf_png_rates(files["images"], labels, 64, EPOCHS))
+        )
     engine = {
         name: engine_cost(count, processes, samples=samples * 10) for name, (count, processes) in settings.items()
     }
@@ -401,7 +416,8 @@ def format_small(report: dict[str, Any]) -> str:
     rounds = len(next(iter(report["loaders"].values()))["workers=1"])
     lines = [
         f"loaders alone ({report['samples']} small samples of each kind, batch 64; the photos, batch 32; no model; "
-        f"epochs 3 and 4 of 4; rates: median of {rounds} interleaved rounds; ratios: median of the rounds' ratios):"
+        f"epochs {', '.join(str(e + 1) for e in STEADY_EPOCHS)} of {EPOCHS}; rates: median of {rounds} interleaved "
+        "rounds; ratios: median of the rounds' ratios):"
     ]
     for workload, rates in report["loaders"].items():
         median = {name: float(np.median(values)) for name, values in rates.items()}

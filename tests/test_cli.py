@@ -92,6 +92,8 @@ def test_module_runs_as_a_program():
 
 
 def test_bench_small_quick_smoke_run(tmp_path, capsys):
+    from keras_sepseq import bench_small
+
     report_path = tmp_path / "small.json"
     code = main(["bench", "--small", "--quick", "--synthetic", str(tmp_path / "data"), "--json", str(report_path)])
     out = capsys.readouterr().out
@@ -109,10 +111,10 @@ def test_bench_small_quick_smoke_run(tmp_path, capsys):
     assert 0 <= report["gil"]["small PNGs"]["gil_s"] <= report["gil"]["small PNGs"]["alone_s"] + 1e-12
     assert "engine's own cost" in out and "on 16 cores" in out and "x tf.data" in out and "median of 1" in out
     decisions = report["tuning"]["small PNGs"]
-    assert decisions["workers=1"] == [[None] * 4]  # no pool: the calling thread loads
+    assert decisions["workers=1"] == [[None] * bench_small.EPOCHS]  # no pool: the calling thread loads
     for setting in ("2 threads", "2 processes"):
         (epochs,) = decisions[setting]
-        assert len(epochs) == 4 and all(e["limit"] in (0, 1, 2) for e in epochs)
+        assert len(epochs) == bench_small.EPOCHS and all(e["limit"] in (0, 1, 2) for e in epochs)
     assert len(list((tmp_path / "data" / "small").glob("img_*.png"))) == 600
 
 
