@@ -45,9 +45,10 @@ from __future__ import annotations
 import collections
 import heapq
 import io
+import math
 import os
 import re
-import selectors
+import select
 import ssl
 import sys
 import threading
@@ -344,19 +345,18 @@ class CurlReader:
         pycurl = _pycurl()
 
         multi = pycurl.CurlMulti()
-        selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ)
-        deadline: list[float | None] = [None]
+        # epoll (Linux) or poll, directly: the selectors module's keys cost a few microseconds per event and per
+        # (un)registration, and libcurl registers a connection's socket afresh for every transfer.
+        poller = select.epoll() if hasattr(select, "epoll") else select.poll()
+        poller.register(self._wake_r, select.POLLIN)
         watched: dict[int, int] = {}
 
         def on_socket(event: int, fd: int, _multi: Any, _data: Any) -> None:
-            mask = (selectors.EVENT_READ if event & pycurl.POLL_IN else 0) | (
-                selectors.EVENT_WRITE if event & pycurl.POLL_OUT else 0
-            )
+            mask = (select.POLLIN if event & pycurl.POLL_IN else 0) | (select.POLLOUT if event & pycurl.POLL_OUT else 0)
             if event == pycurl.POLL_REMOVE or not mask:  # not watched (POLL_NONE: libcurl waits for nothing yet)
                 if watched.pop(fd, None) is not None:
                     try:
-                        selector.unregister(fd)
+                        poller.unregister(fd)
                     except (KeyError, ValueError, OSError):
                         pass
                 return
@@ -364,26 +364,24 @@ class CurlReader:
                 return
             try:
                 if fd in watched:
-                    selector.modify(fd, mask)
+                    poller.modify(fd, mask)
                 else:
-                    selector.register(fd, mask)
+                    poller.register(fd, mask)
             except (KeyError, ValueError, OSError):  # a number closed and reused unseen: watch it afresh
                 try:
-                    selector.unregister(fd)
+                    poller.unregister(fd)
                 except (KeyError, ValueError, OSError):
                     pass
-                selector.register(fd, mask)
+                poller.register(fd, mask)
             watched[fd] = mask
 
-        def on_timer(milliseconds: int) -> None:
-            deadline[0] = None if milliseconds < 0 else time.monotonic() + milliseconds / 1000
-
+        # No timer callback: the loop asks libcurl for its next deadline (`multi.timeout()`) once per turn,
+        # instead of libcurl calling into Python (and taking the GIL) about twice per read to move it.
         multi.setopt(pycurl.M_SOCKETFUNCTION, on_socket)
-        multi.setopt(pycurl.M_TIMERFUNCTION, on_timer)
         free: list[Any] = []
         active: dict[Any, tuple[ObjectRead, io.BytesIO]] = {}
         try:
-            self._loop(multi, selector, deadline, free, active)
+            self._loop(multi, poller, free, active)
         except BaseException as e:  # noqa: BLE001 (nothing may wait forever: every read goes to s3fs instead)
             self._stopped(f"{type(e).__name__}: {e}", [read for read, _ in active.values()])
 
@@ -400,26 +398,28 @@ class CurlReader:
         for read in active + waiting:
             self._give_up(read, UseFsspec(why))
 
-    def _loop(self, multi: Any, selector: Any, deadline: list, free: list, active: dict) -> None:
+    def _loop(self, multi: Any, poller: Any, free: list, active: dict) -> None:
         pycurl = _pycurl()
+        wake, seconds = self._wake_r, isinstance(poller, getattr(select, "epoll", ()))  # epoll waits in seconds
+        readable, writable = select.POLLIN | select.POLLERR | select.POLLHUP, select.POLLOUT | select.POLLERR
+        socket_in, socket_out, socket_action = pycurl.CSELECT_IN, pycurl.CSELECT_OUT, multi.socket_action
 
         while True:
             self._finish(multi, free, active)  # first: a finished read frees a place for a queued one
             self._start(multi, free, active)
-            now = time.monotonic()
-            waits = [w - now for w in (deadline[0], self._later[0][0] if self._later else None) if w is not None]
-            timeout = min([1.0, *waits]) if waits else 1.0
-            for key, mask in selector.select(max(0.0, timeout)):
-                if key.fd == self._wake_r:
+            due = multi.timeout()  # milliseconds to libcurl's next deadline; -1: none
+            if due == 0:
+                socket_action(pycurl.SOCKET_TIMEOUT, 0)
+                continue
+            timeout = 1.0 if due < 0 else min(1.0, due / 1000)
+            if self._later:
+                timeout = min(timeout, self._later[0][0] - time.monotonic())
+            timeout = max(0.0, timeout)
+            for fd, event in poller.poll(timeout if seconds else math.ceil(timeout * 1000)):
+                if fd == wake:
                     self._drain_wakeups()
                     continue
-                flags = (pycurl.CSELECT_IN if mask & selectors.EVENT_READ else 0) | (
-                    pycurl.CSELECT_OUT if mask & selectors.EVENT_WRITE else 0
-                )
-                multi.socket_action(key.fd, flags)
-            if deadline[0] is not None and time.monotonic() >= deadline[0]:
-                deadline[0] = None
-                multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+                socket_action(fd, (socket_in if event & readable else 0) | (socket_out if event & writable else 0))
 
     def _drain_wakeups(self) -> None:
         # Read first, then let `submit` wake the loop again: the other way round, a wake-up written between the

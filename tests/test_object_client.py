@@ -138,6 +138,25 @@ def test_connection_failures_are_transient_and_the_rest_goes_to_s3fs(code, messa
     assert storage.is_transient(mapped) == (kind is ConnectionError)
 
 
+def test_a_server_that_stops_answering_times_out_through_libcurls_own_deadline(monkeypatch):
+    """libcurl's timers (here its low-speed limit) fire from the loop's own deadline, with no timer callback."""
+    monkeypatch.setattr(object_client, "STALL_SECONDS", 1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    reader = CurlReader("bucket", _settings("AKID", "secret", "", endpoint=endpoint, region="us-east-1"))
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ConnectionError, match=r"^libcurl error 28: Operation too slow"):
+            reader("s3://bucket/never.bin")
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
+    assert 1.0 <= time.perf_counter() - start < 5.0 and len(accepted) == 1
+
+
 def _capture_requests(count):
     """A server on 127.0.0.1 that answers `count` requests with 200 "ok" and keeps their text."""
     listener = socket.create_server(("127.0.0.1", 0))
