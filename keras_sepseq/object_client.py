@@ -16,6 +16,7 @@ sources. So it is used for an `s3://` URL only when
 
 - `pycurl` imports (`pip install "keras-sepseq[s3]"` installs it),
 - `KERAS_SEPSEQ_S3_CLIENT` is not `s3fs`,
+- the platform has `select.poll` (Linux, macOS; not Windows),
 - every key of `storage_options` translates (`key`, `secret`, `token`,
   `anon`, `endpoint_url`, `client_kwargs={"endpoint_url", "region_name"}`),
   and
@@ -172,8 +173,8 @@ def s3_reader(url: str, options: Mapping[str, Any] | None) -> CurlReader | None:
     >>> s3_reader("s3://bucket/a.png", {"profile": "work"}) is None  # a profile: s3fs reads
     True
     """
-    if os.environ.get(CLIENT_VARIABLE, "").strip().lower() == "s3fs":
-        return None
+    if os.environ.get(CLIENT_VARIABLE, "").strip().lower() == "s3fs" or not hasattr(select, "poll"):
+        return None  # asked for, or no poll() to wait on sockets with (Windows): s3fs reads
     scheme, _, rest = url.partition("://")
     if scheme not in ("s3", "s3a") or not rest:
         return None

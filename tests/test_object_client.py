@@ -352,6 +352,17 @@ def test_the_environment_variable_sends_every_read_to_s3fs(s3, monkeypatch):
     assert storage.read_url("s3://things/k/1.bin", s3.storage_options) == b"\x01\x01"
 
 
+def test_without_poll_every_read_goes_to_s3fs_quietly(s3, monkeypatch):
+    import select
+
+    monkeypatch.delattr(select, "poll")  # as on Windows, which has neither poll nor epoll
+    monkeypatch.delattr(select, "epoll", raising=False)
+    assert s3_reader("s3://things/k/1.bin", {**s3.storage_options, "key": "windows-key"}) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert storage.read_url("s3://things/k/1.bin", s3.storage_options | {"key": "windows-key"}) == b"\x01\x01"
+
+
 def test_a_reader_holds_credentials_it_never_shows_or_pickles(s3):
     import pickle
 
