@@ -282,12 +282,16 @@ class RemoteReading:
     def remote_stats(self) -> dict[str, Any]:
         """Requests, retries, failures, bytes and seconds spent reading objects in this process so far.
 
+        `read_ahead_used` counts the objects a batch took from the reads
+        started while Keras read the first batches for their structure
+        (see `read_ahead`).
+
         Example:
 
         >>> seq.remote_stats["retries"]  # doctest: +SKIP
         3
         """
-        return self._storage_stats.as_dict()
+        return {**self._storage_stats.as_dict(), "read_ahead_used": self.__dict__.get("_read_ahead_used", 0)}
 
     def fetcher(self) -> Fetcher:
         """The I/O threads that read this sequence's objects ahead (started on first use)."""
@@ -307,7 +311,59 @@ class RemoteReading:
         if not self.reads_remote:
             return {}
         urls = [url for i in indices for url in self.sample_urls(int(i))]
-        return self.fetcher().fetch(urls) if urls else {}
+        ahead = self.__dict__.get("_read_ahead")
+        if not ahead:
+            return self.fetcher().fetch(urls) if urls else {}
+        taken = {url: read for url, read in ((u, ahead.pop(u, None)) for u in urls) if read is not None}
+        self.__dict__["_read_ahead_used"] = self.__dict__.get("_read_ahead_used", 0) + len(taken)
+        rest = [url for url in urls if url not in taken]
+        futures = self.fetcher().fetch(rest) if rest else {}
+        futures.update(taken)
+        return futures
+
+    def read_ahead(self, indices: Sequence[int], epoch: int) -> int:
+        """Starts reading the objects of samples an epoch will load first, before any batch asks for them.
+
+        `fetch_samples` then takes these reads instead of starting its own;
+        `drop_read_ahead` lets go of those no batch took. At most
+        `reads_in_flight` objects are read ahead.
+
+        Args:
+            indices: Sample indices, in the order they will be needed.
+            epoch: The epoch they are read for (`drop_stale_read_ahead`).
+
+        Returns:
+            How many objects started reading.
+
+        Example:
+
+        >>> seq.read_ahead(seq.order_for_epoch(1)[:64], epoch=1)  # doctest: +SKIP
+        64
+        """
+        if not self.reads_remote:
+            return 0
+        ahead: dict[str, Pending] = self.__dict__.setdefault("_read_ahead", {})
+        self.__dict__["_read_ahead_epoch"] = epoch
+        urls = [u for i in indices for u in self.sample_urls(int(i)) if u not in ahead]
+        urls = list(dict.fromkeys(urls))[: max(0, self.reads_in_flight - len(ahead))]
+        if urls:
+            ahead.update(self.fetcher().fetch(urls))
+        return len(urls)
+
+    def drop_stale_read_ahead(self, epoch: int) -> None:
+        """Lets go of reads ahead made for an epoch before `epoch` that no batch took (a wrong guess).
+
+        Args:
+            epoch: The epoch now current.
+        """
+        if self.__dict__.get("_read_ahead") and self.__dict__.get("_read_ahead_epoch", epoch) < epoch:
+            self.drop_read_ahead()
+
+    def drop_read_ahead(self) -> None:
+        """Cancels the reads ahead not started and forgets the others."""
+        ahead = self.__dict__.pop("_read_ahead", None) or {}
+        for read in list(ahead.values()):
+            read.cancel()
 
     def remote_supply(self, indices: list[int]) -> contextlib.AbstractContextManager[None]:
         """Within the block, the samples at `indices` read their objects from bytes fetched all at once.
@@ -339,6 +395,7 @@ class RemoteReading:
 
     def close_fetcher(self) -> None:
         """Stops the I/O threads."""
+        self.drop_read_ahead()
         fetcher, self._fetcher = getattr(self, "_fetcher", None), None
         if fetcher is not None:
             fetcher.close()
@@ -347,4 +404,5 @@ class RemoteReading:
         """`state` (a `__dict__` copy being pickled) without credentials or I/O threads."""
         state["storage_options"] = storage.public_options(state.get("storage_options"))
         state["_fetcher"] = None
+        state.pop("_read_ahead", None)  # reads in flight stay in the process that made them
         return state

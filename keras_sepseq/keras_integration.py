@@ -5,7 +5,8 @@ only to make loading faster, never to decide what a batch holds:
 
 - reading the batch order of Keras's PyDataset generator (its frame), so
   that `fit(shuffle=True)` prefetches the batches it will ask for next;
-- predicting, when an epoch begins, the order that generator will use;
+- predicting, when an epoch begins (or, under `fit`, while Keras reads the
+  first batches for their structure), the order that generator will use;
 - wrapping `PyDatasetAdapter.get_tf_dataset`, so that keras_sepseq datasets
   cross into TensorFlow as uint8 with tf.data autotuning off.
 
@@ -192,12 +193,45 @@ def keras_next_order(dataset: Any) -> list[int] | None:
     frame = keras_frame(dataset, "on_epoch_begin")
     if frame is None:
         return None
-    adapter = frame.f_locals["self"]
+    return _generator_order(dataset, frame.f_locals["self"], epochs_ahead=0)
+
+
+def keras_order_after_signature(dataset: Any) -> list[int] | None:
+    """Predicts, while `fit` reads `dataset`'s first batches for their structure, the batch order of its first epoch.
+
+    On the TensorFlow backend, Keras's `PyDatasetAdapter.get_tf_dataset`
+    reads `dataset[0]` and `dataset[1]` before training; `fit` then ends
+    that epoch (`on_epoch_end`) and starts its first. Only `fit` shuffles
+    (its adapter's `shuffle` is `True` unless `fit(shuffle=False)`), so the
+    prediction is made for shuffled adapters only, as `keras_next_order`
+    makes it, one epoch ahead; otherwise (`evaluate`, `predict`, which may
+    not end the epoch) `None`. Like `keras_next_order`, it only guides
+    reading ahead: a wrong guess costs the reads.
+
+    Args:
+        dataset: The dataset being indexed.
+
+    Returns:
+        The predicted batch positions, or `None`.
+
+    Example:
+
+    >>> keras_order_after_signature(object()) is None  # not called from Keras
+    True
+    """
+    frame = keras_frame(dataset, "get_tf_dataset")
+    if frame is None or not getattr(frame.f_locals["self"], "shuffle", False):
+        return None
+    return _generator_order(dataset, frame.f_locals["self"], epochs_ahead=1)
+
+
+def _generator_order(dataset: Any, adapter: Any, epochs_ahead: int) -> list[int]:
+    """The batch order `adapter`'s generator will use `epochs_ahead` epochs from now (see `keras_next_order`)."""
     order = list(range(len(dataset)))
     if getattr(adapter, "shuffle", False):
         epoch = getattr(adapter, "_epoch", None)
         if isinstance(epoch, int):  # Keras 3.16: the generator seeds its own Random with the epoch
-            generator = random.Random(epoch)
+            generator = random.Random(epoch + epochs_ahead)
         else:  # Keras 3.15: the global `random` state, read without drawing from it
             generator = random.Random()
             generator.setstate(random.getstate())

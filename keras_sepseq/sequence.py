@@ -27,7 +27,13 @@ from keras_sepseq.engine import Assembled, WorkerPool
 from keras_sepseq.error_policy import BadSample, ErrorPolicy
 from keras_sepseq.errors import SampleError
 from keras_sepseq.fetching import RemoteReading
-from keras_sepseq.keras_integration import keras_adapter_shards, keras_frame, keras_next_order, keras_request_order
+from keras_sepseq.keras_integration import (
+    keras_adapter_shards,
+    keras_frame,
+    keras_next_order,
+    keras_order_after_signature,
+    keras_request_order,
+)
 from keras_sepseq.options import SequenceOptions, resolve_options
 from keras_sepseq.order import EpochOrder, _twice_sharded, detect_shard, epoch_order
 from keras_sepseq.tf_data import TfDataExport, batches_dataset
@@ -216,6 +222,7 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         written to disk.
         """
         self.set_epoch(self.epoch + 1)
+        self.drop_stale_read_ahead(self.epoch)
         if self._cache is not None:
             self._cache.flush()
         self.report_retries()
@@ -377,7 +384,9 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         is read from the generator, so that `fit(shuffle=True)` prefetches too.
         Nothing is prefetched for Keras's signature read (`seq[0]`, `seq[1]`
         before training): Keras moves to the next epoch's order right after
-        it, so those batches would be decoded for nothing.
+        it, so those batches would be decoded for nothing; for data in
+        object storage, the objects of that next epoch's first batches
+        start reading then instead (`_read_ahead_first_batches`).
         """
         previous, self._last_position = getattr(self, "_last_position", None), position
         limit = self.max_queue_size
@@ -385,10 +394,24 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         if order is not None:
             return order[:limit]
         if keras_frame(self, "get_tf_dataset") is not None:
+            if position == 0 and self.reads_remote:
+                self._read_ahead_first_batches()
             return []
         if previous is None or position in (0, previous + 1):
             return list(range(position + 1, min(len(self), position + 1 + limit)))
         return []
+
+    def _read_ahead_first_batches(self) -> None:
+        """Under `fit`, while Keras reads batches 0 and 1 for their structure, starts reading the objects of the
+        batches its first epoch will ask for first (see `keras_order_after_signature`): their round trip then
+        passes while Keras sets training up, instead of at the start of the epoch."""
+        order = keras_order_after_signature(self)
+        if order:
+            epoch, size = self.epoch + 1, self.batch_size
+            samples = self.order_for_epoch(epoch)
+            self.read_ahead(
+                [i for p in order[: self.max_queue_size] for i in samples[p * size : (p + 1) * size]], epoch
+            )
 
     def load_item(self, index: int) -> Any:
         """Loads sample `index`. Runs in the calling thread or in a worker.

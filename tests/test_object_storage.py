@@ -269,3 +269,36 @@ def test_https_urls_with_a_manifest(http_folder, indexed_dataset):
             broken[0]
     finally:
         seq.close()
+
+
+@pytest.mark.parametrize(
+    "options", [{"workers": 2}, {"workers": 2, "use_multiprocessing": True}], ids=["2-threads", "2-processes"]
+)
+def test_fit_reads_its_first_epoch_ahead_while_keras_reads_the_structure(s3, options):
+    import keras
+    from index_model import DecodeIndex, Seen
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("only the TensorFlow backend reads batches for their structure before training")
+    images, labels = paired(s3)
+    keras.utils.set_random_seed(0)
+    seen = Seen(N)
+    model = keras.Sequential([keras.Input((6, 5, 3)), DecodeIndex()])
+    model.compile(optimizer="sgd", loss="mse", metrics=[seen])
+    seq = ks.SeparatedSequence(images, labels, batch_size=6, seed=1, storage_options=s3.storage_options, **options)
+    per_epoch = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: per_epoch.append(
+            (keras.ops.convert_to_numpy(seen.counts).tolist(), float(keras.ops.convert_to_numpy(seen.wrong)))
+        )
+    )
+    try:
+        model.fit(seq, epochs=2, verbose=0, callbacks=[record])  # shuffle=True: Keras orders the batches too
+        stats = seq.remote_stats
+    finally:
+        seq.close()
+    assert per_epoch == [([1.0] * N, 0.0)] * 2  # every sample once per epoch, each image with its own label
+    # The 7 batches of the first epoch (80 objects) were read ahead, in the order fit asked for them: every
+    # object is read once per epoch, plus the 2 batches Keras reads for the structure (24 objects).
+    assert stats["read_ahead_used"] == 2 * N
+    assert s3.stats()["get"] == 2 * 2 * N + 2 * 2 * 6
