@@ -291,7 +291,7 @@ class RemoteReading:
         >>> seq.remote_stats["retries"]  # doctest: +SKIP
         3
         """
-        return {**self._storage_stats.as_dict(), "read_ahead_used": self.__dict__.get("_read_ahead_used", 0)}
+        return {**self._storage_stats.as_dict(), "read_ahead_used": sum(self.__dict__.get("_read_ahead_used", ()))}
 
     def fetcher(self) -> Fetcher:
         """The I/O threads that read this sequence's objects ahead (started on first use)."""
@@ -315,7 +315,7 @@ class RemoteReading:
         if not ahead:
             return self.fetcher().fetch(urls) if urls else {}
         taken = {url: read for url, read in ((u, ahead.pop(u, None)) for u in urls) if read is not None}
-        self.__dict__["_read_ahead_used"] = self.__dict__.get("_read_ahead_used", 0) + len(taken)
+        self.__dict__.setdefault("_read_ahead_used", []).append(len(taken))  # appends are atomic: threads call this
         rest = [url for url in urls if url not in taken]
         futures = self.fetcher().fetch(rest) if rest else {}
         futures.update(taken)

@@ -409,9 +409,11 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         if order:
             epoch, size = self.epoch + 1, self.batch_size
             samples = self.order_for_epoch(epoch)
-            self.read_ahead(
-                [i for p in order[: self.max_queue_size] for i in samples[p * size : (p + 1) * size]], epoch
-            )
+            indices = np.asarray([i for p in order[: self.max_queue_size] for i in samples[p * size : (p + 1) * size]])
+            cache = self.sample_cache()
+            if cache is not None and len(indices):  # what a cache holds is not read again (a second fit)
+                indices = indices[~cache.filled_mask(indices)]
+            self.read_ahead(indices.tolist(), epoch)
 
     def load_item(self, index: int) -> Any:
         """Loads sample `index`. Runs in the calling thread or in a worker.

@@ -302,3 +302,34 @@ def test_fit_reads_its_first_epoch_ahead_while_keras_reads_the_structure(s3, opt
     # object is read once per epoch, plus the 2 batches Keras reads for the structure (24 objects).
     assert stats["read_ahead_used"] == 2 * N
     assert s3.stats()["get"] == 2 * 2 * N + 2 * 2 * 6
+
+
+def test_a_second_fit_over_a_filled_cache_reads_nothing_ahead(s3, tmp_path):
+    import keras
+    from index_model import DecodeIndex
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("only the TensorFlow backend reads batches for their structure before training")
+    images, labels = paired(s3)
+    model = keras.Sequential([keras.Input((6, 5, 3)), DecodeIndex()])
+    model.compile(optimizer="sgd", loss="mse")
+    seq = ks.SeparatedSequence(
+        images,
+        labels,
+        batch_size=6,
+        seed=1,
+        workers=2,
+        image_size=(6, 5),
+        cache=str(tmp_path / "cache"),
+        storage_options=s3.storage_options,
+    )
+    try:
+        model.fit(seq, epochs=1, verbose=0)  # fills the cache
+        first = s3.stats()["get"]
+        s3.reset()
+        model.fit(seq, epochs=1, verbose=0)
+        # The first fit read each object once: batches 0 and 1 (read for the structure) went into the cache too.
+        assert s3.stats()["get"] == 0 and first == 2 * N
+        assert 0 < seq.remote_stats["read_ahead_used"] <= 2 * N  # the first fit's, none since
+    finally:
+        seq.close()
