@@ -315,7 +315,8 @@ class RemoteReading:
         if not ahead:
             return self.fetcher().fetch(urls) if urls else {}
         taken = {url: read for url, read in ((u, ahead.pop(u, None)) for u in urls) if read is not None}
-        self.__dict__.setdefault("_read_ahead_used", []).append(len(taken))  # appends are atomic: threads call this
+        if taken:  # appends are atomic: several threads call this
+            self.__dict__.setdefault("_read_ahead_used", []).append(len(taken))
         rest = [url for url in urls if url not in taken]
         futures = self.fetcher().fetch(rest) if rest else {}
         futures.update(taken)

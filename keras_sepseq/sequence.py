@@ -409,7 +409,7 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         if order:
             epoch, size = self.epoch + 1, self.batch_size
             samples = self.order_for_epoch(epoch)
-            indices = np.asarray([i for p in order[: self.max_queue_size] for i in samples[p * size : (p + 1) * size]])
+            indices = np.concatenate([samples[p * size : (p + 1) * size] for p in order[: self.max_queue_size]])
             cache = self.sample_cache()
             if cache is not None and len(indices):  # what a cache holds is not read again (a second fit)
                 indices = indices[~cache.filled_mask(indices)]
