@@ -24,7 +24,8 @@ to know:
   it choose wrong): if the choice then lags another setting's rate by 20%,
   the settings are compared again, once per epoch at most; by 5%, the
   tuner moves to that setting and measures it in turn. Process workers share no GIL: a process pool is only
-  compared with the calling process loading alone. Samples that take a
+  compared with the calling process loading alone, over more batches (`PROBE_QUEUES`), since its batches
+  arrive in bursts. Samples that take a
   worker a quarter of a millisecond or more are not compared at all
   (`COMPARE_BELOW`): every worker loads them, since the comparison would
   cost more than it could find.
@@ -56,6 +57,16 @@ PROBE_CHUNKS = 8
 
 PROBE_SECONDS = 0.02
 """Seconds measured at least at each setting (batches of cheap samples come in bursts)."""
+
+PROBE_QUEUES = 3
+"""A process pool is measured over at least this many prefetch queues' worth of batches (`queue`).
+
+Its batches reach the caller in bursts of up to a queue at a time (a worker process collates a whole batch of
+cheap samples, and several finish together), so a probe of `PROBE_CHUNKS` batches measured whether a burst fell
+inside it more than the pool: for `bench --small`'s short sequences, 46,000-61,000 samples/s over 16 batches
+against 65,000-76,000 over whole epochs, and the calling process (58,000-61,000, steady) won the comparison in
+about half the rounds. Over three queues (30 batches) the pool measured 70,000-84,000 in 8 of 8 comparisons
+(docs/benchmarks.md). Threads hand over each batch as it is loaded, and keep `PROBE_CHUNKS`."""
 
 BETTER_BY = 1.05
 """Fewer loading threads are kept only when they deliver at least this many times more samples per second."""
@@ -133,6 +144,7 @@ class LoadTuner:
         self.epochs = -1  # the epochs started so far, minus one
         self.queue = max(0, int(queue))
         self._skip = 0  # batches still to pass uncounted this epoch
+        self._probe_batches = PROBE_CHUNKS if self.threads else max(PROBE_CHUNKS, PROBE_QUEUES * self.queue)
 
     def chunks(self, size: int) -> int:
         """How many chunks a batch of `size` samples is split into.
@@ -247,7 +259,7 @@ class LoadTuner:
             probe[0] += samples
             probe[1] += seconds
             probe[2] += 1
-            if probe[2] >= PROBE_CHUNKS and probe[1] >= PROBE_SECONDS:
+            if probe[2] >= self._probe_batches and probe[1] >= PROBE_SECONDS:
                 if self._tuning:
                     self._compare(probe[0] / probe[1])
                 else:  # watching
@@ -267,7 +279,8 @@ class LoadTuner:
         them can make it choose a setting 2.5x slower than the best (seen once in three `bench --small`
         rounds), and a burst in another can make a setting look 9% faster than it is (one thread for short
         sequences, which then ran 0.7x the calling thread's rate for twelve epochs). The choice is measured
-        for one more probe (`PROBE_CHUNKS`, `PROBE_SECONDS`), and that rate replaces its first one:
+        for one more probe (`PROBE_CHUNKS` or `PROBE_QUEUES`, `PROBE_SECONDS`), and that rate replaces its first
+        one:
 
         - below `GIVE_UP_BELOW` times the best rate measured for another setting, every setting is compared
           again (once per epoch at most): the other measurements may be as wrong;

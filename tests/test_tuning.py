@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keras_sepseq import SeparatedSequence, tuning
-from keras_sepseq.tuning import CHUNK_SECONDS, COMPARE_BELOW, PROBE_CHUNKS, PROBE_SECONDS, LoadTuner
+from keras_sepseq.tuning import CHUNK_SECONDS, COMPARE_BELOW, PROBE_CHUNKS, PROBE_QUEUES, PROBE_SECONDS, LoadTuner
 
 
 @pytest.mark.parametrize(
@@ -194,6 +194,24 @@ def test_batches_of_another_limit_and_the_prefetched_start_of_an_epoch_are_not_c
     for _ in range(PROBE_CHUNKS):
         tuner.delivered(64, max(PROBE_SECONDS, 1e-3), 2)
     assert tuner.limit == 1 and tuner.capacity[2] == pytest.approx(64 / max(PROBE_SECONDS, 1e-3))
+
+
+@pytest.mark.parametrize(
+    ("threads", "queue", "batches"),
+    [(True, 10, PROBE_CHUNKS), (False, 10, PROBE_QUEUES * 10), (False, 1, PROBE_CHUNKS)],
+    ids=["threads-8-batches", "processes-three-queues", "processes-short-queue-8-batches"],
+)
+def test_a_process_pool_is_measured_over_three_prefetch_queues(threads, queue, batches):
+    tuner = LoadTuner(2, threads=threads, queue=queue)
+    tuner.new_epoch()
+    for _ in range(queue):  # the epoch's prefetched start: uncounted
+        tuner.delivered(64, 1e-3, 2)
+    for _ in range(batches - 1):
+        tuner.delivered(64, max(PROBE_SECONDS, 1e-3), 2)
+    assert tuner.limit == 2 and tuner.capacity == {}
+    tuner.delivered(64, max(PROBE_SECONDS, 1e-3), 2)
+    assert tuner.capacity == {2: pytest.approx(64 / max(PROBE_SECONDS, 1e-3))}
+    assert tuner.limit == (1 if threads else 0)  # the next setting is measured
 
 
 def test_settings_are_compared_again_at_epochs_1_4_16():
