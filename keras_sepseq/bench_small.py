@@ -10,7 +10,9 @@ Three measurements, all in one run so that their ratios compare:
    and short `.npy` sequences (`PaddedSequence`), with `workers=1`, two
    threads and two processes, and `tf.data` (`read_file` + `decode_png`,
    `AUTOTUNE`, labels in memory) on the same PNGs; and the photos
-   workload (batch 32, resized) with the same three settings.
+   workload (batch 32, resized) with the same three settings; and `workers=1`
+   once more (`AGAIN`), whose ratio to the first shows how far apart this
+   machine puts two measurements of the same code.
 2. The engine's own cost: a dataset whose loader returns a prepared array,
    so that nothing is read or decoded; CPU time per sample in the calling
    process and in all processes together.
@@ -39,6 +41,11 @@ _FORMAT = 1
 
 EPOCHS = 9
 """Epochs each loader runs in `run_small`."""
+
+AGAIN = "workers=1 again"
+"""A second `workers=1` in every round: the ratio of two measurements of the same code, i.e. what this machine's
+noise alone makes of a ratio. Threads that the load tuner settled on the calling thread run that same code
+(`WorkerPool.loads_here`), so their ratio is parity within this one's spread."""
 
 STEADY_EPOCHS = (2, 3, 6, 7, 8)
 """The epochs (from 0) whose median is a run's steady rate: not those in which the load tuner compares settings
@@ -329,6 +336,7 @@ def run_small(
         "workers=1": (1, False),
         f"{workers} threads": (workers, False),
         f"{workers} processes": (workers, True),
+        AGAIN: (1, False),  # the same code as workers=1: how far apart two measurements of it fall
     }
     loaders: dict[str, dict[str, list[float]]] = {"small PNGs": {}, "short sequences": {}, "photos": {}}
     photo_labels = np.zeros(len(photos), np.int64)
@@ -368,7 +376,9 @@ def run_small(
             steady(tf_png_rates(files["images"], labels, 64, EPOCHS))
         )
     engine = {
-        name: engine_cost(count, processes, samples=samples * 10) for name, (count, processes) in settings.items()
+        name: engine_cost(count, processes, samples=samples * 10)
+        for name, (count, processes) in settings.items()
+        if name != AGAIN
     }
     gil = {}
     small = SeparatedSequence(files["images"], files["labels"], 64, image_size=(8, 8))
@@ -403,6 +413,27 @@ def paired_ratio(rates: list[float], base: list[float]) -> float:
     return float(np.median([a / b for a, b in zip(rates, base)]))
 
 
+def _parity_notes(report: dict[str, Any], workload: str, rates: dict[str, list[float]]) -> list[str]:
+    """What the `AGAIN` measurement says of a workload's ratios, and where its threads loaded in steady epochs."""
+    if AGAIN not in rates:
+        return []
+    own = [a / b for a, b in zip(rates[AGAIN], rates["workers=1"])]
+    notes = [
+        f"  {'':16s} the same code measured twice: per-round ratios {min(own):.2f}-{max(own):.2f}x "
+        "(this machine's noise; a ratio inside it is parity)"
+    ]
+    threads = f"{report['workers']} threads"
+    decided = report.get("tuning", {}).get(workload, {}).get(threads)
+    if decided:
+        limits = [epochs[e]["limit"] for epochs in decided for e in STEADY_EPOCHS if e < len(epochs) and epochs[e]]
+        if limits.count(0):
+            notes.append(
+                f"  {'':16s} {threads}: the calling thread loaded (the workers=1 code) in {limits.count(0)} of "
+                f"{len(limits)} measured epochs"
+            )
+    return notes
+
+
 def format_small(report: dict[str, Any]) -> str:
     """The report of `run_small` as text: rates, ratios, engine cost, GIL ceilings and what they mean.
 
@@ -426,7 +457,8 @@ def format_small(report: dict[str, Any]) -> str:
             if "tf.data" in median and name != "tf.data":
                 ratio += f", {paired_ratio(rates[name], rates['tf.data']):5.2f}x tf.data"
             spread = f"(rounds {min(rates[name]):,.0f}-{max(rates[name]):,.0f})"
-            lines.append(f"  {workload:16s} {name:12s} {value:>10,.0f} samples/s  {ratio}  {spread}")
+            lines.append(f"  {workload:16s} {name:15s} {value:>10,.0f} samples/s  {ratio}  {spread}")
+        lines.extend(_parity_notes(report, workload, rates))
     lines.append("engine's own cost (the loader returns a prepared array; CPU per sample):")
     for name, cost in report["engine"].items():
         lines.append(

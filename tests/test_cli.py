@@ -100,9 +100,10 @@ def test_bench_small_quick_smoke_run(tmp_path, capsys):
     assert code == 0, out
     report = json.loads(report_path.read_text())
     assert report["samples"] == 600 and report["workers"] == 2
-    assert set(report["loaders"]["small PNGs"]) == {"workers=1", "2 threads", "2 processes", "tf.data"}
-    assert set(report["loaders"]["short sequences"]) == {"workers=1", "2 threads", "2 processes"}
-    assert set(report["loaders"]["photos"]) == {"workers=1", "2 threads", "2 processes"}
+    settings = {"workers=1", "2 threads", "2 processes", "workers=1 again"}
+    assert set(report["loaders"]["small PNGs"]) == settings | {"tf.data"}
+    assert set(report["loaders"]["short sequences"]) == set(report["loaders"]["photos"]) == settings
+    assert set(report["engine"]) == {"workers=1", "2 threads", "2 processes"}
     for rates in report["loaders"].values():
         assert all(len(per_round) == 1 and min(per_round) > 0 for per_round in rates.values())  # --quick: 1 round
     for cost in report["engine"].values():
@@ -110,6 +111,7 @@ def test_bench_small_quick_smoke_run(tmp_path, capsys):
     assert report["gil"]["photos"]["decode_rate"] > 0
     assert 0 <= report["gil"]["small PNGs"]["gil_s"] <= report["gil"]["small PNGs"]["alone_s"] + 1e-12
     assert "engine's own cost" in out and "on 16 cores" in out and "x tf.data" in out and "median of 1" in out
+    assert "the same code measured twice: per-round ratios" in out
     decisions = report["tuning"]["small PNGs"]
     assert decisions["workers=1"] == [[None] * bench_small.EPOCHS]  # no pool: the calling thread loads
     for setting in ("2 threads", "2 processes"):
@@ -336,3 +338,27 @@ def test_bench_small_ratios_are_the_median_of_each_rounds_own_ratio():
     }
     line = next(line for line in format_small(report).splitlines() if "2 threads" in line)
     assert " 0.95x workers=1" in line and "(rounds 100-190)" in line and "      105 samples/s" in line
+
+
+def test_bench_small_report_shows_the_spread_of_the_same_code_and_where_threads_loaded():
+    from keras_sepseq.bench_small import AGAIN, EPOCHS, format_small
+
+    settled = [{"limit": 0, "capacity": {}}] * EPOCHS
+    report = {
+        "samples": 600,
+        "workers": 2,
+        "loaders": {
+            "small PNGs": {"workers=1": [100.0, 200.0], "2 threads": [98.0, 204.0], AGAIN: [96.0, 210.0]},
+            "photos": {"workers=1": [10.0, 10.0], "2 threads": [18.0, 19.0], AGAIN: [10.0, 10.0]},
+        },
+        "engine": {},
+        "gil": {},
+        "tuning": {
+            "small PNGs": {"2 threads": [settled, [{"limit": 1, "capacity": {}}] * EPOCHS]},
+            "photos": {"2 threads": [[{"limit": 2, "capacity": {}}] * EPOCHS] * 2},
+        },
+    }
+    lines = format_small(report).splitlines()
+    assert "per-round ratios 0.96-1.05x (this machine's noise" in lines[4]
+    assert lines[5].endswith("2 threads: the calling thread loaded (the workers=1 code) in 5 of 10 measured epochs")
+    assert "per-round ratios 1.00-1.00x" in lines[9] and "engine" in lines[10]  # photos' threads never inline
