@@ -66,7 +66,8 @@ cheap samples, and several finish together), so a probe of `PROBE_CHUNKS` batche
 inside it more than the pool: for `bench --small`'s short sequences, 46,000-61,000 samples/s over 16 batches
 against 65,000-76,000 over whole epochs, and the calling process (58,000-61,000, steady) won the comparison in
 about half the rounds. Over three queues (30 batches) the pool measured 70,000-84,000 in 8 of 8 comparisons
-(docs/benchmarks.md). Threads hand over each batch as it is loaded, and keep `PROBE_CHUNKS`."""
+(docs/benchmarks.md). Threads, and the calling process, hand over each batch as it is loaded, and keep
+`PROBE_CHUNKS`."""
 
 BETTER_BY = 1.05
 """Fewer loading threads are kept only when they deliver at least this many times more samples per second."""
@@ -170,11 +171,12 @@ class LoadTuner:
         """
         with self._condition:
             self.epochs += 1
-            self._skip = self.queue
-            if self._tuning or self.epochs not in RETUNE_AT or not self.compare:
-                return
-            if self.workers > 1 or not self.threads:
+            compare = not self._tuning and self.epochs in RETUNE_AT and self.compare
+            if compare and (self.workers > 1 or not self.threads):
                 self._start_comparison()
+            # What workers prefetched while the caller was busy elsewhere is not counted; the calling thread
+            # prefetches nothing.
+            self._skip = self.queue if self.limit else 0
 
     def run(self, load: Callable[[Any], list], chunk: Any) -> list:
         """Runs `load(chunk)` in a worker thread, when the limit lets it, and measures it.
@@ -259,7 +261,8 @@ class LoadTuner:
             probe[0] += samples
             probe[1] += seconds
             probe[2] += 1
-            if probe[2] >= self._probe_batches and probe[1] >= PROBE_SECONDS:
+            batches = self._probe_batches if self.limit else PROBE_CHUNKS  # the calling thread: no bursts
+            if probe[2] >= batches and probe[1] >= PROBE_SECONDS:
                 if self._tuning:
                     self._compare(probe[0] / probe[1])
                 else:  # watching

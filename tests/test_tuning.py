@@ -214,6 +214,26 @@ def test_a_process_pool_is_measured_over_three_prefetch_queues(threads, queue, b
     assert tuner.limit == (1 if threads else 0)  # the next setting is measured
 
 
+def test_the_calling_process_is_measured_over_8_batches_from_an_epochs_first_batch():
+    tuner = LoadTuner(2, threads=False, queue=10)
+    tuner.new_epoch()
+    for _ in range(10):  # prefetched by the pool while the caller was busy elsewhere: uncounted
+        tuner.delivered(64, 1e-3, 2)
+    for _ in range(PROBE_QUEUES * 10):
+        tuner.delivered(64, 2 * PROBE_SECONDS, 2)
+    assert tuner.limit == 0  # the calling process is measured next, over 8 batches
+    for _ in range(PROBE_CHUNKS):
+        tuner.delivered(64, PROBE_SECONDS, 0)
+    assert tuner.limit == 0 and tuner.watching and tuner.capacity[0] == pytest.approx(64 / PROBE_SECONDS)
+    tuner.epochs = 1  # the next epoch is not one that compares again (`RETUNE_AT`)
+    tuner.new_epoch()
+    for _ in range(PROBE_CHUNKS - 1):  # the calling process prefetched nothing: its epoch's first batch counts
+        tuner.delivered(64, PROBE_SECONDS, 0)
+    assert tuner.watching
+    tuner.delivered(64, PROBE_SECONDS, 0)
+    assert not tuner.watching and tuner.limit == 0
+
+
 def test_settings_are_compared_again_at_epochs_1_4_16():
     tuner = LoadTuner(2, threads=True)
     compared = []
