@@ -48,18 +48,24 @@ import heapq
 import io
 import math
 import os
-import re
 import select
-import ssl
 import sys
 import threading
 import time
-import urllib.parse
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from keras_sepseq.object_read import ObjectRead
+from keras_sepseq.object_requests import (
+    ObjectStoreError,
+    UseFsspec,
+    answer_error,
+    ca_bundle,
+    connection_error,
+    object_url,
+    translate,
+)
 
 __all__ = ["CurlReader", "ObjectStoreError", "UseFsspec", "s3_reader"]
 
@@ -75,70 +81,7 @@ STALL_SECONDS = 60
 BLOCKING_IN_FLIGHT = 16
 """Reads on the wire at once, at least, once threads read objects one at a time (`read_url`)."""
 
-_CONNECTION_ERRORS = {5, 6, 7, 18, 28, 35, 52, 55, 56}
-"""libcurl's codes for a connection that failed, dropped or stalled: proxy/host not resolved, connect
-failed, partial body, timeout, TLS handshake, empty reply, send and receive errors."""
-
 _USER_AGENT = "keras-sepseq (libcurl)"
-
-_DNS_SAFE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-
-
-class ObjectStoreError(OSError):
-    """A failed read with an HTTP answer, carrying its `status`.
-
-    Args:
-        message: One line naming the URL.
-        status: The HTTP status, or `None`.
-
-    Example:
-
-    >>> ObjectStoreError("s3://b/k: HTTP 503", 503).status
-    503
-    """
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class UseFsspec(Exception):  # noqa: N818 (a signal to the caller, not a failure to report)
-    """libcurl cannot read this store the way s3fs would: the caller reads the URL through fsspec instead."""
-
-
-def _translate(options: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What libcurl needs to read a bucket with fsspec `options`, or `None` when some option has no equivalent."""
-    rest = dict(options)
-    settings: dict[str, Any] = {name: rest.pop(name, None) for name in ("key", "secret", "token")}
-    settings["anon"] = bool(rest.pop("anon", False))
-    kwargs = dict(rest.pop("client_kwargs", None) or {})
-    endpoint = rest.pop("endpoint_url", None) or kwargs.pop("endpoint_url", None)
-    region = kwargs.pop("region_name", None)
-    if rest or kwargs:
-        return None  # an option with no equivalent here (a profile, addressing style, ...): s3fs
-    env = os.environ
-    settings["endpoint"] = str(endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "")
-    settings["region"] = str(region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
-    if settings["anon"]:
-        settings["key"] = settings["secret"] = settings["token"] = None
-        return settings
-    if settings["key"] is None and settings["secret"] is None:
-        settings["key"], settings["secret"] = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
-        settings["token"] = settings["token"] or env.get("AWS_SESSION_TOKEN")
-    if not settings["key"] or not settings["secret"]:
-        return None  # credentials from a profile or botocore's other sources: s3fs finds them
-    return settings
-
-
-def _object_url(settings: Mapping[str, Any], bucket: str, key: str) -> str:
-    """The HTTP URL of `bucket/key`: path style on a given endpoint, virtual-hosted on AWS where the name allows."""
-    quoted = urllib.parse.quote(key, safe="/~")
-    if settings["endpoint"]:
-        return f"{settings['endpoint'].rstrip('/')}/{bucket}/{quoted}"
-    region = settings["region"]
-    if _DNS_SAFE.match(bucket):
-        return f"https://{bucket}.s3.{region}.amazonaws.com/{quoted}"
-    return f"https://s3.{region}.amazonaws.com/{bucket}/{quoted}"
 
 
 _READERS: dict[tuple, CurlReader | None] = {}
@@ -220,7 +163,7 @@ def _make_reader(bucket: str, options: Mapping[str, Any]) -> CurlReader | None:
         _pycurl()
     except ImportError:
         return None
-    settings = _translate(options)
+    settings = translate(options)
     return None if settings is None else CurlReader(bucket, settings)
 
 
@@ -233,7 +176,7 @@ class CurlReader:
 
     Args:
         bucket: The bucket's name.
-        settings: What `_translate` made of the storage options.
+        settings: What `translate` made of the storage options.
         in_flight: Reads on the wire at most (`allow` raises it; a
             blocking read raises it to `BLOCKING_IN_FLIGHT`).
 
@@ -454,7 +397,7 @@ class CurlReader:
             handle = free.pop() if free else self._new_handle()
             buffer = io.BytesIO()
             path = read.url.partition("://")[2].split("/", 1)
-            handle.setopt(handle.URL, _object_url(self._settings, self.bucket, path[1] if len(path) > 1 else ""))
+            handle.setopt(handle.URL, object_url(self._settings, self.bucket, path[1] if len(path) > 1 else ""))
             handle.setopt(handle.WRITEDATA, buffer)
             active[handle] = (read, buffer)
             multi.add_handle(handle)
@@ -469,7 +412,7 @@ class CurlReader:
         handle.setopt(pycurl.CONNECTTIMEOUT, CONNECT_TIMEOUT)
         handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
         handle.setopt(pycurl.LOW_SPEED_TIME, STALL_SECONDS)
-        bundle = _ca_bundle()
+        bundle = ca_bundle()
         if bundle:
             handle.setopt(pycurl.CAINFO, bundle)
         settings = self._settings
@@ -493,12 +436,12 @@ class CurlReader:
                 if status == 200:
                     self._complete(read, buffer.getvalue(), None)
                 else:
-                    self._complete(read, None, _answer_error(status, buffer.getvalue(), read.url))
+                    self._complete(read, None, answer_error(status, buffer.getvalue(), read.url))
             for handle, code, message in failed:
                 read, _ = active.pop(handle)
                 multi.remove_handle(handle)
                 free.append(handle)
-                self._complete(read, None, _connection_error(int(code), str(message), read.url))
+                self._complete(read, None, connection_error(int(code), str(message), read.url))
             if not queued:
                 return
 
@@ -538,47 +481,3 @@ class CurlReader:
             read.owner._read_elsewhere(read)
         else:
             read._finish(None, error)
-
-
-def _ca_bundle() -> str | None:
-    """The certificates HTTPS is checked against: as botocore finds them, else this system's, else certifi's.
-
-    The libcurl in pycurl's wheels looks where the system it was built on
-    keeps them (`/etc/pki/tls/certs/ca-bundle.crt`), which other systems
-    do not have. `None`: libcurl's own default.
-    """
-    for name in ("AWS_CA_BUNDLE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
-        if os.environ.get(name):
-            return os.environ[name]
-    system = ssl.get_default_verify_paths().cafile  # Python's OpenSSL's file, where it exists
-    if system:
-        return system
-    try:
-        import certifi
-    except ImportError:
-        return None
-    return certifi.where()
-
-
-def _answer_error(status: int, body: bytes, url: str) -> Exception:
-    """The exception s3fs would raise for an HTTP answer `status`, with S3's `Code` and `Message` in one line."""
-    text = body[:4096].decode("utf-8", "replace")
-    said = " ".join(
-        found.group(1).strip() for tag in ("Code", "Message") if (found := re.search(f"<{tag}>(.*?)</{tag}>", text))
-    )
-    detail = f"HTTP {status}{': ' + said if said else ''}"[:300]
-    if status == 404:
-        return FileNotFoundError(f"no such object: {url}")
-    if status in (401, 403):
-        return PermissionError(f"access refused to {url} ({detail})")
-    if status in (408, 429) or status >= 500:
-        return ObjectStoreError(detail, status)
-    return UseFsspec(detail)  # a redirect to another region, a request s3fs would shape otherwise
-
-
-def _connection_error(code: int, message: str, url: str) -> Exception:
-    """What a libcurl failure without an answer becomes: `ConnectionError` when the connection failed or dropped."""
-    detail = f"libcurl error {code}: {message}"[:200]
-    if code in _CONNECTION_ERRORS:
-        return ConnectionError(detail)
-    return UseFsspec(detail)

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from keras_sepseq import object_client, storage
+from keras_sepseq import object_client, object_requests, storage
 from keras_sepseq.fetching import Fetcher, wait_all
 from keras_sepseq.object_client import CurlReader, ObjectStoreError, UseFsspec, s3_reader
 
@@ -71,7 +71,7 @@ def test_storage_options_translate_for_libcurl_or_leave_the_url_to_s3fs(monkeypa
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
-    assert object_client._translate(options) == expected
+    assert object_requests.translate(options) == expected
 
 
 def test_credentials_region_and_endpoint_from_the_environment(monkeypatch):
@@ -80,7 +80,7 @@ def test_credentials_region_and_endpoint_from_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "t")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
-    assert object_client._translate({}) == _settings("a", "b", "t", endpoint="http://127.0.0.1:9", region="ap-south-1")
+    assert object_requests.translate({}) == _settings("a", "b", "t", endpoint="http://127.0.0.1:9", region="ap-south-1")
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_credentials_region_and_endpoint_from_the_environment(monkeypatch):
     ],
 )  # fmt: skip
 def test_object_urls(settings, bucket, key, url):
-    assert object_client._object_url(settings, bucket, key) == url
+    assert object_requests.object_url(settings, bucket, key) == url
 
 
 BODY = b'<?xml version="1.0"?>\n<Error><Code>%s</Code><Message>%s</Message></Error>'
@@ -117,7 +117,7 @@ BODY = b'<?xml version="1.0"?>\n<Error><Code>%s</Code><Message>%s</Message></Err
     ],
 )  # fmt: skip
 def test_answers_become_what_s3fs_raises_in_one_line(status, body, kind, text):
-    mapped = object_client._answer_error(status, body, "s3://b/k")
+    mapped = object_requests.answer_error(status, body, "s3://b/k")
     assert type(mapped) is kind and str(mapped) == text
     assert storage.is_transient(mapped) == (kind is ObjectStoreError)
 
@@ -133,7 +133,7 @@ def test_answers_become_what_s3fs_raises_in_one_line(status, body, kind, text):
     ],
 )  # fmt: skip
 def test_connection_failures_are_transient_and_the_rest_goes_to_s3fs(code, message, kind):
-    mapped = object_client._connection_error(code, message, "s3://b/k")
+    mapped = object_requests.connection_error(code, message, "s3://b/k")
     assert type(mapped) is kind and str(mapped) == f"libcurl error {code}: {message}"
     assert storage.is_transient(mapped) == (kind is ConnectionError)
 
@@ -303,8 +303,8 @@ def _redirecting_server():
 def test_a_store_libcurl_cannot_read_goes_to_s3fs_for_good_with_one_warning(s3, monkeypatch):
     options = {**s3.storage_options, "key": "other-key"}  # a reader of its own in the readers' cache
     listener, elsewhere, calls = _redirecting_server()
-    real = object_client._object_url
-    monkeypatch.setattr(object_client, "_object_url", lambda settings, bucket, key: real(
+    real = object_requests.object_url
+    monkeypatch.setattr(object_client, "object_url", lambda settings, bucket, key: real(
         {**settings, "endpoint": elsewhere}, bucket, key))  # fmt: skip
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -432,11 +432,11 @@ def test_the_certificates_are_botocores_then_the_systems(monkeypatch):
     for name in ("AWS_CA_BUNDLE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
         monkeypatch.delenv(name, raising=False)
     system = __import__("ssl").get_default_verify_paths().cafile
-    assert object_client._ca_bundle() in ({system} if system else {None, __import__("certifi").where()})
+    assert object_requests.ca_bundle() in ({system} if system else {None, __import__("certifi").where()})
     monkeypatch.setenv("SSL_CERT_FILE", "/somewhere/else.pem")
-    assert object_client._ca_bundle() == "/somewhere/else.pem"
+    assert object_requests.ca_bundle() == "/somewhere/else.pem"
     monkeypatch.setenv("AWS_CA_BUNDLE", "/for/aws.pem")
-    assert object_client._ca_bundle() == "/for/aws.pem"
+    assert object_requests.ca_bundle() == "/for/aws.pem"
 
 
 def test_reads_queued_from_many_threads_never_wait_for_a_lost_wake_up(s3):
