@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from keras_sepseq import storage
 from keras_sepseq.checks import check_int
-from keras_sepseq.object_client import CurlReader, s3_reader
+from keras_sepseq.object_client import CurlReader, curl_reader
 from keras_sepseq.object_read import ObjectRead
 
 __all__ = ["Fetcher", "Pending", "RemoteReading", "wait_all", "when_all"]
@@ -71,7 +71,7 @@ class Fetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._rng = random.Random()  # backoff jitter; never the global `random` state
-        self._readers: dict[str, CurlReader | None] = {}  # by bucket, as given reads: close() cancels those queued
+        self._readers: dict[str, CurlReader | None] = {}  # by store, as given reads: close() cancels those queued
 
     def fetch(self, urls: list[str]) -> dict[str, Pending]:
         """Starts reading `urls`; returns a future of each one's bytes (or of its error).
@@ -98,18 +98,18 @@ class Fetcher:
         return futures
 
     def _curl_reader(self, url: str) -> CurlReader | None:
-        """The libcurl reader of `url`'s bucket, or `None`: looked up once per bucket, not per object."""
+        """The libcurl reader of `url`'s bucket or web server, or `None`: looked up once per store, not per object."""
         scheme, _, rest = url.partition("://")
-        if scheme not in ("s3", "s3a"):
+        if scheme.lower() not in ("s3", "s3a", "http", "https"):
             return None
-        bucket = rest.split("/", 1)[0]
-        if bucket not in self._readers:
-            reader = s3_reader(url, self.options)
+        store = f"{scheme}://{rest.split('/', 1)[0]}"
+        if store not in self._readers:
+            reader = curl_reader(url, self.options)
             if reader is not None:
                 reader.allow(self.reads_in_flight)
             with self._lock:
-                self._readers[bucket] = reader
-        return self._readers[bucket]
+                self._readers[store] = reader
+        return self._readers[store]
 
     def close(self) -> None:
         """Stops the I/O threads once the reads in flight end; reads not started are cancelled."""

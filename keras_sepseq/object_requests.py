@@ -22,7 +22,66 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ObjectStoreError", "UseFsspec", "answer_error", "ca_bundle", "connection_error", "object_url", "translate"]
+__all__ = [
+    "ObjectStoreError",
+    "UseFsspec",
+    "answer_error",
+    "ca_bundle",
+    "connection_error",
+    "display_url",
+    "is_url",
+    "object_url",
+    "protocol",
+    "translate",
+]
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def is_url(path: Any) -> bool:
+    """Whether `path` is a URL (`scheme://...`) rather than a local path.
+
+    Args:
+        path: A path or URL.
+
+    Returns:
+        `True` for `s3://...`, `https://...`, `memory://...` and the like.
+
+    Example:
+
+    >>> is_url("gs://bucket/a.png"), is_url("/data/a.png")
+    (True, False)
+    """
+    return isinstance(path, str) and _URL.match(path) is not None
+
+
+def protocol(url: str) -> str:
+    """The scheme of `url`, lower case (`"s3"` for `s3://bucket/key`)."""
+    match = _URL.match(url)
+    return "" if match is None else match.group(1).lower()
+
+
+def display_url(url: str) -> str:
+    """`url` as it may appear in messages and logs: without a user, password or signed query.
+
+    Args:
+        url: A URL or path.
+
+    Returns:
+        The URL with `user:password@` and any query string removed.
+
+    Example:
+
+    >>> display_url("https://me:pw@host/a.png?X-Amz-Signature=abc")
+    'https://host/a.png'
+    """
+    if not is_url(url):
+        return url
+    scheme, rest = url.split("://", 1)
+    host, slash, tail = rest.partition("/")
+    host = host.rsplit("@", 1)[-1]
+    return f"{scheme}://{host}{slash}{tail.split('?', 1)[0]}"
+
 
 _CONNECTION_ERRORS = {5, 6, 7, 18, 28, 35, 52, 55, 56}
 """libcurl's codes for a connection that failed, dropped or stalled: proxy/host not resolved, connect
@@ -108,8 +167,22 @@ def ca_bundle() -> str | None:
     return certifi.where()
 
 
-def answer_error(status: int, body: bytes, url: str) -> Exception:
-    """The exception s3fs would raise for an HTTP answer `status`, with S3's `Code` and `Message` in one line."""
+def answer_error(status: int, body: bytes, url: str, *, direct: bool = False) -> Exception:
+    """The exception s3fs would raise for an HTTP answer `status`, with S3's `Code` and `Message` in one line.
+
+    Args:
+        status: The HTTP status, not 200.
+        body: The answer's body.
+        url: The URL to name (credentials removed).
+        direct: A web server's answer rather than S3's: any other status is
+            an `ObjectStoreError` for this URL, not a sign that s3fs should
+            read the store.
+
+    Returns:
+        `FileNotFoundError` (404), `PermissionError` (401, 403),
+        `ObjectStoreError` with the `status` (408, 429, 5xx, and any other
+        from a web server), else `UseFsspec`.
+    """
     text = body[:4096].decode("utf-8", "replace")
     said = " ".join(
         found.group(1).strip() for tag in ("Code", "Message") if (found := re.search(f"<{tag}>(.*?)</{tag}>", text))
@@ -119,7 +192,7 @@ def answer_error(status: int, body: bytes, url: str) -> Exception:
         return FileNotFoundError(f"no such object: {url}")
     if status in (401, 403):
         return PermissionError(f"access refused to {url} ({detail})")
-    if status in (408, 429) or status >= 500:
+    if status in (408, 429) or status >= 500 or direct:
         return ObjectStoreError(detail, status)
     return UseFsspec(detail)  # a redirect to another region, a request s3fs would shape otherwise
 

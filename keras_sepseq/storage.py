@@ -36,7 +36,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-from keras_sepseq.object_client import UseFsspec, s3_reader
+from keras_sepseq.object_client import UseFsspec, curl_reader
+from keras_sepseq.object_requests import display_url, is_url, protocol
 
 __all__ = [
     "StorageStats",
@@ -65,53 +66,7 @@ BACKOFF_LIMIT = 2.0
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}
 """The keras-sepseq extra that installs each protocol's file system."""
 
-_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _SECRET = re.compile(r"key|secret|token|password|passwd|credential|session|signature|auth", re.IGNORECASE)
-
-
-def is_url(path: Any) -> bool:
-    """Whether `path` is a URL (`scheme://...`) rather than a local path.
-
-    Args:
-        path: A path or URL.
-
-    Returns:
-        `True` for `s3://...`, `https://...`, `memory://...` and the like.
-
-    Example:
-
-    >>> is_url("gs://bucket/a.png"), is_url("/data/a.png")
-    (True, False)
-    """
-    return isinstance(path, str) and _URL.match(path) is not None
-
-
-def protocol(url: str) -> str:
-    """The scheme of `url`, lower case (`"s3"` for `s3://bucket/key`)."""
-    match = _URL.match(url)
-    return "" if match is None else match.group(1).lower()
-
-
-def display_url(url: str) -> str:
-    """`url` as it may appear in messages and logs: without a user, password or signed query.
-
-    Args:
-        url: A URL or path.
-
-    Returns:
-        The URL with `user:password@` and any query string removed.
-
-    Example:
-
-    >>> display_url("https://me:pw@host/a.png?X-Amz-Signature=abc")
-    'https://host/a.png'
-    """
-    if not is_url(url):
-        return url
-    scheme, rest = url.split("://", 1)
-    host, slash, tail = rest.partition("/")
-    host = host.rsplit("@", 1)[-1]
-    return f"{scheme}://{host}{slash}{tail.split('?', 1)[0]}"
 
 
 def public_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -358,7 +313,7 @@ def read_url(
     >>> read_url("memory://doc/a.bin")
     b'abc'
     """
-    fast = s3_reader(url, options) if protocol(url) in ("s3", "s3a") else None
+    fast = curl_reader(url, options)
     fs, path = (None, "") if fast is not None else filesystem(url, options)
     shown = display_url(url)
     for attempt in range(attempts):
@@ -436,7 +391,7 @@ def named_error(error: BaseException, url: str, tries: int) -> OSError:
     if isinstance(error, FileNotFoundError) or status == 404:
         return FileNotFoundError(f"no such object: {url}")
     if isinstance(error, PermissionError) or status in (401, 403):
-        return PermissionError(f"access refused to {url} ({detail})")
+        return PermissionError(detail if url in detail else f"access refused to {url} ({detail})")
     return OSError(f"cannot read {url}{tried}: {type(error).__name__}: {detail}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -462,3 +463,99 @@ def test_reads_queued_from_many_threads_never_wait_for_a_lost_wake_up(s3):
     for thread in threads:
         thread.join(120)
     assert len(slowest) == 6 and max(slowest) < 0.5  # a lost wake-up waits out the selector's 1 s timeout
+
+
+class _Files:
+    """An HTTP server on 127.0.0.1 serving `folder`, counting GETs; `redirect_to` makes it answer 302 instead."""
+
+    def __init__(self, folder, redirect_to: str = ""):
+        from functools import partial
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        self.gets: list[str] = []
+        files = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the name http.server calls)
+                files.gets.append(self.path)
+                if not redirect_to:
+                    return super().do_GET()
+                self.send_response(302)
+                self.send_header("Location", redirect_to + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(folder)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def web(tmp_path, monkeypatch):
+    monkeypatch.delenv(object_client.HTTP_CLIENT_VARIABLE, raising=False)
+    (tmp_path / "k").mkdir()
+    for i in range(8):
+        (tmp_path / "k" / f"{i}.bin").write_bytes(bytes([i]) * (i + 1))
+    files = _Files(tmp_path)
+    yield files
+    files.close()
+
+
+def test_http_urls_are_read_through_libcurl_once_each_with_redirects_followed(web, tmp_path):
+    urls = [f"{web.url}/k/{i}.bin" for i in range(8)]
+    reader = object_client.http_reader(urls[0], None)
+    assert isinstance(reader, CurlReader) and reader.direct and object_client.curl_reader(urls[1], {}) is reader
+    got = wait_all(Fetcher(4, {}).fetch(urls))
+    assert [got[url] for url in urls] == [bytes([i]) * (i + 1) for i in range(8)]
+    assert storage.read_url(urls[3]) == b"\x03" * 4
+    assert sorted(web.gets) == sorted([f"/k/{i}.bin" for i in range(8)] + ["/k/3.bin"])  # each once, plus read_url
+    moved = _Files(tmp_path, redirect_to=web.url)
+    try:
+        url = f"{moved.url}/k/5.bin"
+        assert object_client.http_reader(url, {}) is not reader  # a reader per web server
+        assert storage.read_url(url) == wait_all(Fetcher(2, {}).fetch([url]))[url] == b"\x05" * 6
+        assert moved.gets == ["/k/5.bin"] * 2 and web.gets.count("/k/5.bin") == 3
+    finally:
+        moved.close()
+
+
+def test_a_missing_http_object_is_named_without_credentials(web):
+    url = web.url.replace("http://", "http://me:s3cr3t@") + "/k/nothing.bin?X-Amz-Signature=abc"
+    shown = f"{web.url}/k/nothing.bin"
+    with pytest.raises(FileNotFoundError, match=f"^no such object: {re.escape(shown)}$") as caught:
+        storage.read_url(url)
+    assert "s3cr3t" not in str(caught.value) and "abc" not in str(caught.value)
+    assert "s3cr3t" not in repr(object_client.http_reader(url, {}))
+    got = wait_all(Fetcher(2, {}).fetch([url]))[url]
+    assert isinstance(got, FileNotFoundError) and str(got) == f"no such object: {shown}"
+    assert web.gets == ["/k/nothing.bin?X-Amz-Signature=abc"] * 2  # a 404 is an answer: never tried again
+
+
+@pytest.mark.parametrize(
+    "url, options, variable, expected",
+    [
+        ("https://example.com/a.png", None, "", True),
+        ("http://example.com:8080/a.png", {}, "", True),
+        ("https://example.com/a.png", {"headers": {"Authorization": "Bearer x"}}, "", False),
+        ("https://example.com/a.png", None, "fsspec", False),
+        ("gs://bucket/a.png", None, "", False),
+        ("memory://doc/a.png", None, "", False),
+    ],
+    ids=["https", "http-port", "headers-to-fsspec", "asked-for-fsspec", "gs", "memory"],
+)
+def test_which_urls_libcurl_reads(url, options, variable, expected, monkeypatch):
+    monkeypatch.setenv(object_client.HTTP_CLIENT_VARIABLE, variable)
+    assert isinstance(object_client.curl_reader(url, options), CurlReader) is expected
+
+
+def test_a_web_servers_other_answers_are_errors_of_the_url_not_a_switch_to_fsspec():
+    gone = object_requests.answer_error(410, b"", "https://host/a.png", direct=True)
+    assert isinstance(gone, ObjectStoreError) and gone.status == 410 and not storage.is_transient(gone)
+    assert isinstance(object_requests.answer_error(410, b"", "s3://b/a.png"), UseFsspec)  # S3: s3fs decides
