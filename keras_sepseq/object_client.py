@@ -296,7 +296,7 @@ class CurlReader:
         """Reads `url` once, waiting for it.
 
         Args:
-            url: An `s3://` URL of this reader's bucket.
+            url: A URL of this reader's bucket (`s3://`) or web server.
 
         Returns:
             The object's bytes.
@@ -306,7 +306,7 @@ class CurlReader:
             PermissionError: If access is refused.
             ConnectionError: If the connection failed or dropped.
             ObjectStoreError: On another HTTP error (with `status`).
-            UseFsspec: If s3fs should read this store.
+            UseFsspec: If s3fs (or fsspec, for a web server) should read this store.
         """
         self.allow(BLOCKING_IN_FLIGHT)
         return self.submit(url).result()
@@ -315,7 +315,7 @@ class CurlReader:
         """Queues a read of `url`; the returned `ObjectRead` holds its bytes or its exception.
 
         Args:
-            url: An `s3://` URL of this reader's bucket.
+            url: A URL of this reader's bucket (`s3://`) or web server.
             owner: Who retries and counts the read (a
                 `keras_sepseq.fetching.Fetcher`: its `_counted`,
                 `_after_failure` and `_read_elsewhere`), or `None` for one
