@@ -100,9 +100,7 @@ class Fetcher:
     def _curl_reader(self, url: str) -> CurlReader | None:
         """The libcurl reader of `url`'s bucket or web server, or `None`: looked up once per store, not per object."""
         scheme, _, rest = url.partition("://")
-        if scheme.lower() not in ("s3", "s3a", "http", "https"):
-            return None
-        store = f"{scheme}://{rest.split('/', 1)[0]}"
+        store = f"{scheme}://{rest.split('/', 1)[0]}"  # `None` for a store libcurl does not read (`curl_reader`)
         if store not in self._readers:
             reader = curl_reader(url, self.options)
             if reader is not None:

@@ -135,10 +135,14 @@ def s3_reader(url: str, options: Mapping[str, Any] | None) -> CurlReader | None:
     if scheme not in ("s3", "s3a") or not rest:
         return None
     bucket = rest.split("/", 1)[0]
-    key = (bucket, repr(sorted((options or {}).items(), key=lambda kv: kv[0])))
+    return _shared((bucket, repr(sorted((options or {}).items(), key=lambda kv: kv[0]))), bucket, options or {})
+
+
+def _shared(key: tuple, bucket: str, options: Mapping[str, Any] | None) -> CurlReader | None:
+    """The reader cached under `key` in this process, made on first use (`_make_reader(bucket, options)`)."""
     with _LOCK:
         if key not in _READERS:
-            _READERS[key] = _make_reader(bucket, options or {})
+            _READERS[key] = _make_reader(bucket, options)
         return _READERS[key]
 
 
@@ -174,8 +178,9 @@ _IMPORT_LOCK = threading.Lock()
 def http_reader(url: str, options: Mapping[str, Any] | None) -> CurlReader | None:
     """The reader of `http(s)://` URLs of `url`'s host through libcurl, or `None` where fsspec should read.
 
-    fsspec's HTTP file system (aiohttp) costs 0.48 ms of CPU per read on
-    this project's machine, libcurl 0.12 ms (docs/benchmarks.md). libcurl
+    fsspec's HTTP file system (aiohttp) cost 0.63-0.86 ms of CPU per read
+    of a 90 KB photo on this project's machine, libcurl 0.19-0.27 ms
+    (docs/benchmarks.md). libcurl
     reads only plain GETs: with any `storage_options` (headers, `auth`,
     `client_kwargs`...), with `KERAS_SEPSEQ_HTTP_CLIENT=fsspec`, or
     without `select.poll`, fsspec reads. Redirects are followed (to
@@ -200,10 +205,7 @@ def http_reader(url: str, options: Mapping[str, Any] | None) -> CurlReader | Non
     if options or parts.scheme not in ("http", "https") or not parts.hostname:
         return None
     origin = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"  # never a user or password
-    with _LOCK:
-        if ("http", origin) not in _READERS:
-            _READERS[("http", origin)] = _make_reader(origin, None)
-        return _READERS[("http", origin)]
+    return _shared(("http", origin), origin, None)
 
 
 def curl_reader(url: str, options: Mapping[str, Any] | None) -> CurlReader | None:
@@ -472,10 +474,10 @@ class CurlReader:
             read.started = time.perf_counter()
             handle = free.pop() if free else self._new_handle()
             buffer = io.BytesIO()
-            path = read.url.partition("://")[2].split("/", 1)
             if self.direct:
                 handle.setopt(handle.URL, read.url)
             else:
+                path = read.url.partition("://")[2].split("/", 1)
                 handle.setopt(handle.URL, object_url(self._settings, self.bucket, path[1] if len(path) > 1 else ""))
             handle.setopt(handle.WRITEDATA, buffer)
             active[handle] = (read, buffer)

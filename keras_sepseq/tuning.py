@@ -145,7 +145,6 @@ class LoadTuner:
         self.epochs = -1  # the epochs started so far, minus one
         self.queue = max(0, int(queue))
         self._skip = 0  # batches still to pass uncounted this epoch
-        self._probe_batches = PROBE_CHUNKS if self.threads else max(PROBE_CHUNKS, PROBE_QUEUES * self.queue)
 
     def chunks(self, size: int) -> int:
         """How many chunks a batch of `size` samples is split into.
@@ -261,7 +260,8 @@ class LoadTuner:
             probe[0] += samples
             probe[1] += seconds
             probe[2] += 1
-            batches = self._probe_batches if self.limit else PROBE_CHUNKS  # the calling thread: no bursts
+            # A process pool's batches come in bursts; the calling thread's and thread workers' one by one.
+            batches = PROBE_CHUNKS if self.threads or not self.limit else max(PROBE_CHUNKS, PROBE_QUEUES * self.queue)
             if probe[2] >= batches and probe[1] >= PROBE_SECONDS:
                 if self._tuning:
                     self._compare(probe[0] / probe[1])
