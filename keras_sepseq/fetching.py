@@ -33,7 +33,7 @@ import contextlib
 import random
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -232,6 +232,7 @@ class RemoteReading:
 
     storage_options: dict[str, Any]
     reads_in_flight: int
+    epoch: int
 
     def init_remote_reading(self, *, storage_options: Any, reads_in_flight: Any) -> None:
         """Checks and keeps the options; nothing is opened until a URL is read."""
@@ -310,15 +311,49 @@ class RemoteReading:
             return {}
         urls = [url for i in indices for url in self.sample_urls(int(i))]
         ahead = self.__dict__.get("_read_ahead")
-        if not ahead:
-            return self.fetcher().fetch(urls) if urls else {}
-        taken = {url: read for url, read in ((u, ahead.pop(u, None)) for u in urls) if read is not None}
-        if taken:  # appends are atomic: several threads call this
-            self.__dict__.setdefault("_read_ahead_used", []).append(len(taken))
-        rest = [url for url in urls if url not in taken]
-        futures = self.fetcher().fetch(rest) if rest else {}
-        futures.update(taken)
+        if ahead:
+            taken = {url: read for url, read in ((u, ahead.pop(u, None)) for u in urls) if read is not None}
+            if taken:  # appends are atomic: several threads call this
+                self.__dict__.setdefault("_read_ahead_used", []).append(len(taken))
+            rest = [url for url in urls if url not in taken]
+            futures = self.fetcher().fetch(rest) if rest else {}
+            futures.update(taken)
+        else:
+            futures = self.fetcher().fetch(urls) if urls else {}
+        if self.__dict__.get("_keeping_reads"):  # see `keeping_reads`
+            self.__dict__.setdefault("_read_ahead", {}).update(futures)
+            self.__dict__["_read_ahead_epoch"] = max(self.__dict__.get("_read_ahead_epoch", 0), self.epoch + 1)
         return futures
+
+    @contextlib.contextmanager
+    def keeping_reads(self, keep: bool = True) -> Iterator[None]:
+        """Within the block, the objects read are kept, as if read ahead, for the next batch that needs them.
+
+        Under `fit`, Keras reads the first two batches for their structure
+        and then starts the epoch, which asks for the same samples again
+        (at other positions when it shuffles): their objects are then read
+        once, not twice. Kept reads no batch took are let go at the end of
+        the next epoch (`drop_stale_read_ahead`).
+
+        Args:
+            keep: Whether to keep them (`False`: the block changes nothing).
+
+        Yields:
+            Nothing.
+
+        Example:
+
+        >>> with seq.keeping_reads():  # doctest: +SKIP
+        ...     structure = seq[0]
+        """
+        if not keep:
+            yield
+            return
+        self.__dict__["_keeping_reads"] = True
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_keeping_reads", None)
 
     def read_ahead(self, indices: Sequence[int], epoch: int) -> int:
         """Starts reading the objects of samples an epoch will load first, before any batch asks for them.
@@ -404,4 +439,5 @@ class RemoteReading:
         state["storage_options"] = storage.public_options(state.get("storage_options"))
         state["_fetcher"] = None
         state.pop("_read_ahead", None)  # reads in flight stay in the process that made them
+        state.pop("_keeping_reads", None)
         return state

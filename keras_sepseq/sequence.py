@@ -261,17 +261,14 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
             else:
                 items[k] = cached
         if missing:
-            wanted = indices[missing]
-            pool = self._worker_pool() if self.parallel else None
-            if pool is None or pool.loads_here(self.epoch):  # no workers, or the tuner found this thread fastest
-                loaded = self.try_load_items([int(i) for i in wanted])
-            else:
-                # When this thread loads every batch itself, there is nothing to prefetch (nor to work out).
-                upcoming = [] if pool.tuner.inline else self._to_load(self._upcoming_positions(position))
-                result = pool.load((self.epoch, position), wanted, upcoming)
-                if isinstance(result, Assembled):  # collated by a process worker: see assembles_in_workers
-                    return result.batch
-                loaded = result
+            # Keras's structure read (`seq[0]`, `seq[1]` before `fit`): objects in storage are read once, not
+            # twice (with a cache, the samples themselves are kept).
+            structure = self.reads_remote and cache is None and keras_frame(self, "get_tf_dataset") is not None
+            with self.keeping_reads(structure):
+                result = self._load_missing(indices[missing], position)
+            if isinstance(result, Assembled):  # collated by a process worker: see assembles_in_workers
+                return result.batch
+            loaded = result
             for k, item in zip(missing, loaded):
                 items[k] = item
                 if cache is not None and not isinstance(item, SampleError):
@@ -282,6 +279,15 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
                     raise item
             return self.collate(indices, items, position)
         return self._collate_skipping(indices, items, position)
+
+    def _load_missing(self, wanted: np.ndarray, position: int) -> list[Any] | Assembled:
+        """The samples at `wanted` of the batch at `position`, loaded here or by the worker pool."""
+        pool = self._worker_pool() if self.parallel else None
+        if pool is None or pool.loads_here(self.epoch):  # no workers, or the tuner found this thread fastest
+            return self.try_load_items([int(i) for i in wanted])
+        # When this thread loads every batch itself, there is nothing to prefetch (nor to work out).
+        upcoming = [] if pool.tuner.inline else self._to_load(self._upcoming_positions(position))
+        return pool.load((self.epoch, position), wanted, upcoming)
 
     def sample_cache(self) -> MemoryCache | DirectoryCache | None:
         """The cache of loaded samples (created on first use), or `None` without `cache`.
