@@ -6,7 +6,8 @@ Everything runs in one process and one run, so the ratios compare:
    (`keras_sepseq.s3_server`: moto behind a proxy that adds `latency`
    seconds to every request, 50 ms by default, as a distant region does).
 2. `model.fit` with the bench's tiny model: the first epoch reading the
-   bucket with 2 workers, against the first epoch reading local disk; then
+   bucket with 2 workers, against the first epoch reading local disk (and
+   once with `workers=1`, the default, against local disk so); then
    with a directory cache, the later epochs of each (the remote run's must
    make no request at all).
 3. Listing: a prefix of `list_keys` keys (100,000 by default) is globbed,
@@ -113,10 +114,11 @@ def run_remote(
         log(f"{len(urls):,} reads, {in_flight} in flight: {round_trip * 1000:.1f} ms per read "
             f"({latency * 1000:.0f} ms added per request)")  # fmt: skip
 
-        def fit(name: str, sources: list[str], n_epochs: int, delay: float = latency, **extra: Any) -> None:
-            seq = SeparatedSequence(
-                sources, labels, batch_size, image_size=size, seed=0, workers=workers, storage_options=options, **extra
-            )
+        def fit(
+            name: str, sources: list[str], n_epochs: int, delay: float = latency, n_workers: int = workers, **extra: Any
+        ) -> None:
+            seq = SeparatedSequence(sources, labels, batch_size, image_size=size, seed=0, workers=n_workers,
+                                    storage_options=options, **extra)  # fmt: skip
             timer = epoch_timer(len(sources))
             server.configure(latency=delay)
             server.reset()
@@ -157,6 +159,9 @@ def run_remote(
                     runs[f"s3, {workers} workers{suffix}"]["rates"][0] / runs["local disk" + suffix]["rates"][0]
                 )
             fit(f"s3, {workers} workers, no latency", urls, 1, delay=0.0)
+            # The default, workers=1: no pool; the calling thread decodes while the next batches' objects are read.
+            fit("local disk, workers=1", paths, 1, n_workers=1)
+            fit("s3, workers=1", urls, 1, n_workers=1)
             fit("local disk, cache=<dir>", paths, epochs, cache=os.path.join(folder, "local"))
             fit("s3, cache=<dir>", urls, epochs, cache=os.path.join(folder, "s3"))
         finally:
@@ -188,6 +193,8 @@ def run_remote(
     ratios = {
         "first_epoch_s3_vs_local": float(np.median(first_epochs)),
         "first_epoch_with_latency_vs_without": remote_rate / instant["rates"][0],
+        "first_epoch_s3_vs_local_workers_1": runs["s3, workers=1"]["rates"][0]
+        / runs["local disk, workers=1"]["rates"][0],
         "cached_later_epochs_s3_vs_local": float(
             np.median(cached["rates"][1:]) / np.median(runs["local disk, cache=<dir>"]["rates"][1:])
         ),

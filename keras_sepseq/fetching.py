@@ -162,6 +162,8 @@ class Pending(Protocol):
 
     def result(self, timeout: float | None = None) -> Any: ...
 
+    def done(self) -> bool: ...
+
     def add_done_callback(self, fn: Callable[[Any], Any]) -> None: ...
 
     def cancel(self) -> bool: ...
@@ -360,7 +362,7 @@ class RemoteReading:
 
         `fetch_samples` then takes these reads instead of starting its own;
         `drop_read_ahead` lets go of those no batch took. At most
-        `reads_in_flight` objects are read ahead.
+        `reads_in_flight` reads ahead are on their way at once.
 
         Args:
             indices: Sample indices, in the order they will be needed.
@@ -379,10 +381,19 @@ class RemoteReading:
         ahead: dict[str, Pending] = self.__dict__.setdefault("_read_ahead", {})
         self.__dict__["_read_ahead_epoch"] = epoch
         urls = [u for i in indices for u in self.sample_urls(int(i)) if u not in ahead]
-        urls = list(dict.fromkeys(urls))[: max(0, self.reads_in_flight - len(ahead))]
+        urls = list(dict.fromkeys(urls))[: max(0, self.reads_in_flight - self.reads_ahead_in_flight())]
         if urls:
             ahead.update(self.fetcher().fetch(urls))
         return len(urls)
+
+    def reads_ahead_in_flight(self) -> int:
+        """How many reads ahead are still on their way (those done wait, bytes in hand, for their batch).
+
+        Returns:
+            A count, at most `reads_in_flight` from `read_ahead`'s own reads.
+        """
+        ahead = self.__dict__.get("_read_ahead")
+        return sum(not read.done() for read in list(ahead.values())) if ahead else 0  # list(): other threads pop
 
     def drop_stale_read_ahead(self, epoch: int) -> None:
         """Lets go of reads ahead made for an epoch before `epoch` that no batch took (a wrong guess).

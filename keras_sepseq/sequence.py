@@ -284,6 +284,8 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         """The samples at `wanted` of the batch at `position`, loaded here or by the worker pool."""
         pool = self._worker_pool() if self.parallel else None
         if pool is None or pool.loads_here(self.epoch):  # no workers, or the tuner found this thread fastest
+            if self.reads_remote:
+                self._read_ahead_batches(self._upcoming_positions(position))
             return self.try_load_items([int(i) for i in wanted])
         # When this thread loads every batch itself, there is nothing to prefetch (nor to work out).
         upcoming = [] if pool.tuner.inline else self._to_load(self._upcoming_positions(position))
@@ -369,6 +371,25 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
             order = keras_next_order(self)
             if order:
                 pool.prefetch(self._to_load(order[: self.max_queue_size]))
+        elif self.reads_remote:
+            self._read_ahead_batches((keras_next_order(self) or [])[: self.max_queue_size])
+
+    def _read_ahead_batches(self, positions: list[int]) -> None:
+        """Without a worker pool, starts reading the objects of the batches at `positions` (in this epoch), in
+        that order, up to `reads_in_flight` objects: the calling thread then decodes one batch while the next
+        ones' round trips pass, instead of waiting for each (workers=1 read the bench's photos from S3 with
+        50 ms added at 0.33x of local disk)."""
+        epoch, covered = self.__dict__.get("_batches_read_ahead", (None, set()))
+        if epoch != self.epoch:  # positions of an earlier epoch
+            covered = set()
+            self.__dict__["_batches_read_ahead"] = (self.epoch, covered)
+        room = self.reads_in_flight - self.reads_ahead_in_flight()
+        for key, indices in self._to_load([p for p in positions if p not in covered]):
+            if room <= 0:
+                return
+            room -= self.read_ahead(indices.tolist(), key[0])
+            if room > 0:  # every object of the batch is on its way (or in hand): not looked at again
+                covered.add(key[1])
 
     def _to_load(self, positions: list[int]) -> list[tuple[tuple, np.ndarray]]:
         """`((epoch, position), indices)` of the batches at `positions`, without samples the cache holds."""

@@ -25,10 +25,14 @@ def test_the_remote_bench_counts_requests_pages_and_round_trips(tmp_path):
         "local disk",
         "s3, 2 workers",
         "s3, 2 workers, no latency",
+        "local disk, workers=1",
+        "s3, workers=1",
         "local disk, cache=<dir>",
         "s3, cache=<dir>",
     }
-    assert runs["local disk"]["requests"] == 0
+    assert runs["local disk"]["requests"] == 0 and runs["local disk, workers=1"]["requests"] == 0
+    assert runs["s3, workers=1"]["requests"] == len(paths)  # the structure read's objects are not read twice
+    assert "first_epoch_s3_vs_local_workers_1" in report["ratios"]
     # The cached run reads every object once, in its first epoch, and nothing after.
     assert runs["s3, cache=<dir>"]["requests"] == len(paths)
     assert all(len(run["rates"]) == (2 if "cache" in name else 1) for name, run in runs.items())

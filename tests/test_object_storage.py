@@ -271,6 +271,23 @@ def test_https_urls_with_a_manifest(http_folder, indexed_dataset):
         seq.close()
 
 
+def test_without_workers_the_next_batches_objects_are_read_ahead(s3):
+    images, labels = paired(s3)
+    seq = ks.SeparatedSequence(
+        images, labels, batch_size=6, shuffle=False, storage_options=s3.storage_options, reads_in_flight=24
+    )
+    try:
+        seen = epoch(seq)
+        stats = seq.remote_stats
+    finally:
+        seq.close()
+    assert seen == list(range(N))  # in order, each image with its own label
+    assert s3.stats()["get"] == 2 * N  # each object read once
+    # While a batch decodes, the objects of the next ones (24 at most on their way) are read: every batch but
+    # the first takes its objects from those reads instead of waiting a round trip for its own.
+    assert stats["read_ahead_used"] == 2 * N - 2 * 6
+
+
 @pytest.mark.parametrize(
     "options",
     [{"workers": 0}, {"workers": 2}, {"workers": 2, "use_multiprocessing": True}],
@@ -301,10 +318,11 @@ def test_fit_reads_its_first_epoch_ahead_while_keras_reads_the_structure(s3, opt
         seq.close()
     assert per_epoch == [([1.0] * N, 0.0)] * 2  # every sample once per epoch, each image with its own label
     # Every object is read once per epoch: the 2 batches Keras reads for the structure (24 objects) are kept
-    # for the first epoch, which asks for them again. With workers, the first epoch's other objects were read
-    # ahead too, in the order fit asked for them (the structure read takes its 24 from those, and puts them back).
+    # for the first epoch, which asks for them again. The first epoch's objects were read ahead, in the order fit
+    # asked for them (the structure read takes its 24 from those, and puts them back); without workers, so were
+    # the second epoch's (with workers, the pool's prefetch reads them).
     assert s3.stats()["get"] == 2 * 2 * N
-    assert stats["read_ahead_used"] == (2 * 2 * 6 if options["workers"] == 0 else 2 * N + 2 * 2 * 6)
+    assert stats["read_ahead_used"] == (2 * 2 * N if options["workers"] == 0 else 2 * N) + 2 * 2 * 6
 
 
 def test_a_second_fit_over_a_filled_cache_reads_nothing_ahead(s3, tmp_path):
