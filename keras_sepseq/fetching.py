@@ -391,6 +391,13 @@ class RemoteReading:
 
         Returns:
             A count, at most `reads_in_flight` from `read_ahead`'s own reads.
+
+        Example:
+
+        >>> seq.read_ahead(range(64), epoch=seq.epoch)  # doctest: +SKIP
+        64
+        >>> seq.reads_ahead_in_flight()  # a round trip later: all done  # doctest: +SKIP
+        0
         """
         ahead = self.__dict__.get("_read_ahead")
         return sum(not read.done() for read in list(ahead.values())) if ahead else 0  # list(): other threads pop

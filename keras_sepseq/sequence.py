@@ -375,10 +375,10 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
             self._read_ahead_batches((keras_next_order(self) or [])[: self.max_queue_size])
 
     def _read_ahead_batches(self, positions: list[int]) -> None:
-        """Without a worker pool, starts reading the objects of the batches at `positions` (in this epoch), in
-        that order, up to `reads_in_flight` objects: the calling thread then decodes one batch while the next
-        ones' round trips pass, instead of waiting for each (workers=1 read the bench's photos from S3 with
-        50 ms added at 0.33x of local disk)."""
+        """When this thread loads every batch (no pool), starts reading the objects of the batches at `positions`
+        (in this epoch), in that order, `reads_in_flight` reads on their way at most: it then decodes one batch
+        while the next ones' round trips pass, instead of waiting for each (`workers=1` read the bench's photos
+        from S3, 50 ms added per request, at 0.31-0.33x of local disk before; docs/benchmarks.md)."""
         epoch, covered = self.__dict__.get("_batches_read_ahead", (None, set()))
         if epoch != self.epoch:  # positions of an earlier epoch
             covered = set()
