@@ -112,7 +112,9 @@ def test_every_sample_once_per_epoch_and_aligned(s3, options):
 
 
 @pytest.mark.parametrize(
-    "options", [{"workers": 2}, {"workers": 2, "use_multiprocessing": True}], ids=["2-threads", "2-processes"]
+    "options",
+    [{"workers": 1}, {"workers": 2}, {"workers": 2, "use_multiprocessing": True}],
+    ids=["workers=1", "2-threads", "2-processes"],
 )
 def test_transient_failures_are_retried_and_reported(s3, options):
     s3.configure(fail=0.02)
@@ -131,7 +133,8 @@ def test_transient_failures_are_retried_and_reported(s3, options):
     assert seq.remote_stats["failures"] == 0 and seq.remote_stats["retries"] > 0  # ...and were read again
     # The proxy's 503 names itself; a dropped connection is named by the client.
     assert re.search(
-        r"injected failure|error sending request|Disconnect|reset|Empty reply", seq.remote_stats["last_retry"]
+        r"injected failure|error sending request|Disconnect|reset|Empty reply|Connection was closed",
+        seq.remote_stats["last_retry"],
     )
 
 
@@ -156,6 +159,28 @@ def test_a_missing_object_is_named_in_a_sample_error(s3):
             seq[1]
     finally:
         seq.close()
+
+
+def test_objects_missing_from_reads_ahead_are_named_for_their_own_samples(s3):
+    images, labels = paired(s3)
+    labels[5], images[30] = "s3://data/lbl/label_9999.npy", "s3://data/img/image_9999.png"
+    seq = ks.SeparatedSequence(
+        images, labels, batch_size=4, shuffle=False, on_error="skip", storage_options=s3.storage_options
+    )
+    try:
+        batches = [seq[i] for i in range(len(seq))]  # workers=1: batch k reads batches k+1... ahead
+        stats = seq.remote_stats
+    finally:
+        seq.close()
+    served = [int(v) for _, y, _ in batches for v in np.asarray(y)]
+    assert served == [i for i in range(N) if i not in (5, 30)]
+    assert [(e.index, e.path) for e in seq.errors] == [
+        (5, "s3://data/lbl/label_9999.npy"),
+        (30, "s3://data/img/image_9999.png"),
+    ]
+    assert seq.errors[1].reason.startswith("cannot load image: FileNotFoundError: no such object: ")
+    assert stats["read_ahead_used"] == 2 * N - 2 * 4  # both missing objects were among the reads ahead
+    assert stats["retries"] == 0  # permanent: not tried again
 
 
 def test_a_forbidden_object_is_named_and_skipped(s3):
