@@ -357,7 +357,7 @@ class RemoteReading:
         finally:
             self.__dict__.pop("_keeping_reads", None)
 
-    def read_ahead(self, indices: Sequence[int], epoch: int) -> int:
+    def read_ahead(self, indices: Sequence[int], epoch: int, room: int | None = None) -> int:
         """Starts reading the objects of samples an epoch will load first, before any batch asks for them.
 
         `fetch_samples` then takes these reads instead of starting its own;
@@ -367,6 +367,9 @@ class RemoteReading:
         Args:
             indices: Sample indices, in the order they will be needed.
             epoch: The epoch they are read for (`drop_stale_read_ahead`).
+            room: How many reads may start, when the caller knows it (it
+                counted `reads_ahead_in_flight` for several calls); by
+                default `reads_in_flight` less those on their way.
 
         Returns:
             How many objects started reading.
@@ -381,7 +384,9 @@ class RemoteReading:
         ahead: dict[str, Pending] = self.__dict__.setdefault("_read_ahead", {})
         self.__dict__["_read_ahead_epoch"] = epoch
         urls = [u for i in indices for u in self.sample_urls(int(i)) if u not in ahead]
-        urls = list(dict.fromkeys(urls))[: max(0, self.reads_in_flight - self.reads_ahead_in_flight())]
+        if room is None:
+            room = self.reads_in_flight - self.reads_ahead_in_flight()
+        urls = list(dict.fromkeys(urls))[: max(0, room)]
         if urls:
             ahead.update(self.fetcher().fetch(urls))
         return len(urls)

@@ -283,15 +283,14 @@ class _Proxy:
         elif any(request.path.startswith(prefix) for prefix in self.denied):
             send = functools.partial(connection.send, _answer_bytes(403, _XML, _DENIED, head=head), request.closes)
         else:
-            send = functools.partial(self._object, connection, request)
+            send = functools.partial(self._object, connection, request, kind)
         if self.latency:
             loop.call_later(self.latency, send)
         else:
             send()
 
-    def _object(self, connection: _Connection, request: _Request) -> None:
+    def _object(self, connection: _Connection, request: _Request, kind: str) -> None:
         """Answers a read, a listing or a write: from the reads kept, or from moto (on an executor thread)."""
-        kind = request.kind()
         cacheable = kind == "get" and "range" not in request.headers
         wire = self.wire.get(request.path) if cacheable else None
         if wire is not None:

@@ -387,7 +387,7 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         for key, indices in self._to_load([p for p in positions if p not in covered]):
             if room <= 0:
                 return
-            room -= self.read_ahead(indices.tolist(), key[0])
+            room -= self.read_ahead(indices.tolist(), key[0], room)  # in flight counted once, not per batch
             if room > 0:  # every object of the batch is on its way (or in hand): not looked at again
                 covered.add(key[1])
 
