@@ -94,7 +94,7 @@ def make_small_dataset(directory: str, *, samples: int = 6000, seed: int = 0) ->
     return files
 
 
-def epoch_rates(seq: Any, epochs: int = 4, tuning: list | None = None) -> list[float]:
+def epoch_rates(seq: Any, epochs: int = 4, tuning: list | None = None, cpu: list | None = None) -> list[float]:
     """Samples/s of iterating every batch of `seq`, per epoch (the first includes starting workers).
 
     Args:
@@ -105,6 +105,9 @@ def epoch_rates(seq: Any, epochs: int = 4, tuning: list | None = None) -> list[f
             at once, 0 for the calling thread; samples/s it measured per
             limit), or `None` without a pool. A slow round then explains
             itself in `bench --small --json`.
+        cpu: Where to append, after each epoch, `[CPU seconds of this
+            process, CPU seconds of its child processes (the workers),
+            samples]` spent on it.
 
     Returns:
         One rate per epoch.
@@ -112,12 +115,15 @@ def epoch_rates(seq: Any, epochs: int = 4, tuning: list | None = None) -> list[f
     rates = []
     try:
         for _ in range(epochs):
-            start, seen = time.perf_counter(), 0
+            workers = _children(os.getpid())
+            start, seen, here, there = time.perf_counter(), 0, time.process_time(), _cpu_seconds(workers)
             seq.on_epoch_begin()
             for position in range(len(seq)):
                 seen += len(seq[position][1])
             seq.on_epoch_end()
             rates.append(seen / (time.perf_counter() - start))
+            if cpu is not None:
+                cpu.append([time.process_time() - here, _cpu_seconds(workers) - there, seen])
             if tuning is not None:
                 pool = getattr(seq, "_pool", None)
                 tuner = None if pool is None else pool.tuner
@@ -319,7 +325,8 @@ def run_small(
 
     Returns:
         `{"loaders": {workload: {setting: [steady rate per round]}}, "engine": {setting: costs}, "gil": {...},
-        "tuning": {workload: {setting: [per round, per epoch: the tuner's limit and capacity, or None]}}}`;
+        "tuning": {workload: {setting: [per round, per epoch: the tuner's limit and capacity, or None]}},
+        "cpu": {workload: {setting: [per round, per epoch: [CPU s here, CPU s in workers, samples]]}}}`;
         a round's steady rate is the median of its epochs `STEADY_EPOCHS` (of `EPOCHS`).
 
     Example:
@@ -345,10 +352,17 @@ def run_small(
         return float(np.median([rates[e] for e in STEADY_EPOCHS]))
 
     tuning: dict[str, dict[str, list[list]]] = {}
+    cpu: dict[str, dict[str, list[list]]] = {}
 
     def decided(setting: str, workload: str) -> list:
         """A new round's list of the tuner's decisions after each epoch, kept in the report."""
         rounds = tuning.setdefault(workload, {}).setdefault(setting, [])
+        rounds.append([])
+        return rounds[-1]
+
+    def spent(setting: str, workload: str) -> list:
+        """A new round's list of CPU seconds per epoch, here and in the workers, kept in the report."""
+        rounds = cpu.setdefault(workload, {}).setdefault(setting, [])
         rounds.append([])
         return rounds[-1]
 
@@ -359,18 +373,18 @@ def run_small(
             png = SeparatedSequence(files["images"], files["labels"], 64, image_size=(8, 8), seed=0, workers=count,
                                     use_multiprocessing=processes)  # fmt: skip
             loaders["small PNGs"].setdefault(name, []).append(
-                steady(epoch_rates(png, EPOCHS, tuning=decided(name, "small PNGs")))
+                steady(epoch_rates(png, EPOCHS, tuning=decided(name, "small PNGs"), cpu=spent(name, "small PNGs")))
             )
             sequences = PaddedSequence(
                 files["sequences"], labels, 64, seed=0, workers=count, use_multiprocessing=processes
             )
             loaders["short sequences"].setdefault(name, []).append(
-                steady(epoch_rates(sequences, EPOCHS, tuning=decided(name, "short sequences")))
+                steady(epoch_rates(sequences, EPOCHS, decided(name, "short sequences"), spent(name, "short sequences")))
             )
             pictures = SeparatedSequence(photos, photo_labels, 32, image_size=image_size, seed=0, workers=count,
                                          use_multiprocessing=processes)  # fmt: skip
             loaders["photos"].setdefault(name, []).append(
-                steady(epoch_rates(pictures, EPOCHS, tuning=decided(name, "photos")))
+                steady(epoch_rates(pictures, EPOCHS, tuning=decided(name, "photos"), cpu=spent(name, "photos")))
             )
         loaders["small PNGs"].setdefault("tf.data", []).append(
             steady(tf_png_rates(files["images"], labels, 64, EPOCHS))
@@ -386,7 +400,10 @@ def run_small(
     photo_seq = SeparatedSequence(photos, photo_labels, 32, image_size=image_size)
     gil["photos"] = gil_seconds_per_sample(photo_seq.load_item, len(photos), seconds)
     gil["photos"]["decode_rate"] = decode_rate(photos, image_size, seconds)
-    return {"samples": samples, "workers": workers, "loaders": loaders, "engine": engine, "gil": gil, "tuning": tuning}
+    return {
+        "samples": samples, "workers": workers, "loaders": loaders, "engine": engine, "gil": gil, "tuning": tuning,
+        "cpu": cpu,
+    }  # fmt: skip
 
 
 def paired_ratio(rates: list[float], base: list[float]) -> float:
@@ -432,6 +449,59 @@ def _parity_notes(report: dict[str, Any], workload: str, rates: dict[str, list[f
                 f"{len(limits)} measured epochs"
             )
     return notes
+
+
+def process_costs(report: dict[str, Any], workload: str) -> tuple[float, float] | None:
+    """Seconds of CPU per sample of a workload's process pool, in the main process and in the workers.
+
+    Summed over the measured epochs (`STEADY_EPOCHS`) in which the pool
+    loaded (the tuner's limit above 0) in every round.
+
+    Args:
+        report: What `run_small` returned.
+        workload: One of its workloads.
+
+    Returns:
+        `(main process, workers)` seconds per sample, or `None` where
+        nothing was measured.
+
+    Example:
+
+    >>> process_costs(report, "small PNGs")  # doctest: +SKIP
+    (4e-06, 3.1e-05)
+    """
+    setting = f"{report['workers']} processes"
+    rounds = report.get("cpu", {}).get(workload, {}).get(setting, [])
+    decisions = report.get("tuning", {}).get(workload, {}).get(setting, [])
+    here = there = samples = 0.0
+    for k, epochs in enumerate(rounds):
+        for e in STEADY_EPOCHS:
+            limit = decisions[k][e]["limit"] if k < len(decisions) and e < len(decisions[k]) else None
+            if e < len(epochs) and limit:
+                here, there, samples = here + epochs[e][0], there + epochs[e][1], samples + epochs[e][2]
+    return (here / samples, there / samples) if samples and there > 0 else None
+
+
+def _process_lines(report: dict[str, Any]) -> list[str]:
+    """What process workers reach on 16 and 64 cores: the main process's CPU per sample is not shared."""
+    lines = []
+    for workload in report["loaders"]:
+        costs = process_costs(report, workload)
+        if costs is None:
+            continue
+        here, there = costs
+        reach = {n: min(n / (here + there), 1 / here) for n in (16, 64)}
+        lines.append(
+            f"  {workload:16s} main process {here * 1e6:5.1f} us + workers {there * 1e6:6.1f} us per sample: at "
+            f"most {1 / here:,.0f}/s (the main process); on 16 cores {reach[16]:,.0f}/s, on 64 {reach[64]:,.0f}/s"
+        )
+        rate = report["gil"].get(workload, {}).get("decode_rate")
+        if rate:
+            verdict = "processes keep up" if reach[16] >= 16 * rate else "processes cannot"
+            lines.append(f"  {'':16s} 16 x single-core decode = {16 * rate:,.0f}/s: {verdict} on 16 cores")
+    if lines:
+        lines.insert(0, f"what {report['workers']} processes cost, and reach on more cores (epochs the pool loaded):")
+    return lines
 
 
 def format_small(report: dict[str, Any]) -> str:
@@ -494,4 +564,5 @@ def format_small(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {'':12s} 16 x single-core decode = {target:,.0f}/s; GIL ceiling / that = {ratio}: " + verdict
             )
+    lines.extend(_process_lines(report))
     return "\n".join(lines)

@@ -22,7 +22,9 @@ own pool:
   them, when the dataset allows it (`assembles_in_workers`), so that the
   main process copies one batch instead of unpickling every sample;
 - process workers leave the arrays they loaded in shared memory
-  (`SharedSlots`) rather than pickling them through the pool's pipe;
+  (`SharedSlots`) rather than pickling them through the pool's pipe, and
+  are fed through pipes of their own (`ProcessWorkers`), with no thread in
+  this process between the caller and the workers;
 - a batch asked for that was not prefetched goes ahead of queued
   prefetches.
 
@@ -42,7 +44,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import resource_tracker
@@ -52,6 +54,7 @@ import numpy as np
 
 from keras_sepseq.errors import SampleError
 from keras_sepseq.fetching import Pending, when_all
+from keras_sepseq.process_workers import ProcessWorkers
 from keras_sepseq.shared_slots import (
     SHARED_MEMORY_LIMIT,
     InSlot,
@@ -199,16 +202,17 @@ class WorkerPool:
         self._largest_batch = 1
         self._last_delivered: float | None = None
         self._epoch: Any = None
-        self._executor: ProcessPoolExecutor | ThreadPoolExecutor | None
+        self._executor: ProcessWorkers | ThreadPoolExecutor | None
         if self.use_processes:
             # Workers share the resource tracker running now: shared memory they open is then the same entry
             # as the one this process unlinks, not one their own tracker would unlink (and warn about) at exit.
             resource_tracker.ensure_running()
-            self._executor = ProcessPoolExecutor(
+            self._executor = ProcessWorkers(
                 self.workers,
-                mp_context=multiprocessing.get_context(),
+                _load_chunk_in_process,
                 initializer=_init_process_worker,
                 initargs=(dataset,),
+                context=multiprocessing.get_context(),
             )
         else:
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="keras_sepseq")
@@ -259,7 +263,7 @@ class WorkerPool:
         if not self.use_processes:
             return self._running().submit(self._load_chunk, chunk, contents, epoch)
         where = None if slot is None or self._slots is None else self._slots.where(slot)
-        return self._running().submit(_load_chunk_in_process, chunk, where, contents, epoch, position)
+        return cast(ProcessWorkers, self._running()).submit(chunk, where, contents, epoch, position)
 
     def _after_fetch(
         self, chunk: list[int], slot: int | None, fetched: dict[str, Pending], epoch: int | None, position: int | None
@@ -285,7 +289,7 @@ class WorkerPool:
         when_all(fetched, submit)
         return outer
 
-    def _running(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
+    def _running(self) -> ProcessWorkers | ThreadPoolExecutor:
         if self._executor is None:
             raise RuntimeError("the worker pool was closed")
         return self._executor
@@ -516,12 +520,16 @@ class WorkerPool:
     def _result(self, future: Future) -> list[Any]:
         """Waits for `future`, checking every second that no worker process died meanwhile.
 
-        The executor normally notices a dead worker and fails every pending
-        future; the check makes sure a wait cannot outlive its workers even
-        if that notice is lost.
+        Process workers' results are read by the thread that waits for them
+        (`ProcessWorkers.wait_for`), which sees a dead worker at once and
+        fails every task in flight; the check makes sure a wait cannot
+        outlive its workers even if that notice is lost.
         """
         while True:
             try:
+                executor = self._executor
+                if isinstance(executor, ProcessWorkers):
+                    executor.wait_for(future, 1.0)
                 return future.result(timeout=1.0)
             except FutureTimeout:
                 if self.use_processes and (self._exit_codes() or getattr(self._executor, "_broken", False)):
@@ -543,10 +551,10 @@ class WorkerPool:
         threads are busy, is safer than forking from a generator thread in
         the middle of an epoch.
         """
-        if self.use_processes and self._executor is not None:
-            for future in [self._executor.submit(os.getpid) for _ in range(self.workers)]:
-                future.result()
-            self._processes = list(self._executor._processes.values())  # type: ignore[union-attr]
+        executor = self._executor
+        if isinstance(executor, ProcessWorkers):
+            executor.start()
+            self._processes = list(executor._processes.values())
 
     def _exit_codes(self) -> list:
         """Exit codes of the worker processes that ended (negative: killed by that signal)."""

@@ -44,6 +44,15 @@ def decode_index(x: np.ndarray) -> np.ndarray:
     return x[:, 0, 0, 0] + 256 * x[:, 0, 0, 1]
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not; Linux `/proc`)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
 def write_indexed_dataset(folder, n: int, *, size=(6, 5), label_shape=(), prefix=("image", "label")):
     """Writes `n` PNG + .npy pairs where image i encodes i and label i holds i."""
     os.makedirs(folder, exist_ok=True)

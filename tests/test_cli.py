@@ -362,3 +362,33 @@ def test_bench_small_report_shows_the_spread_of_the_same_code_and_where_threads_
     assert "per-round ratios 0.96-1.05x (this machine's noise" in lines[4]
     assert lines[5].endswith("2 threads: the calling thread loaded (the workers=1 code) in 5 of 10 measured epochs")
     assert "per-round ratios 1.00-1.00x" in lines[9] and "engine" in lines[10]  # photos' threads never inline
+
+
+def test_bench_small_says_what_processes_cost_and_reach_from_the_epochs_their_pool_loaded():
+    from keras_sepseq.bench_small import EPOCHS, format_small, process_costs
+
+    pool, calling = [{"limit": 2, "capacity": {}}] * EPOCHS, [{"limit": 0, "capacity": {}}] * EPOCHS
+    report = {
+        "samples": 600,
+        "workers": 2,
+        "loaders": {
+            "small PNGs": {"workers=1": [100.0, 100.0], "2 processes": [150.0, 100.0]},
+            "photos": {"workers=1": [10.0], "2 processes": [18.0]},
+        },
+        "engine": {},
+        "gil": {"photos": {"gil_s": 0.0, "alone_s": 600e-6, "speedup": 2.0, "decode_rate": 1500.0}},
+        "tuning": {"small PNGs": {"2 processes": [pool, calling]}, "photos": {"2 processes": [pool]}},
+        "cpu": {
+            # 4 us here and 31 us in the workers per sample; the round that loaded in the calling process does not count
+            "small PNGs": {"2 processes": [[[0.004, 0.031, 1000]] * EPOCHS, [[0.04, 0.0, 1000]] * EPOCHS]},
+            "photos": {"2 processes": [[[0.01, 0.6, 1000]] * EPOCHS]},
+        },
+    }
+    assert process_costs(report, "small PNGs") == pytest.approx((4e-6, 31e-6))
+    assert process_costs(report, "short sequences") is None
+    lines = format_small(report).splitlines()
+    start = lines.index("what 2 processes cost, and reach on more cores (epochs the pool loaded):")
+    expected = "small PNGs main process 4.0 us + workers 31.0 us per sample: at most 250,000/s (the main process);"
+    assert lines[start + 1].split() == [*expected.split(), "on", "16", "cores", "250,000/s,", "on", "64", "250,000/s"]
+    assert "on 16 cores 26,230/s, on 64 100,000/s" in lines[start + 2]
+    assert lines[start + 3].endswith("16 x single-core decode = 24,000/s: processes keep up on 16 cores")

@@ -9,6 +9,7 @@ import time
 from multiprocessing import resource_tracker
 
 import pytest
+from conftest import process_alive as alive
 from conftest import write_indexed_dataset
 
 from keras_sepseq import SeparatedSequence
@@ -20,7 +21,8 @@ SCRIPT_HEAD = textwrap.dedent(
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # finish() asks for the stacks of a hung run
     sys.path.insert(0, {tests!r})
     import keras, numpy as np
-    from conftest import write_indexed_dataset
+    from conftest import process_alive as alive
+from conftest import write_indexed_dataset
     from keras_sepseq import SeparatedSequence
 
     class Slow(SeparatedSequence):
@@ -53,14 +55,6 @@ def finish(process, timeout):
         process.kill()
         out, err = process.communicate()
         pytest.fail(f"the run hung for {timeout} s; its threads:\n{err[-8000:]}\nstdout:\n{out}")
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "\nState:\tZ" not in f.read()
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(not os.path.exists("/proc"), reason="uses /proc (Linux)")
