@@ -21,8 +21,7 @@ SCRIPT_HEAD = textwrap.dedent(
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # finish() asks for the stacks of a hung run
     sys.path.insert(0, {tests!r})
     import keras, numpy as np
-    from conftest import process_alive as alive
-from conftest import write_indexed_dataset
+    from conftest import write_indexed_dataset
     from keras_sepseq import SeparatedSequence
 
     class Slow(SeparatedSequence):
