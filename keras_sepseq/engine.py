@@ -35,10 +35,9 @@ caller at once; nothing waits forever.
 from __future__ import annotations
 
 import atexit
+import functools
 import multiprocessing
 import os
-import signal
-import sys
 import threading
 import time
 import weakref
@@ -52,8 +51,8 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from keras_sepseq.errors import SampleError
 from keras_sepseq.fetching import Pending, when_all
+from keras_sepseq.in_worker import Assembled, init_process_worker, load_chunk_in_process
 from keras_sepseq.process_workers import ProcessWorkers
 from keras_sepseq.shared_slots import (
     SHARED_MEMORY_LIMIT,
@@ -61,7 +60,6 @@ from keras_sepseq.shared_slots import (
     SharedSlots,
     aligned,
     item_bytes,
-    pack_items,
 )
 from keras_sepseq.storage import supplied
 from keras_sepseq.tuning import LoadTuner
@@ -76,57 +74,6 @@ class WorkerDiedError(RuntimeError):
 
     >>> raise WorkerDiedError("a worker process died")  # doctest: +SKIP
     """
-
-
-# Process workers: the dataset lives in a module global, set once per process.
-_WORKER_DATASET: Any = None
-
-
-def _init_process_worker(dataset: Any) -> None:
-    global _WORKER_DATASET
-    _WORKER_DATASET = dataset
-    cv2 = sys.modules.get("cv2")
-    if cv2 is not None:  # OpenCV's thread pool does not survive fork(): run its parallel loops inline here
-        cv2.setNumThreads(0)
-    # Ctrl-C goes to the whole process group: let the main process decide, workers just stop when told.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-class Assembled(NamedTuple):
-    """A batch a process worker assembled (`collate`d) itself, in place of the items of its samples."""
-
-    batch: tuple
-
-
-def _load_chunk_in_process(
-    indices: list[int],
-    slot: tuple[str, int, int] | None = None,
-    contents: dict[str, Any] | None = None,
-    epoch: int | None = None,
-    position: int | None = None,
-) -> tuple[float, float, Any]:
-    """Loads a chunk in a process worker: `(seconds, CPU seconds it took, items, an Assembled batch, or an InSlot)`.
-
-    `contents` holds the bytes of the chunk's objects in storage, fetched
-    by the pool's process (which keeps the credentials); `epoch` is the
-    epoch of the chunk's batch (see `EpochOrder.loading_epoch`); with a
-    `position`, the chunk is that whole batch, assembled here unless a
-    sample failed (the calling process then decides what to do).
-    """
-    start, cpu = time.perf_counter(), time.thread_time()
-    dataset = _WORKER_DATASET
-    with dataset.loading_epoch(epoch):
-        if contents is None:  # local files
-            items = dataset.try_load_items(indices)
-        else:
-            with supplied(contents):
-                items = dataset.try_load_items(indices)
-    result: Any = items
-    if position is not None and not any(isinstance(item, SampleError) for item in items):
-        if epoch is not None and dataset.epoch != epoch:
-            dataset.set_epoch(epoch)  # this process's own copy: collate sees the batch's epoch, as the caller's does
-        result = Assembled(dataset.collate(np.asarray(indices, dtype=np.int64), items, position))
-    return time.perf_counter() - start, time.thread_time() - cpu, pack_items(result, slot)
 
 
 def _epoch_of(key: Any) -> int | None:
@@ -209,8 +156,8 @@ class WorkerPool:
             resource_tracker.ensure_running()
             self._executor = ProcessWorkers(
                 self.workers,
-                _load_chunk_in_process,
-                initializer=_init_process_worker,
+                load_chunk_in_process,
+                initializer=init_process_worker,
                 initargs=(dataset,),
                 context=multiprocessing.get_context(),
             )
@@ -314,6 +261,7 @@ class WorkerPool:
 
     def _collect(self, job: _Job) -> Any:
         """Waits for `job` and returns its items (or `Assembled` batch), out of its slot if the worker used one."""
+        lent = False
         try:
             result = self._result(job.future)
             if self.use_processes:
@@ -321,9 +269,16 @@ class WorkerPool:
                 self.tuner.record(len(job.chunk), seconds, cpu_seconds=cpu)
             if isinstance(result, InSlot):
                 self.through_shared_memory += 1
-                return cast(SharedSlots, self._slots).read(result)  # a result in a slot implies the slots exist
+                slots = cast(SharedSlots, self._slots)  # a result in a slot implies the slots exist
+                # A whole batch goes to the caller as the worker left it, its arrays views of the slot, which is
+                # reused once they are gone; while the caller holds on to enough batches to leave few slots
+                # free, batches are copied out as before. Items are always copied (a cache may keep them).
+                if job.position is not None and job.slot is not None and slots.spare() > self.workers:
+                    lent = True
+                    return slots.read(result, lend=functools.partial(slots.give, job.slot))
+                return slots.read(result)
         finally:
-            if job.slot is not None and self._slots is not None:
+            if job.slot is not None and self._slots is not None and not lent:
                 self._slots.give(job.slot)
         if not self._slots_tried:
             self._make_slots(item_bytes(result) * self._largest_batch // max(1, len(job.chunk)))

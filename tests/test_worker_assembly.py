@@ -198,3 +198,58 @@ def test_a_batch_that_cannot_be_collated_in_a_worker_raises_here_as_it_would_in_
         finally:
             seq.close()
     assert "image_037.png" in messages[0] and messages[0] == messages[1]
+
+
+def test_batches_lent_from_shared_memory_stay_intact_while_held_and_free_their_slot_when_dropped(indexed_dataset):
+    data = indexed_dataset(240)
+    seq = SeparatedSequence(*data, batch_size=4, seed=3, workers=2, use_multiprocessing=True, max_queue_size=4)
+    try:
+        pool = seq._worker_pool()
+        seq.on_epoch_begin()
+        held, copies = [], []
+        for position in range(len(seq)):  # every batch kept: far more than there are slots
+            x, y = seq[position]
+            held.append((x, y))
+            copies.append((x.copy(), y.copy()))
+        slots = pool._slots
+        assert slots is not None and pool.assembled > 0
+        block = np.frombuffer(slots.memory.buf, np.uint8)
+        start = block.__array_interface__["data"][0]
+        end = start + block.nbytes
+
+        def in_slot(x):
+            return start <= x.__array_interface__["data"][0] < end
+
+        lent = [x for x, _ in held if in_slot(x)]  # views of a slot, not copies
+        assert 0 < len(lent) <= slots.count - pool.workers  # past that, batches were copied out, slots kept free
+        for (x, y), (x_copy, y_copy) in zip(held, copies):  # nothing was written over a batch still held
+            assert np.array_equal(x, x_copy) and np.array_equal(y, y_copy)
+            assert decode_index(x).tolist() == y.tolist()
+        seq.on_epoch_end()
+        del held, lent, x, y, block
+        assert slots.spare() == slots.count  # every slot back once its batch is gone
+        seq.on_epoch_begin()
+        assert sorted(v for p in range(len(seq)) for v in seq[p][1].tolist()) == list(range(240))
+        seq.on_epoch_end()
+    finally:
+        seq.close()
+
+
+def test_a_batch_lent_from_shared_memory_outlives_its_sequence(indexed_dataset, monkeypatch):
+    import gc
+    import sys
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    data = indexed_dataset(120)
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    seq = SeparatedSequence(*data, batch_size=4, shuffle=False, workers=2, use_multiprocessing=True)
+    seq._worker_pool()
+    kept = [seq[p] for p in range(len(seq))][-1]
+    assert seq._pool.assembled > 0
+    seq.close()
+    assert decode_index(kept[0]).tolist() == kept[1].tolist() == [116, 117, 118, 119]
+    assert not (set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()) - before  # unlinked
+    del kept
+    gc.collect()
+    assert unraisable == []
