@@ -314,9 +314,9 @@ class ProcessWorkers:
         if self._poller is not None:
             ready = [self._watched[d] for d, _ in self._poller.poll(timeout * 1000)]
         else:  # no poll() (Windows): multiprocessing's own wait
-            objects: list[Any] = [*self._results, *(p.sentinel for p in self._workers)]
-            done = wait_connections(objects, timeout)
-            ready = [("result", self._results.index(o)) if o in self._results else ("sentinel", 0) for o in done]
+            watched: dict[Any, tuple[str, int]] = {c: ("result", k) for k, c in enumerate(self._results)}
+            watched.update({p.sentinel: ("sentinel", k) for k, p in enumerate(self._workers)})
+            ready = [watched[o] for o in wait_connections(list(watched), timeout)]
         answers: list[tuple[_Task, bool, Any]] = []
         died = False
         with self._lock:

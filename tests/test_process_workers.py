@@ -35,8 +35,10 @@ def _touch(path):
     return os.getpid()
 
 
-@pytest.fixture
-def slow_workers():
+@pytest.fixture(params=["poll", "connection-wait"])
+def slow_workers(request, monkeypatch):
+    if request.param == "connection-wait":  # as where select.poll is missing (Windows)
+        monkeypatch.delattr("select.poll")
     workers = ProcessWorkers(2, _slow)
     yield workers
     workers.shutdown()
