@@ -201,6 +201,7 @@ class ProcessWorkers:
         self._lock = threading.RLock()  # the queue, the tasks in flight, the task pipes
         self._reading = threading.RLock()  # held by the one thread that reads results (a callback may wait too)
         self._queue: deque[tuple[int, _Task, tuple]] = deque()
+        self._sent = threading.Event()  # set when a task is sent: a thread waiting with nothing in flight wakes
         self._in_flight: dict[int, tuple[_Task, int]] = {}  # task id: (future, worker)
         self._outstanding = [0] * self.workers
         self._next_task = 0
@@ -308,8 +309,10 @@ class ProcessWorkers:
         """Waits up to `timeout` for results, completes their futures, and sends the next tasks."""
         with self._lock:
             idle = not self._in_flight or self._closed or self._broken is not None
-        if idle:  # a future of another kind is waited for, or `shutdown` fails what is left in flight
-            time.sleep(min(timeout, 0.01))
+            if idle:
+                self._sent.clear()
+        if idle:  # a future of another kind is waited for (its task not submitted yet), or the pool is done
+            self._sent.wait(min(timeout, 0.01))  # woken as soon as a task is sent (by an I/O thread, say)
             return
         if self._poller is not None:
             ready = [self._watched[d] for d, _ in self._poller.poll(timeout * 1000)]
@@ -354,6 +357,7 @@ class ProcessWorkers:
                 continue  # cancelled while it waited here
             self._in_flight[task] = (future, k)
             self._outstanding[k] += 1
+            self._sent.set()
             try:
                 self._tasks[k].send((task, args))
             except (OSError, EOFError):  # the worker is gone: its sentinel says so at the next wait

@@ -7,7 +7,7 @@ import sys
 import textwrap
 import threading
 import time
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -120,6 +120,21 @@ def test_threads_waiting_at_once_each_get_their_result(slow_workers):
     for thread in threads:
         thread.join(30)
     assert got == {7: 7, 2: 2, 5: 5}
+
+
+def test_a_future_completed_by_a_task_another_thread_submits_later_is_waited_for(slow_workers):
+    outer = Future()  # as the engine's future of a chunk whose objects are still being read
+
+    def submit_later():
+        time.sleep(0.2)
+        inner = slow_workers.submit(0.0, "read, then decoded")
+        inner.add_done_callback(lambda done: outer.set_result(done.result()))
+
+    thread = threading.Thread(target=submit_later)
+    thread.start()
+    slow_workers.wait_for(outer, timeout=30)
+    thread.join()
+    assert outer.result() == "read, then decoded"
 
 
 def test_sending_a_large_task_does_not_wait_for_the_busy_worker_to_finish():
