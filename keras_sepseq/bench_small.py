@@ -115,7 +115,7 @@ def epoch_rates(seq: Any, epochs: int = 4, tuning: list | None = None, cpu: list
     rates = []
     try:
         for _ in range(epochs):
-            workers = _children(os.getpid())
+            workers = _children(os.getpid()) if cpu is not None else []
             start, seen, here, there = time.perf_counter(), 0, time.process_time(), _cpu_seconds(workers)
             seq.on_epoch_begin()
             for position in range(len(seq)):

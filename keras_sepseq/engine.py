@@ -110,9 +110,10 @@ class WorkerPool:
         assemble: Process workers that load a whole batch also collate
             it (see `BaseSequence.assembles_in_workers`); `load` then
             returns an `Assembled` batch instead of items.
-        lend_items: Items from process workers' shared memory are views of
-            it, as `Assembled` batches always are, not copies (for a caller
-            that keeps no item past collating a batch: no cache).
+        lend: Results in process workers' shared memory (items, or an
+            `Assembled` batch) reach the caller as views of it, reused once
+            they are gone, not copies: for a caller that keeps no item past
+            collating its batch (no cache).
 
     Example:
 
@@ -129,7 +130,7 @@ class WorkerPool:
         max_queue_size: int,
         fetch: Callable[[list[int]], dict[str, Pending]] | None = None,
         assemble: bool = False,
-        lend_items: bool = False,
+        lend: bool = False,
     ) -> None:
         self.workers = max(1, int(workers))
         self.use_processes = bool(use_processes)
@@ -143,7 +144,7 @@ class WorkerPool:
         self.inline = 0  # batches the calling thread loaded itself, as the tuner decided
         self.through_shared_memory = 0  # chunks whose arrays came back in shared memory
         self.assemble = bool(assemble) and self.use_processes
-        self.lend_items = bool(lend_items)
+        self.lend = bool(lend)
         self.assembled = 0  # batches a process worker collated
         self._owner_pid = os.getpid()
         self._fetch = fetch
@@ -275,11 +276,9 @@ class WorkerPool:
             if isinstance(result, InSlot):
                 self.through_shared_memory += 1
                 slots = cast(SharedSlots, self._slots)  # a result in a slot implies the slots exist
-                # A whole batch goes to the caller as the worker left it, its arrays views of the slot, which is
-                # reused once they are gone (items too, which `collate` copies, unless a cache keeps them); while
-                # the caller holds on to batches enough to leave few slots free, they are copied out as before.
-                lend = job.position is not None or self.lend_items
-                if lend and job.slot is not None and slots.spare() > self.workers:
+                # The worker's arrays go to the caller as views of the slot, which is reused once they are gone;
+                # while the caller holds on to batches enough to leave few slots free, they are copied out.
+                if self.lend and job.slot is not None and slots.spare() > self.workers:
                     lent = True
                     return slots.read(result, lend=functools.partial(slots.give, job.slot))
                 return slots.read(result)

@@ -350,7 +350,7 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
                 max_queue_size=self.max_queue_size,
                 fetch=self.fetch_samples if self.reads_remote else None,
                 assemble=self.use_processes and self.assembles_in_workers(),
-                lend_items=self.cache is None,
+                lend=self.cache is None,  # a cache keeps items; whole batches are only made without one
             )
             self._pool.start()
         return self._pool
