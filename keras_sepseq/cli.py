@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--workers", type=_positive_int, default=None, help="threads (default: the number of cores)")
     inspect.add_argument(
         "--storage-option", type=_storage_option, action="append", metavar="KEY=VALUE",
-        help="an fsspec option for URL globs (s3://...), e.g. client_kwargs.endpoint_url=http://127.0.0.1:9000 "
+        help="a storage option for URL globs (s3://...), e.g. client_kwargs.endpoint_url=http://127.0.0.1:9000 "
         "(repeatable)",
     )  # fmt: skip
     inspect.set_defaults(handler=_inspect)
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--key", help="regular expression whose first group pairs the files (default: last number)")
     preview.add_argument(
         "--storage-option", type=_storage_option, action="append", metavar="KEY=VALUE",
-        help="an fsspec option for URL globs, as for inspect (repeatable)",
+        help="a storage option for URL globs, as for inspect (repeatable)",
     )  # fmt: skip
     preview.set_defaults(handler=_preview)
     return parser
@@ -354,9 +354,9 @@ def _bench_remote(args: argparse.Namespace, samples: int, size: tuple, epochs: i
 
     try:
         import moto  # noqa: F401
-        import s3fs  # noqa: F401
+        import obstore  # noqa: F401
     except ImportError as e:
-        print(f"keras-sepseq bench: error: --remote needs s3fs and moto ({e}): pip install 'keras-sepseq[s3,test]'",
+        print(f"keras-sepseq bench: error: --remote needs obstore and moto ({e}): pip install 'keras-sepseq[remote,test]'",
               file=sys.stderr)  # fmt: skip
         return 2
     if args.dir:

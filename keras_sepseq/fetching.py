@@ -9,12 +9,10 @@ at once, across all queued chunks), and the chunk goes to a decoding
 worker only once its bytes are in. Process workers receive the bytes with
 the chunk, so they never hold credentials or open a connection.
 
-S3 objects that libcurl can read go to the process's `CurlReader`
-(`keras_sepseq.object_client`): one I/O thread for every read in flight,
-each an `ObjectRead`, which the reader tries again after transient
-failures through this fetcher's hooks (the same backoff and counts as
-`storage.read_url`). Everything else is read on a pool of I/O threads, one
-`read_url` per object.
+Objects are read on a pool of `reads_in_flight` I/O threads, one
+`storage.read_url` per object (retries and counts included); each read
+waits in obstore's Rust client with the GIL released, so the threads cost
+the process little CPU beyond the bytes they hand over.
 
 `RemoteReading` gives every sequence the options (`storage_options`,
 `reads_in_flight`), the per-sample list of URLs and the statistics.
@@ -22,8 +20,8 @@ failures through this fetcher's hooks (the same backoff and counts as
 Example:
 
 >>> fetcher = Fetcher(reads_in_flight=16)
->>> futures = fetcher.fetch(["memory://doc/a.bin"])  # doctest: +SKIP
->>> wait_all(futures)["memory://doc/a.bin"]  # doctest: +SKIP
+>>> futures = fetcher.fetch(["s3://bucket/a.bin"])  # doctest: +SKIP
+>>> wait_all(futures)["s3://bucket/a.bin"]  # doctest: +SKIP
 b'abc'
 """
 
@@ -34,23 +32,21 @@ import random
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from keras_sepseq import storage
 from keras_sepseq.checks import check_int
-from keras_sepseq.object_client import CurlReader, curl_reader
-from keras_sepseq.object_read import ObjectRead
 
 __all__ = ["Fetcher", "Pending", "RemoteReading", "wait_all", "when_all"]
 
 
 class Fetcher:
-    """Reads objects, up to `reads_in_flight` at once, with retries and stats: through libcurl or on I/O threads.
+    """Reads objects, up to `reads_in_flight` at once, with retries and stats, on I/O threads.
 
     Args:
-        reads_in_flight: Reads in flight at most.
-        options: fsspec storage options (credentials stay in this process).
+        reads_in_flight: Reads in flight at most (the number of I/O threads).
+        options: Storage options (credentials stay in this process).
         stats: Where requests, retries and failures are counted.
 
     Example:
@@ -71,7 +67,12 @@ class Fetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._rng = random.Random()  # backoff jitter; never the global `random` state
-        self._readers: dict[str, CurlReader | None] = {}  # by store, as given reads: close() cancels those queued
+
+    def __repr__(self) -> str:
+        return f"Fetcher(reads_in_flight={self.reads_in_flight})"  # never the options
+
+    def __reduce__(self):
+        raise TypeError("a Fetcher holds credentials and threads of its process: it is not pickled")
 
     def fetch(self, urls: list[str]) -> dict[str, Pending]:
         """Starts reading `urls`; returns a future of each one's bytes (or of its error).
@@ -80,8 +81,7 @@ class Fetcher:
             urls: Object URLs; repeated ones are read once.
 
         Returns:
-            `{url: future}` (an `ObjectRead` for S3 read through libcurl,
-            else a `concurrent.futures.Future`).
+            `{url: future}`.
         """
         with self._lock:
             if self._executor is None:
@@ -90,69 +90,19 @@ class Fetcher:
         futures: dict[str, Pending] = {}
         for url in urls:
             if url not in futures:
-                reader = self._curl_reader(url)
-                if reader is not None and reader.usable:
-                    futures[url] = reader.submit(url, owner=self)  # retried and counted by the hooks below
-                else:
-                    futures[url] = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
+                futures[url] = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
         return futures
-
-    def _curl_reader(self, url: str) -> CurlReader | None:
-        """The libcurl reader of `url`'s bucket or web server, or `None`: looked up once per store, not per object."""
-        scheme, _, rest = url.partition("://")
-        store = f"{scheme}://{rest.split('/', 1)[0]}"  # `None` for a store libcurl does not read (`curl_reader`)
-        if store not in self._readers:
-            reader = curl_reader(url, self.options)
-            if reader is not None:
-                reader.allow(self.reads_in_flight)
-            with self._lock:
-                self._readers[store] = reader
-        return self._readers[store]
 
     def close(self) -> None:
         """Stops the I/O threads once the reads in flight end; reads not started are cancelled."""
         with self._lock:
             executor, self._executor = self._executor, None
-            readers = [r for r in self._readers.values() if r is not None]
-            self._readers = {}
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-        for reader in readers:
-            reader.cancel_owned(self)
-
-    # What a CurlReader calls, on its I/O thread, for a read this fetcher owns.
-
-    def _counted(self, read: ObjectRead, size: int, seconds: float) -> None:
-        self.stats.add(requests=1, bytes=size, seconds=seconds)
-
-    def _after_failure(self, read: ObjectRead, error: BaseException, seconds: float) -> float:
-        """The backoff before trying `read` again, or raises the error to end it with (as `read_url` would)."""
-        url = storage.display_url(read.url)
-        delay = storage.after_failure(error, url, read.attempt, storage.ATTEMPTS, seconds, self.stats, self._rng)
-        read.attempt += 1
-        return delay
-
-    def _read_elsewhere(self, read: ObjectRead) -> None:
-        """Reads `read.url` through fsspec on an I/O thread (with retries) and ends `read` with what it gives."""
-        with self._lock:
-            executor = self._executor
-        if executor is None:
-            read._finish(None, OSError(f"cannot read {storage.display_url(read.url)}: the reader was closed"))
-            return
-        inner = executor.submit(storage.read_url, read.url, self.options, stats=self.stats, rng=self._rng)
-        inner.add_done_callback(lambda done: read._finish(*_outcome(done)))
-
-
-def _outcome(done: Future) -> tuple[Any, BaseException | None]:
-    """`(value, None)` or `(None, exception)` of a finished future."""
-    if done.cancelled():
-        return None, OSError("the read was cancelled")
-    error = done.exception()
-    return (None, error) if error is not None else (done.result(), None)
 
 
 class Pending(Protocol):
-    """What the worker pool uses of a read in flight: a `concurrent.futures.Future` or an `ObjectRead`.
+    """What the worker pool uses of a read in flight (a `concurrent.futures.Future`).
 
     Example:
 
@@ -240,7 +190,7 @@ class RemoteReading:
         """Checks and keeps the options; nothing is opened until a URL is read."""
         if storage_options is not None and not isinstance(storage_options, Mapping):
             raise TypeError(
-                f"`storage_options` must be a dict of fsspec options, or None. Received: {type(storage_options).__name__}"
+                f"`storage_options` must be a dict of storage options, or None. Received: {type(storage_options).__name__}"
             )
         self.storage_options = dict(storage_options or {})
         self.reads_in_flight = check_int("reads_in_flight", reads_in_flight, minimum=1)
@@ -292,7 +242,24 @@ class RemoteReading:
         >>> seq.remote_stats["retries"]  # doctest: +SKIP
         3
         """
-        return {**self._storage_stats.as_dict(), "read_ahead_used": sum(self.__dict__.get("_read_ahead_used", ()))}
+        stats = {**self._storage_stats.as_dict(), "read_ahead_used": sum(self.__dict__.get("_read_ahead_used", ()))}
+        return {**stats, **self.remote_client()}
+
+    def remote_client(self) -> dict[str, str]:
+        """Which client reads this sequence's objects and where its credentials come from (`{}` when all is local).
+
+        Example:
+
+        >>> seq.remote_client()  # doctest: +SKIP
+        {'client': 'obstore S3Store', 'credentials': "AWS profile 'work' (boto3, refreshed)"}
+        """
+        found = self.__dict__.get("_remote_client")
+        if found is None:
+            columns = self._url_columns()
+            url = next((p for p in columns[0] if storage.is_url(p)), None) if columns else None
+            found = storage.client_description(url, self.storage_options) if url else {}
+            self.__dict__["_remote_client"] = found
+        return found
 
     def fetcher(self) -> Fetcher:
         """The I/O threads that read this sequence's objects ahead (started on first use)."""
@@ -461,6 +428,7 @@ class RemoteReading:
         """`state` (a `__dict__` copy being pickled) without credentials or I/O threads."""
         state["storage_options"] = storage.public_options(state.get("storage_options"))
         state["_fetcher"] = None
+        state.pop("_remote_client", None)
         state.pop("_read_ahead", None)  # reads in flight stay in the process that made them
         state.pop("_keeping_reads", None)
         return state

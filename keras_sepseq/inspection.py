@@ -63,7 +63,7 @@ def inspect_files(
         progress: Show a progress bar while loading every pair. Defaults
             to `True`.
         workers: Threads; defaults to the number of cores.
-        storage_options: fsspec options for URL patterns, as for
+        storage_options: Storage options (fsspec-style or obstore keys) for URL patterns, as for
             `pair_files`.
 
     Returns:
@@ -221,7 +221,7 @@ def contact_sheet(
         cell: Each image is scaled to fit a `cell` x `cell` square, keeping
             its aspect ratio (small images grow with crisp pixels).
             Defaults to 128.
-        storage_options: fsspec options for URLs, as for `pair_files`.
+        storage_options: Storage options (fsspec-style or obstore keys) for URLs, as for `pair_files`.
 
     Returns:
         `(sheet, problems)`: an RGB `PIL.Image`, and one line per sample

@@ -21,14 +21,16 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from keras_sepseq.object_store import list_objects
 from keras_sepseq.storage import (
     ATTEMPTS,
     BACKOFF_LIMIT,
     BACKOFF_SECONDS,
+    StorageStats,
     display_url,
-    filesystem,
     is_transient,
     is_url,
+    local_path,
     named_error,
     protocol,
     read_url,
@@ -37,22 +39,28 @@ from keras_sepseq.storage import (
 __all__ = ["glob_files", "join_path", "matching", "read_manifest"]
 
 
-def glob_files(pattern: str | os.PathLike, options: Mapping[str, Any] | None = None) -> list[str]:
+def glob_files(
+    pattern: str | os.PathLike, options: Mapping[str, Any] | None = None, *, stats: StorageStats | None = None
+) -> list[str]:
     """The files (not folders) a glob pattern matches, sorted; `**` recurses. Local paths or URLs.
 
-    For a URL, the file system lists each prefix once, in pages (S3 lists
-    1,000 keys per request), and never asks about files one at a time.
+    For a URL, the store lists the prefix before the first wildcard once,
+    in pages (S3 lists 1,000 keys per request), and never asks about
+    files one at a time; `http(s)://` servers cannot be listed (use a
+    manifest).
 
     Args:
         pattern: A glob pattern: a local one, or a URL such as
             `"s3://bucket/images/*.png"`.
-        options: fsspec storage options for a URL.
+        options: Storage options for a URL.
+        stats: Where the listing's pages are counted (`list_pages`).
 
     Returns:
         The matching paths, as URLs with their scheme for a URL pattern.
 
     Raises:
-        ImportError: If the protocol's package is missing.
+        ImportError: If obstore is missing.
+        ValueError: For a pattern on a web server, which cannot be listed.
         OSError: If listing fails (after retries of transient failures).
 
     Example:
@@ -65,22 +73,29 @@ def glob_files(pattern: str | os.PathLike, options: Mapping[str, Any] | None = N
     text = os.fspath(pattern)
     if not is_url(text):
         return sorted(p for p in glob.glob(text, recursive=True) if not os.path.isdir(p))
-    fs, path = filesystem(text, options)
-    fs.invalidate_cache()  # list afresh: objects added since an earlier listing in this process count
+    if protocol(text) == "file":
+        root = local_path(text)
+        return sorted(f"file://{p}" for p in glob.glob(root, recursive=True) if not os.path.isdir(p))
+    prefix = re.split(r"[*?\[]", text, maxsplit=1)[0]
+    regex = re.compile(_translate(text))
     for attempt in range(ATTEMPTS):
+        found: list[str] = []
+        pages = 0
         try:
-            found = fs.glob(path, detail=True)
+            for page in list_objects(prefix, options):
+                pages += 1
+                found += [url for url in page if regex.fullmatch(url)]
             break
+        except (ImportError, ValueError):
+            raise
         except Exception as e:
             if attempt + 1 < ATTEMPTS and is_transient(e):
                 time.sleep(min(BACKOFF_LIMIT, BACKOFF_SECONDS * 2**attempt))
                 continue
             raise named_error(e, display_url(text), attempt + 1) from e
-    scheme = protocol(text)
-    files = [name for name, info in found.items() if info.get("type") != "directory"]
-    if scheme in ("file", "local"):
-        return sorted(fs.unstrip_protocol(name) for name in files)
-    return sorted(f"{scheme}://{name.lstrip('/')}" for name in files)  # spelt as the pattern was
+    if stats is not None:
+        stats.add(list_pages=pages)
+    return sorted(found)
 
 
 def read_manifest(
@@ -93,7 +108,7 @@ def read_manifest(
 
     Args:
         path: The manifest, local or a URL.
-        options: fsspec storage options for a URL.
+        options: Storage options for a URL.
         column: The CSV column holding paths; a `.csv` manifest's first
             column by default.
 

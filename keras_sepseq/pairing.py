@@ -172,7 +172,7 @@ def pair_files(
             `default_key`); a callable taking the path; or a regular
             expression searched in the file name, whose first group (or
             whole match) is the key.
-        storage_options: fsspec options for URL patterns (credentials,
+        storage_options: Storage options (fsspec-style or obstore keys) for URL patterns (credentials,
             `client_kwargs={"endpoint_url": ...}`), as sequences take them.
         manifest: A text file with one path per line, or a CSV file whose
             first column holds paths (local or a URL; relative paths start

@@ -1,6 +1,6 @@
 """An S3-compatible server on 127.0.0.1, for tests and `bench`: moto's server behind a proxy that adds latency and failures.
 
-Object storage is tested against a real server and the real client (s3fs
+Object storage is tested against a real server and the real client (obstore
 over HTTP), not a mock. `LoopbackS3` starts, in a child process (so that
 serving requests does not compete for the caller's GIL):
 
@@ -36,6 +36,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import select
 import shutil
 import socket
@@ -112,8 +113,8 @@ class LoopbackS3:
         command = [sys.executable, "-m", "keras_sepseq.s3_server", str(self.latency), str(self.fail), str(self.seed)]
         if self.tls:
             self._folder = tempfile.mkdtemp(prefix="keras_sepseq_s3_tls_")
-            self.ca_file, key_file = _self_signed(self._folder)
-            command += [self.ca_file, key_file]
+            self.ca_file, cert_file, key_file = _self_signed(self._folder)
+            command += [cert_file, key_file]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         stdout = self._process.stdout
         assert stdout is not None
@@ -147,17 +148,17 @@ class LoopbackS3:
 
     @property
     def storage_options(self) -> dict[str, Any]:
-        """fsspec options that read through the proxy (latency and failures applied)."""
+        """Storage options that read through the proxy (latency and failures applied)."""
         return self.options(self.endpoint)
 
     @property
     def direct_options(self) -> dict[str, Any]:
-        """fsspec options that reach moto directly (for uploads)."""
+        """Storage options that reach moto directly (for uploads)."""
         return self.options(self.direct_endpoint)
 
     @staticmethod
     def options(endpoint: str) -> dict[str, Any]:
-        """fsspec options for an S3 endpoint, with the dummy credentials."""
+        """Storage options (fsspec-style) for an S3 endpoint, with the dummy credentials."""
         return {**CREDENTIALS, "client_kwargs": {"endpoint_url": endpoint, "region_name": REGION}}
 
     def create_bucket(self, name: str) -> None:
@@ -166,19 +167,35 @@ class LoopbackS3:
 
     def upload(self, bucket: str, objects: dict[str, bytes]) -> None:
         """Writes `{key: bytes}` into `bucket` directly, many at once; creates the bucket if needed."""
-        import fsspec
+        import obstore
+        from obstore.store import S3Store
 
         self.create_bucket(bucket)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True, **self.direct_options)
-        fs.pipe({f"{bucket}/{key}": data for key, data in objects.items()})
+        store = S3Store(
+            bucket, endpoint=self.direct_endpoint, access_key_id=CREDENTIALS["key"],
+            secret_access_key=CREDENTIALS["secret"], region=REGION, client_options={"allow_http": True},
+        )  # fmt: skip
+
+        async def put_all() -> None:
+            limit = asyncio.Semaphore(32)
+
+            async def put(key: str, data: bytes) -> None:
+                async with limit:
+                    await obstore.put_async(store, key, data)
+
+            await asyncio.gather(*(put(key, data) for key, data in objects.items()))
+
+        asyncio.run(put_all())
 
     def fill(self, bucket: str, prefix: str, count: int) -> None:
         """Writes `count` one-byte objects `prefix0000000.bin`, ... into `bucket` (created if needed), fast."""
         self.create_bucket(bucket)
         self._control("fill", {"bucket": bucket, "prefix": prefix, "count": count})
 
-    def stats(self) -> dict[str, int]:
-        """Requests the proxy has seen, by kind: `get`, `list`, `head`, `put`, `other`, `failed`, `requests`."""
+    def stats(self) -> dict[str, Any]:
+        """Requests the proxy has seen, by kind: `get`, `list`, `head`, `put`, `other`, `failed`, `requests`;
+        `keys`: `{access key id: requests it signed}` (`"(unsigned)"` for anonymous ones); and `buckets`:
+        `{bucket: requests whose path names it}`."""
         return self._control("stats")
 
     def cpu_seconds(self) -> float:
@@ -237,6 +254,8 @@ class _Proxy:
         self.rng = random.Random(seed)
         self.denied: tuple[str, ...] = ()
         self.counts: Counter = Counter()
+        self.keys: Counter = Counter()  # access key ids that signed requests (never the secrets)
+        self.buckets: Counter = Counter()  # requests by the bucket their path names
         self.wire: dict[str, bytes] = {}  # object reads moto answered, by path, as sent (headers and body)
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -269,6 +288,9 @@ class _Proxy:
             self._keep(loop.create_task(self._control(connection, request)))
             return
         kind = request.kind()
+        signed = re.search(r"Credential=([^/,\s]+)/", request.headers.get("authorization", ""))
+        self.keys[signed.group(1) if signed else "(unsigned)"] += 1
+        self.buckets[request.path.lstrip("/").split("/", 1)[0].split("?", 1)[0]] += 1
         self.counts[kind] += 1
         self.counts["requests"] += 1
         failing = kind == "get" and self.rng.random() < self.fail
@@ -337,11 +359,12 @@ class _Proxy:
     async def _controlled(self, what: str, body: bytes) -> tuple[int, Any]:
         request = json.loads(body or b"{}")
         if what == "stats":
-            return 200, {
-                k: self.counts.get(k, 0) for k in ("requests", "get", "list", "head", "put", "other", "failed")
-            }
+            counts = {k: self.counts.get(k, 0) for k in ("requests", "get", "list", "head", "put", "other", "failed")}
+            return 200, {**counts, "keys": dict(self.keys), "buckets": dict(self.buckets)}
         if what == "reset":
             self.counts.clear()
+            self.keys.clear()
+            self.buckets.clear()
         elif what == "configure":
             if request.get("latency") is not None:
                 self.latency = float(request["latency"])
@@ -538,40 +561,53 @@ _ERROR = (
 )
 
 
-def _self_signed(folder: str) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 and its key, made now and written into `folder` (PEM): `(cert, key)` paths."""
+def _self_signed(folder: str) -> tuple[str, str, str]:
+    """A CA made now, and a certificate for 127.0.0.1 it signed, written into `folder` (PEM).
+
+    Returns:
+        `(ca, cert, key)` paths: clients trust `ca`; the server presents
+        `cert` (the leaf, then the CA) with `key`. A leaf of its own, not
+        the CA itself: rustls (obstore's TLS) refuses a CA used as the
+        server's certificate.
+    """
     import datetime
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keras_sepseq loopback S3")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = os.path.join(folder, "loopback.pem"), os.path.join(folder, "loopback.key")
-    with open(cert_file, "wb") as f:
-        f.write(certificate.public_bytes(serialization.Encoding.PEM))
-    with open(key_file, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
+
+    def built(subject: str, public: Any, issuer: str, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         )
-    return cert_file, key_file
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = built("keras_sepseq loopback CA", ca_key.public_key(), "keras_sepseq loopback CA", ca_key, True)
+    leaf = built("127.0.0.1", key.public_key(), "keras_sepseq loopback CA", ca_key, False)
+    ca_file, cert_file, key_file = (os.path.join(folder, n) for n in ("ca.pem", "loopback.pem", "loopback.key"))
+    pem = serialization.Encoding.PEM
+    with open(ca_file, "wb") as f:
+        f.write(ca.public_bytes(pem))
+    with open(cert_file, "wb") as f:
+        f.write(leaf.public_bytes(pem) + ca.public_bytes(pem))
+    with open(key_file, "wb") as f:
+        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return ca_file, cert_file, key_file
 
 
 def _serve(latency: float, fail: float, seed: int, cert_file: str = "", key_file: str = "") -> None:

@@ -148,7 +148,7 @@ class BaseSequence(EpochOrder, ErrorPolicy, RemoteReading, Validating, TfDataExp
         shard: `"auto"` reads `num_shards` and `shard_index` from JAX's
             process count and index or from `TF_CONFIG` (see
             `detect_shard`). Defaults to `None`.
-        storage_options: fsspec options for paths that are URLs
+        storage_options: Storage options (fsspec-style or obstore keys) for paths that are URLs
             (`s3://...`, `gs://...`, `https://...`): credentials,
             `client_kwargs={"endpoint_url": ...}` and the like, as pandas
             and Dask take them (see `keras_sepseq.storage`). Credentials

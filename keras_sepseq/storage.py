@@ -1,21 +1,23 @@
-"""Files in object storage: URLs (`s3://`, `gs://`, `https://`, `memory://`...) read through fsspec.
+"""Files in object storage: URLs (`s3://`, `gs://`, `az://`, `https://`) read through obstore, with retries.
 
 Everything that takes a path takes a URL too. This module is the one place
 that tells them apart and reads them:
 
 - `open_file(path)` opens a local file or a URL for reading; the decoders
   (`decode_image`, `load_npy`, masks) and custom loaders use it;
-- `read_url` fetches an object's bytes (S3 objects through libcurl where
-  it can, see `keras_sepseq.object_client`), retrying transient failures
-  (timeouts, dropped connections, HTTP 429 and 5xx) with backoff and
-  sending permanent ones (403, 404) on at once, as local files do;
+- `read_url` fetches an object's bytes through its store's obstore client
+  (`keras_sepseq.object_store`), retrying transient failures (timeouts,
+  dropped connections, HTTP 408, 429 and 5xx) with backoff and jitter,
+  and sending permanent ones (403, 404) on at once, as local files do;
+  `file://` URLs are read as local files;
 - listing a bucket and reading manifests are `keras_sepseq.listing`'s job;
-- `public_options` strips credentials from `storage_options` before they
-  are pickled or shown, and `display_url` from a URL.
+- `public_options` keeps only the entries of `storage_options` known not
+  to be secret before they are pickled or shown, and `display_url`
+  strips a URL of its user, password and query.
 
-fsspec and the file-system packages (s3fs, gcsfs, aiohttp) are optional:
-a missing one raises an `ImportError` naming the extra to install. Reads
-in flight, separate from decoding, are `keras_sepseq.fetching`'s job.
+obstore is optional (`pip install "keras-sepseq[remote]"`): a missing one
+raises an `ImportError` naming the extra. Reads in flight, separate from
+decoding, are `keras_sepseq.fetching`'s job.
 
 Example:
 
@@ -33,20 +35,30 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-from keras_sepseq.object_client import UseFsspec, curl_reader
-from keras_sepseq.object_requests import display_url, is_url, protocol
+from keras_sepseq.object_store import (
+    RemoteError,
+    display_url,
+    is_url,
+    protocol,
+    public_options,
+    read_once,
+    store_for,
+)
 
 __all__ = [
+    "RemoteError",
     "StorageStats",
     "after_failure",
+    "client_description",
     "display_url",
-    "filesystem",
     "has_supply",
     "is_transient",
     "is_url",
+    "local_path",
     "named_error",
     "open_file",
     "protocol",
@@ -63,115 +75,37 @@ BACKOFF_SECONDS = 0.05
 
 BACKOFF_LIMIT = 2.0
 
-EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}
-"""The keras-sepseq extra that installs each protocol's file system."""
 
-_SECRET = re.compile(r"key|secret|token|password|passwd|credential|session|signature|auth", re.IGNORECASE)
-
-
-def public_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`storage_options` without credentials: every entry whose name looks like a key, secret or token is dropped.
-
-    Used for what is pickled to process workers, shown in `repr` or kept
-    in state; the caller's copy keeps its credentials.
-
-    Args:
-        options: fsspec storage options, possibly nested.
-
-    Returns:
-        A copy without the secret entries, at every level.
+def local_path(url: str) -> str:
+    """The local path of a `file://` URL (percent-escapes decoded).
 
     Example:
 
-    >>> public_options({"key": "AKIA...", "secret": "x", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}})
-    {'client_kwargs': {'endpoint_url': 'http://127.0.0.1:9000'}}
+    >>> local_path("file:///data/a%20b.png")
+    '/data/a b.png'
     """
-    if not options:
-        return {}
-    return {
-        name: public_options(value) if isinstance(value, Mapping) else value
-        for name, value in options.items()
-        if not _SECRET.search(str(name))
-    }
+    return urllib.parse.unquote(urllib.parse.urlparse(url).path)
 
 
-def _missing_package(url: str, error: ImportError) -> ImportError:
-    extra = EXTRAS.get(protocol(url))
-    hint = f"pip install 'keras-sepseq[{extra}]'" if extra else "install the fsspec package for this protocol"
-    return ImportError(f"reading {protocol(url)}:// URLs needs a package that is not installed ({error}): {hint}")
-
-
-_FILESYSTEMS: dict[tuple, Any] = {}
-_FILESYSTEMS_LOCK = threading.Lock()
-
-
-def filesystem(url: str, options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-    """The fsspec file system for `url` and the path within it, one instance per process, protocol and options.
+def client_description(url: str, options: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Which client reads `url` and where its credentials come from, in words (no secret).
 
     Args:
         url: A URL.
-        options: fsspec storage options (credentials, `endpoint_url`...).
+        options: The storage options.
 
     Returns:
-        `(filesystem, path)`.
-
-    Raises:
-        ImportError: If fsspec or the protocol's package is missing; names
-            the extra to install.
-        ValueError: If fsspec does not know the protocol.
+        `{"client": ..., "credentials": ...}`.
 
     Example:
 
-    >>> fs, path = filesystem("memory://bucket/a.png")
-    >>> path
-    '/bucket/a.png'
+    >>> client_description("s3://bucket/a.png", {"anon": True})
+    {'client': 'obstore S3Store', 'credentials': 'anonymous (unsigned requests)'}
     """
-    try:
-        import fsspec
-    except ImportError as e:
-        raise _missing_package(url, e) from None
-    merged = _defaults(url, options)
-    # Per process: an instance made before a fork() is tied to its parent's event loop ("not fork-safe").
-    key = (os.getpid(), protocol(url), repr(sorted(merged.items(), key=lambda kv: kv[0])))
-    with _FILESYSTEMS_LOCK:
-        fs = _FILESYSTEMS.get(key)
-    if fs is None:
-        try:
-            # An instance of our own (not fsspec's shared one), so that setting its retries touches no one else's.
-            fs, _ = fsspec.core.url_to_fs(url, skip_instance_cache=True, **merged)
-            if protocol(url) in ("s3", "s3a") and "retries" not in (options or {}):
-                fs.retries = 1  # s3fs's own retry loop: read_url retries, and counts
-        except ImportError as e:
-            raise _missing_package(url, e) from None
-        except ValueError as e:
-            if "protocol" in str(e).lower():
-                raise ValueError(
-                    f"no fsspec file system reads {protocol(url)}:// URLs. Received: {display_url(url)!r}"
-                ) from e
-            raise
-        with _FILESYSTEMS_LOCK:
-            fs = _FILESYSTEMS.setdefault(key, fs)
-    return fs, fs._strip_protocol(url)
-
-
-def _defaults(url: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`options` with keras_sepseq's defaults for the protocol under them.
-
-    For S3, the client does not retry on its own (`read_url` does, and
-    counts): botocore's and s3fs's silent retries would hide the failures
-    the stats report, and stack their waits on top of ours. Connections
-    are pooled for many reads in flight, and an object is one GET.
-    """
-    merged = dict(options or {})
-    if protocol(url) in ("s3", "s3a"):
-        config = dict(merged.get("config_kwargs") or {})
-        config.setdefault("retries", {"max_attempts": 0})
-        config.setdefault("max_pool_connections", 128)
-        merged["config_kwargs"] = config
-        # One GET per object: s3fs would first ask for the size (a HEAD, one more round trip) to split large
-        # objects into concurrent range reads; per-sample files are small, and many are read at once anyway.
-        merged.setdefault("max_concurrency", 1)
-    return merged
+    if protocol(url) == "file":
+        return {"client": "local files", "credentials": "none"}
+    store, _, how = store_for(url, options)
+    return {"client": f"obstore {type(store).__name__}", "credentials": how.source}
 
 
 class StorageStats:
@@ -184,6 +118,7 @@ class StorageStats:
             permanent error).
         bytes: Bytes read.
         seconds: Time spent in reads, summed over the reads in flight.
+        list_pages: Pages of listings (at most 1,000 keys each).
 
     Example:
 
@@ -194,7 +129,7 @@ class StorageStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests = self.retries = self.failures = self.bytes = 0
+        self.requests = self.retries = self.failures = self.bytes = self.list_pages = 0
         self.seconds = 0.0
         self.last_retry: str | None = None
 
@@ -212,6 +147,7 @@ class StorageStats:
                 "retries": self.retries,
                 "failures": self.failures,
                 "bytes": self.bytes,
+                "list_pages": self.list_pages,
                 "seconds": round(self.seconds, 3),
                 "last_retry": self.last_retry,
             }
@@ -268,11 +204,8 @@ def is_transient(error: BaseException) -> bool:
         return False
     if isinstance(error, (TimeoutError, ConnectionError)):
         return True
-    names = {cls.__name__ for cls in type(error).__mro__}
-    if "HTTPClientError" in names:  # botocore's connection errors and timeouts (not missing credentials)
-        return True
-    if type(error).__module__.split(".")[0] in ("aiohttp", "urllib3", "requests", "http"):
-        return True  # the connection dropped or timed out (answers with a status are judged above)
+    if isinstance(error, RemoteError):
+        return error.transient  # no HTTP answer: the connection failed, dropped or timed out (or TLS refused)
     return (
         isinstance(error, OSError)
         and re.search(r"slow ?down|reduce your request rate|timed? ?out", str(error), re.I) is not None
@@ -290,8 +223,8 @@ def read_url(
     """Reads the whole object at `url`, trying again after transient failures with exponential backoff.
 
     Args:
-        url: The object's URL.
-        options: fsspec storage options.
+        url: The object's URL (`file://` reads a local file).
+        options: Storage options (see `keras_sepseq.object_store.translate`).
         stats: Where requests, retries and failures are counted.
         attempts: Tries before giving up on a transient failure.
         rng: Draws the backoff jitter (a private generator; the global
@@ -303,39 +236,31 @@ def read_url(
     Raises:
         FileNotFoundError: If the object does not exist (the URL is named).
         PermissionError: If access is refused.
+        ValueError: If the URL, its key or an option is not understood.
         OSError: If transient failures outlast `attempts` tries; the
             message says how many.
 
     Example:
 
-    >>> import fsspec
-    >>> fsspec.filesystem("memory").pipe("/doc/a.bin", b"abc")
-    >>> read_url("memory://doc/a.bin")
-    b'abc'
+    >>> read_url("s3://bucket/labels/0001.npy", {"anon": True})  # doctest: +SKIP
+    b"\\x93NUMPY..."
     """
-    fast = curl_reader(url, options)
-    fs, path = (None, "") if fast is not None else filesystem(url, options)
+    if protocol(url) == "file":
+        with open(local_path(url), "rb") as f:
+            return f.read()
     shown = display_url(url)
     for attempt in range(attempts):
         start = time.perf_counter()
         try:
-            if fast is not None:
-                try:
-                    data = fast(url)
-                except UseFsspec:  # libcurl cannot read this store as s3fs would: s3fs reads, in this attempt
-                    fast = None
-            if fast is None:
-                if fs is None:
-                    fs, path = filesystem(url, options)
-                data = fs.cat_file(path)
-        except ImportError:
-            raise  # libcurl handed the store to s3fs, which is not installed: the message names the extra
+            data = read_once(url, options)
+        except (ImportError, ValueError):
+            raise  # not installed, or not a URL, key or option obstore takes: trying again changes nothing
         except Exception as e:
             time.sleep(after_failure(e, shown, attempt, attempts, time.perf_counter() - start, stats, rng))
             continue
         if stats is not None:
             stats.add(requests=1, bytes=len(data), seconds=time.perf_counter() - start)
-        return bytes(data)
+        return data
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
@@ -451,6 +376,8 @@ def open_file(path: str | os.PathLike) -> IO[bytes]:
     if not is_url(path):
         return open(path, "rb")
     url = str(path)
+    if protocol(url) == "file":
+        return open(local_path(url), "rb")
     contents = getattr(_LOCAL, "contents", None)
     if contents is not None and url in contents:
         value = contents[url]

@@ -88,3 +88,37 @@ def indexed_dataset(tmp_path):
         return write_indexed_dataset(tmp_path / "data", n, **options)
 
     return make
+
+
+def indexed_objects(n: int) -> dict[str, bytes]:
+    """`{key: bytes}` of n indexed pairs: `img/image_0000.png` (encodes 0) and `lbl/label_0000.npy` (holds 0)..."""
+    objects = {}
+    for i in range(n):
+        objects[f"img/image_{i:04d}.png"] = png_bytes(index_image(i))
+        objects[f"lbl/label_{i:04d}.npy"] = npy_bytes(np.array(i, dtype=np.int64))
+    return objects
+
+
+@pytest.fixture(scope="session")
+def loopback_s3():
+    """One S3 server (moto's, behind keras_sepseq's proxy) on 127.0.0.1 for the session, in its own process."""
+    pytest.importorskip("obstore")
+    s3_server = pytest.importorskip("keras_sepseq.s3_server")
+    with s3_server.LoopbackS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_dataset(loopback_s3):
+    """A factory: `s3_dataset(n)` writes n indexed PNG + .npy pairs into a fresh bucket; returns
+    `(image URLs, label URLs, storage_options)`."""
+    import uuid
+
+    def make(n: int = 20) -> tuple[list[str], list[str], dict]:
+        bucket = f"t{uuid.uuid4().hex[:10]}"
+        loopback_s3.upload(bucket, indexed_objects(n))
+        images = [f"s3://{bucket}/img/image_{i:04d}.png" for i in range(n)]
+        labels = [f"s3://{bucket}/lbl/label_{i:04d}.npy" for i in range(n)]
+        return images, labels, loopback_s3.storage_options
+
+    return make

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("moto")
-pytest.importorskip("s3fs")
+pytest.importorskip("obstore")
 
 from keras_sepseq.bench import make_bench_dataset  # noqa: E402
 from keras_sepseq.bench_remote import run_remote  # noqa: E402

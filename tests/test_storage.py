@@ -1,6 +1,7 @@
-"""URLs as paths (keras_sepseq.storage, keras_sepseq.fetching): helpers, and sequences over fsspec's memory://.
+"""URLs as paths (keras_sepseq.storage, keras_sepseq.fetching): helpers, and sequences over a loopback S3 server.
 
-The same sequences against a real S3 server are in test_object_storage.py.
+The server is moto's, in its own process (conftest's `loopback_s3`); failures, latency and refusals through
+its proxy are in test_object_storage.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import pickle
 import sys
 import uuid
 
-import fsspec
 import numpy as np
 import pytest
 from conftest import decode_index, index_image, npy_bytes, png_bytes
@@ -20,39 +20,18 @@ from keras_sepseq import listing, storage
 from keras_sepseq.errors import SampleError
 
 
-@pytest.fixture
-def memory_dataset():
-    """A factory: `memory_dataset(n)` writes n indexed PNG + .npy pairs under a fresh memory:// folder."""
-    fs = fsspec.filesystem("memory")
-    roots = []
-
-    def make(n: int = 20) -> tuple[list[str], list[str]]:
-        root = f"/t{uuid.uuid4().hex[:8]}"
-        roots.append(root)
-        for i in range(n):
-            fs.pipe(f"{root}/img/image_{i:04d}.png", png_bytes(index_image(i)))
-            fs.pipe(f"{root}/lbl/label_{i:04d}.npy", npy_bytes(np.array(i, dtype=np.int64)))
-        images = [f"memory:/{root}/img/image_{i:04d}.png" for i in range(n)]
-        labels = [f"memory:/{root}/lbl/label_{i:04d}.npy" for i in range(n)]
-        return images, labels
-
-    yield make
-    for root in roots:
-        fs.rm(root, recursive=True)
-
-
 @pytest.mark.parametrize(
     "path, expected",
     [
         ("s3://bucket/a.png", True),
         ("gs://bucket/a.png", True),
         ("https://host/a.png", True),
-        ("memory://x/a.png", True),
+        ("file:///x/a.png", True),
         ("/data/a.png", False),
         ("data/a.png", False),
         ("C:/data/a.png", False),
     ],
-    ids=["s3", "gs", "https", "memory", "absolute", "relative", "drive-letter"],
+    ids=["s3", "gs", "https", "file", "absolute", "relative", "drive-letter"],
 )
 def test_is_url(path, expected):
     assert storage.is_url(path) is expected
@@ -127,21 +106,32 @@ def test_an_error_chained_from_an_http_answer_takes_its_status():
         assert storage.is_transient(e)
 
 
-def test_read_url_reads_and_names_a_missing_object():
-    fs = fsspec.filesystem("memory")
-    fs.pipe("/read_url/a.bin", b"abc")
+def test_read_url_reads_and_names_a_missing_object(s3_dataset, tmp_path):
+    images, labels, options = s3_dataset(1)
     stats = storage.StorageStats()
-    assert storage.read_url("memory://read_url/a.bin", stats=stats) == b"abc"
-    with pytest.raises(FileNotFoundError, match=r"no such object: memory://read_url/missing\.bin"):
-        storage.read_url("memory://read_url/missing.bin", stats=stats)
-    assert stats.as_dict()["requests"] == 2 and stats.as_dict()["failures"] == 1 and stats.as_dict()["bytes"] == 3
-    fs.rm("/read_url", recursive=True)
+    assert storage.read_url(labels[0], options, stats=stats) == npy_bytes(np.array(0, dtype=np.int64))
+    missing = labels[0].replace("label_0000", "missing")
+    with pytest.raises(FileNotFoundError, match=rf"^no such object: {missing}$"):
+        storage.read_url(missing, options, stats=stats)
+    assert stats.as_dict()["requests"] == 2 and stats.as_dict()["failures"] == 1
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    assert storage.read_url(f"file://{tmp_path}/a.bin") == b"abc"  # file:// is a local file
 
 
-def test_a_missing_file_system_package_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if gcsfs were not installed
-    with pytest.raises(ImportError, match=r"pip install 'keras-sepseq\[gcs\]'"):
+def test_missing_obstore_names_the_extra(monkeypatch):
+    from keras_sepseq import object_store
+
+    monkeypatch.setitem(sys.modules, "obstore.store", None)  # as if obstore were not installed
+    monkeypatch.setattr(object_store, "_STORES", {})
+    with pytest.raises(ImportError, match=r"reading gs:// URLs needs obstore.*pip install 'keras-sepseq\[remote\]'"):
         storage.read_url("gs://bucket/a.png")
+
+
+def test_an_unknown_scheme_is_named():
+    with pytest.raises(
+        ValueError, match=r"keras_sepseq reads no memory:// URLs \(it reads .*s3://.*\). Received: 'memory://x/a.png'"
+    ):
+        storage.read_url("memory://x/a.png")
 
 
 @pytest.mark.parametrize(
@@ -176,13 +166,14 @@ def test_read_manifest_text_and_csv(tmp_path):
         listing.read_manifest(empty)
 
 
-def test_pair_files_lists_a_memory_bucket_and_a_manifest(memory_dataset, tmp_path):
-    images, labels = memory_dataset(12)
+def test_pair_files_lists_a_bucket_and_a_manifest(s3_dataset, tmp_path):
+    images, labels, options = s3_dataset(12)
     root = images[0].rsplit("/img/", 1)[0]
-    assert ks.pair_files(f"{root}/img/*.png", f"{root}/lbl/*.npy") == (images, labels)
+    assert ks.pair_files(f"{root}/img/*.png", f"{root}/lbl/*.npy", storage_options=options) == (images, labels)
     manifest = tmp_path / "manifest.txt"
     manifest.write_text("\n".join(images[:5] + labels[:5]))
-    assert ks.pair_files(f"{root}/img/*.png", f"{root}/lbl/*.npy", manifest=manifest) == (images[:5], labels[:5])
+    found = ks.pair_files(f"{root}/img/*.png", f"{root}/lbl/*.npy", manifest=manifest, storage_options=options)
+    assert found == (images[:5], labels[:5])
     with pytest.raises(ValueError, match=r"`image_pattern` matched no files in the manifest"):
         ks.pair_files(f"{root}/img/*.jpg", f"{root}/lbl/*.npy", manifest=manifest)
 
@@ -204,10 +195,12 @@ def batches_digest(seq) -> tuple[str, list[int]]:
     [{"workers": 1}, {"workers": 2}, {"workers": 2, "use_multiprocessing": True}],
     ids=["workers=1", "2-threads", "2-processes"],
 )
-def test_urls_give_the_bytes_of_local_files(options, memory_dataset, indexed_dataset):
-    images, labels = memory_dataset(21)
+def test_urls_give_the_bytes_of_local_files(options, s3_dataset, indexed_dataset):
+    images, labels, storage_options = s3_dataset(21)
     local_images, local_labels = indexed_dataset(21)
-    remote = ks.SeparatedSequence(images, labels, batch_size=4, seed=3, dtype="uint8", **options)
+    remote = ks.SeparatedSequence(
+        images, labels, batch_size=4, seed=3, dtype="uint8", storage_options=storage_options, **options
+    )
     local = ks.SeparatedSequence(local_images, local_labels, batch_size=4, seed=3, dtype="uint8")
     try:
         for _ in range(2):
@@ -219,57 +212,77 @@ def test_urls_give_the_bytes_of_local_files(options, memory_dataset, indexed_dat
         remote.close()
 
 
-def test_a_missing_object_is_a_sample_error_naming_its_url(memory_dataset):
-    images, labels = memory_dataset(6)
-    fsspec.filesystem("memory").rm(labels[4].split("memory:/", 1)[1])
-    seq = ks.SeparatedSequence(images, labels, batch_size=3, shuffle=False, workers=2)
+def test_a_missing_object_is_a_sample_error_naming_its_url(s3_dataset):
+    images, labels, options = s3_dataset(6)
+    labels[4] = labels[4].replace("label_0004", "gone_0004")
+    seq = ks.SeparatedSequence(images, labels, batch_size=3, shuffle=False, workers=2, storage_options=options)
     try:
         with pytest.raises(SampleError, match=rf"sample 4, file '{labels[4]}': cannot load label: FileNotFoundError"):
             seq[1]
     finally:
         seq.close()
-    skipping = ks.SeparatedSequence(images, labels, batch_size=3, shuffle=False, on_error="skip")
+    skipping = ks.SeparatedSequence(
+        images, labels, batch_size=3, shuffle=False, on_error="skip", storage_options=options
+    )
     x, y, w = skipping[1]
     assert y.tolist() == [3, 5] and w.tolist() == [1.0, 1.0]
     assert [(e.index, e.path) for e in skipping.errors] == [(4, labels[4])]
     assert skipping.errors[0].reason == f"cannot load label: FileNotFoundError: no such object: {labels[4]}"
 
 
-def test_credentials_never_reach_pickles_state_or_messages(memory_dataset):
-    images, labels = memory_dataset(4)
-    secret = "s3cr3t-" + uuid.uuid4().hex
-    options = {"key": "AKIA" + secret, "secret": secret, "client_kwargs": {"region_name": "r"}}
+def test_credentials_never_reach_pickles_state_or_messages(s3_dataset):
+    images, labels, server_options = s3_dataset(4)
+    secret = "s3cr3t-" + uuid.uuid4().hex  # moto accepts any key
+    endpoint = server_options["client_kwargs"]["endpoint_url"]
+    options = {
+        "key": "AKIA" + secret,
+        "secret": secret,
+        "client_kwargs": {"region_name": "us-east-1", "endpoint_url": endpoint},
+    }
     seq = ks.SeparatedSequence(images, labels, batch_size=2, storage_options=options)
     seq[0]
     shipped = pickle.dumps(seq)
     assert secret.encode() not in shipped
-    assert pickle.loads(shipped).storage_options == {"client_kwargs": {"region_name": "r"}}
+    assert pickle.loads(shipped).storage_options == {
+        "client_kwargs": {"region_name": "us-east-1", "endpoint_url": endpoint}
+    }
+    assert seq.remote_stats["credentials"] == "storage_options keys" and secret not in str(seq.remote_stats)
     assert secret not in repr(seq) and secret not in str(seq.get_state())
     assert seq.storage_options["secret"] == secret  # the caller keeps them
 
 
 def test_storage_options_and_reads_in_flight_are_checked():
-    with pytest.raises(TypeError, match=r"`storage_options` must be a dict of fsspec options, or None. Received: str"):
+    with pytest.raises(TypeError, match=r"`storage_options` must be a dict of storage options, or None. Received: str"):
         ks.SeparatedSequence(["a.png"], [0], storage_options="key=1")
     with pytest.raises(ValueError, match="reads_in_flight"):
         ks.SeparatedSequence(["a.png"], [0], reads_in_flight=0)
 
 
-def test_from_directory_and_from_table_read_urls(memory_dataset):
-    fs = fsspec.filesystem("memory")
-    root = f"/cls{uuid.uuid4().hex[:8]}"
-    for name, ids in (("cat", [0, 1, 2]), ("dog", [3, 4])):
-        for i in ids:
-            fs.pipe(f"{root}/{name}/sub/img_{i}.png", png_bytes(index_image(i)))
-    seq = ks.from_directory(f"memory:/{root}", batch_size=5, shuffle=False, dtype="uint8")
+def test_from_directory_and_from_table_read_urls(loopback_s3):
+    bucket = f"cls{uuid.uuid4().hex[:8]}"
+    options = loopback_s3.storage_options
+    objects = {
+        f"{name}/sub/img_{i}.png": png_bytes(index_image(i))
+        for name, ids in (("cat", [0, 1, 2]), ("dog", [3, 4]))
+        for i in ids
+    }
+    objects["table.csv"] = b"photo,label\n" + b"".join(f"cat/sub/img_{i}.png,{i}\n".encode() for i in range(3))
+    loopback_s3.upload(bucket, objects)
+    seq = ks.from_directory(f"s3://{bucket}", batch_size=5, shuffle=False, dtype="uint8", storage_options=options)
     x, y = seq[0]
     assert seq.class_names == ["cat", "dog"] and y.tolist() == [0, 0, 0, 1, 1]
     assert decode_index(x).tolist() == [0, 1, 2, 3, 4]
-    fs.pipe(f"{root}/table.csv", b"photo,label\n" + b"".join(f"cat/sub/img_{i}.png,{i}\n".encode() for i in range(3)))
-    table = ks.from_table(f"memory:/{root}/table.csv", "photo", "label", batch_size=3, shuffle=False, dtype="uint8")
+    table = ks.from_table(
+        f"s3://{bucket}/table.csv",
+        "photo",
+        "label",
+        batch_size=3,
+        shuffle=False,
+        dtype="uint8",
+        storage_options=options,
+    )
     x, y = table[0]
     assert decode_index(x).tolist() == y.tolist() == [0, 1, 2]
-    fs.rm(root, recursive=True)
 
 
 @pytest.mark.parametrize("done_before", [False, True], ids=["done-after", "done-before"])
