@@ -451,9 +451,14 @@ def _credential_source(kind: str, out: Translated, profile: str | None) -> str:
     if kind == "gcs":
         if config.get("service_account_path") or config.get("service_account") or config.get("service_account_key"):
             return "service account file or key"
+        if os.environ.get("GOOGLE_SERVICE_ACCOUNT") or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            return "environment variables (GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS)"
         return "obstore's Google chain (GOOGLE_* variables, application default credentials, metadata server)"
     if config.get("account_key") or config.get("sas_key") or config.get("token"):
         return "storage_options keys"
+    for variable in ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_SAS_KEY"):
+        if os.environ.get(variable):
+            return f"environment variables ({variable})"
     if config.get("use_emulator"):
         return "Azurite emulator account"
     return "obstore's Azure chain (AZURE_* variables, managed or workload identity, Azure CLI)"
