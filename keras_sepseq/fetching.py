@@ -9,10 +9,10 @@ at once, across all queued chunks), and the chunk goes to a decoding
 worker only once its bytes are in. Process workers receive the bytes with
 the chunk, so they never hold credentials or open a connection.
 
-Objects are read on a pool of `reads_in_flight` I/O threads, one
+Objects are read on the process's I/O threads (`IO_THREADS` at most,
+shared by every sequence), `reads_in_flight` at once per sequence, one
 `storage.read_url` per object (retries and counts included); each read
-waits in obstore's Rust client with the GIL released, so the threads cost
-the process little CPU beyond the bytes they hand over.
+waits in obstore's Rust client with the GIL released.
 
 `RemoteReading` gives every sequence the options (`storage_options`,
 `reads_in_flight`), the per-sample list of URLs and the statistics.
@@ -27,12 +27,14 @@ b'abc'
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import os
 import random
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from keras_sepseq import storage
@@ -41,11 +43,28 @@ from keras_sepseq.checks import check_int
 __all__ = ["Fetcher", "Pending", "RemoteReading", "wait_all", "when_all"]
 
 
+IO_THREADS = 256
+"""Threads that read objects in one process, at most, however many sequences read at once; each sequence
+keeps at most its own `reads_in_flight` of them busy."""
+
+_POOL: list[Any] = [None, 0]  # the process's I/O threads, and the process they belong to
+_POOL_LOCK = threading.Lock()
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    """The I/O threads of this process (made on first use, and again in a forked child)."""
+    with _POOL_LOCK:
+        if _POOL[0] is None or _POOL[1] != os.getpid():
+            _POOL[:] = [ThreadPoolExecutor(IO_THREADS, thread_name_prefix="keras_sepseq_io"), os.getpid()]
+        return _POOL[0]
+
+
 class Fetcher:
-    """Reads objects, up to `reads_in_flight` at once, with retries and stats, on I/O threads.
+    """Reads objects, up to `reads_in_flight` at once, with retries and stats, on the process's I/O threads.
 
     Args:
-        reads_in_flight: Reads in flight at most (the number of I/O threads).
+        reads_in_flight: Reads in flight at most for this fetcher (the
+            process has `IO_THREADS` threads for all of them).
         options: Storage options (credentials stay in this process).
         stats: Where requests, retries and failures are counted.
 
@@ -64,8 +83,10 @@ class Fetcher:
         self.reads_in_flight = max(1, int(reads_in_flight))
         self.options = dict(options or {})
         self.stats = stats if stats is not None else storage.StorageStats()
-        self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._waiting: collections.deque[tuple[str, Future]] = collections.deque()
+        self._running = 0
+        self._closed = False
         self._rng = random.Random()  # backoff jitter; never the global `random` state
 
     def __repr__(self) -> str:
@@ -75,30 +96,54 @@ class Fetcher:
         raise TypeError("a Fetcher holds credentials and threads of its process: it is not pickled")
 
     def fetch(self, urls: list[str]) -> dict[str, Pending]:
-        """Starts reading `urls`; returns a future of each one's bytes (or of its error).
+        """Starts reading `urls` (in order, `reads_in_flight` at once); returns a future of each one's bytes.
 
         Args:
             urls: Object URLs; repeated ones are read once.
 
         Returns:
-            `{url: future}`.
+            `{url: future}`: a `concurrent.futures.Future` of the bytes
+            (or of the error); cancelling one not yet started drops it.
         """
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.reads_in_flight, thread_name_prefix="keras_sepseq_io")
-            executor = self._executor
         futures: dict[str, Pending] = {}
-        for url in urls:
-            if url not in futures:
-                futures[url] = executor.submit(storage.read_url, url, self.options, stats=self.stats, rng=self._rng)
+        with self._lock:
+            for url in urls:
+                if url not in futures:
+                    future: Future = Future()
+                    futures[url] = future
+                    if self._closed:
+                        future.set_exception(OSError(f"cannot read {storage.display_url(url)}: the reader was closed"))
+                    else:
+                        self._waiting.append((url, future))
+            self._start_more()
         return futures
 
+    def _start_more(self) -> None:
+        """Hands waiting reads to the I/O threads while fewer than `reads_in_flight` run (the lock is held)."""
+        while self._running < self.reads_in_flight and self._waiting:
+            url, future = self._waiting.popleft()
+            if future.set_running_or_notify_cancel():  # False: cancelled while it waited
+                self._running += 1
+                _io_pool().submit(self._read, url, future)
+
+    def _read(self, url: str, future: Future) -> None:
+        try:
+            future.set_result(storage.read_url(url, self.options, stats=self.stats, rng=self._rng))
+        except BaseException as e:  # noqa: BLE001 (the sample's loader raises it, under the error policy)
+            future.set_exception(e)
+        finally:
+            with self._lock:
+                self._running -= 1
+                if not self._closed:
+                    self._start_more()
+
     def close(self) -> None:
-        """Stops the I/O threads once the reads in flight end; reads not started are cancelled."""
+        """Cancels the reads not started; those on their way end on their own. Later reads fail at once."""
         with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            self._closed = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for _, future in waiting:
+            future.cancel()
 
 
 class Pending(Protocol):

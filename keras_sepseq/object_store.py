@@ -469,7 +469,7 @@ _LOCK = threading.Lock()
 
 
 def _forget_after_fork() -> None:
-    _SEEN_ENVIRONMENT[0] = -1.0
+    _SEEN_ENVIRONMENT[0] = -1.0  # (regions learned stay: they hold no connection)
     _STORES.clear()  # a client made before fork() is tied to the parent's runtime and connections
 
 
@@ -494,7 +494,7 @@ def _environment() -> tuple:
 def forget_clients() -> None:
     """Drops every client this process made: the next read makes new ones, from the environment as it is now.
 
-    Clients notice a changed environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`,
+    Regions learned from redirects are forgotten too. Clients notice a changed environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`,
     CA bundle variables) on their own within a second; this is for when
     that second matters.
 
@@ -505,6 +505,7 @@ def forget_clients() -> None:
     with _LOCK:
         _SEEN_ENVIRONMENT[0] = -1.0
         _STORES.clear()
+        _REGIONS.clear()
 
 
 def _fingerprint(options: Mapping[str, Any] | None) -> str:
@@ -532,17 +533,20 @@ def store_for(url: str, options: Mapping[str, Any] | None = None) -> tuple[Any, 
     ('a.png', 'anonymous (unsigned requests)')
     """
     scheme, name, key = split_url(url)
-    cache_key = (scheme, name, _fingerprint(options), _environment())  # a credential set later: a new client
+    region = _REGIONS.get((scheme, name)) if REMOTE_SCHEMES[scheme] == "s3" else None
+    cache_key = (scheme, name, _fingerprint(options), _environment(), region)  # a credential set later: a new client
     with _LOCK:
         found = _STORES.get(cache_key)
     if found is None:
-        found = _make(scheme, name, url, options)
+        found = _make(scheme, name, url, options, region)
         with _LOCK:
             found = _STORES.setdefault(cache_key, found)
     return found[0], key, found[1]
 
 
-def _make(scheme: str, name: str, url: str, options: Mapping[str, Any] | None) -> tuple[Any, Translated]:
+def _make(
+    scheme: str, name: str, url: str, options: Mapping[str, Any] | None, region: str | None
+) -> tuple[Any, Translated]:
     try:
         from obstore.store import AzureStore, GCSStore, HTTPStore, S3Store
     except ImportError as e:
@@ -551,6 +555,8 @@ def _make(scheme: str, name: str, url: str, options: Mapping[str, Any] | None) -
         ) from None
     how = translate(url, options)
     config: Any = dict(how.config)
+    if region is not None:
+        config["region"] = region  # the bucket's own, learned from a redirect (`_follow_region`)
     retry = config.pop("__retry__", None) or {"max_retries": 0}  # keras_sepseq.storage retries, and counts
     common: Any = {"client_options": how.client_options or None, "retry_config": retry}
     try:
@@ -575,19 +581,18 @@ def _make(scheme: str, name: str, url: str, options: Mapping[str, Any] | None) -
         ) from None
 
 
+_TLS = "TLS: the server's certificate is not trusted (set AWS_CA_BUNDLE or SSL_CERT_FILE to its CA)"
 _CAUSES = (
-    (
-        "InvalidCertificate",
-        "TLS: the server's certificate is not trusted (set AWS_CA_BUNDLE or SSL_CERT_FILE to its CA)",
-    ),
-    ("UnknownIssuer", "TLS: the server's certificate is not trusted (set AWS_CA_BUNDLE or SSL_CERT_FILE to its CA)"),
-    ("ConnectionRefused", "connection refused: is the endpoint right?"),
-    ("Connection refused", "connection refused: is the endpoint right?"),
-    ("dns error", "the host name does not resolve: is the endpoint right?"),
-    ("TimedOut", "timed out"),
-    ("IncompleteMessage", "the connection closed before the answer was complete"),
-    ("connection closed", "the connection closed before the answer was complete"),
-    ("ConnectionReset", "the connection was reset"),
+    ("InvalidCertificate", _TLS, False),
+    ("UnknownIssuer", _TLS, False),
+    ("BareRedirect", "S3 redirected the request: the bucket is in another region (give its region_name)", False),
+    ("ConnectionRefused", "connection refused: is the endpoint right?", True),
+    ("Connection refused", "connection refused: is the endpoint right?", True),
+    ("dns error", "the host name does not resolve: is the endpoint right?", True),
+    ("TimedOut", "timed out", True),
+    ("IncompleteMessage", "the connection closed before the answer was complete", True),
+    ("connection closed", "the connection closed before the answer was complete", True),
+    ("ConnectionReset", "the connection was reset", True),
 )
 """Words in obstore's error chain, and what they mean to a user (the chain itself spans dozens of lines)."""
 
@@ -626,10 +631,10 @@ def mapped_error(error: BaseException, url: str, how: Translated | None) -> Base
         detail = f"HTTP {status}" + (f": {' '.join(said)}" if said else "")
     else:
         detail = _first_line(re.sub(r"^Generic \w+ error: ", "", text))
-        cause = next((why for token, why in _CAUSES if token in text), None)
+        cause = next(((why, again) for token, why, again in _CAUSES if token in text), None)
         if cause is not None:
-            detail = f"{cause} ({detail})"
-            if cause.startswith("TLS"):
+            detail = f"{cause[0]} ({detail})"
+            if not cause[1]:  # asking again gets the same answer
                 return RemoteError(redact(detail, how.secrets if how else ())[:400], None, transient=False)
     detail = redact(detail, how.secrets if how else ())[:300]
     names = {cls.__name__ for cls in type(error).__mro__}
@@ -673,10 +678,47 @@ def read_once(url: str, options: Mapping[str, Any] | None = None) -> bytes:
     try:
         return bytes(obstore.get(store, key).bytes())
     except Exception as e:
+        if how.kind == "s3" and "BareRedirect" in str(e) and _follow_region(url, how):
+            return read_once(url, options)  # once: the region learned is used from now on
         raise mapped_error(e, url, how) from None
 
 
 _WARNED: set[str] = set()
+
+_REGIONS: dict[tuple[str, str], str] = {}
+"""`{(scheme, bucket): region}`: buckets found, by a redirect, to live in another region than the one given."""
+
+
+def _follow_region(url: str, how: Translated) -> bool:
+    """After S3 answered a redirect (the bucket is in another region), learns the bucket's region; True if new.
+
+    Asks as boto3 does: an unsigned HEAD of the bucket, whose answer names its region in
+    `x-amz-bucket-region` whatever its status. Warns once per bucket, naming the region to give.
+    """
+    import urllib.error
+    import urllib.request
+    import warnings
+
+    scheme, bucket, _ = split_url(url)
+    endpoint = str(how.config.get("endpoint") or "")
+    target = f"{endpoint.rstrip('/')}/{bucket}" if endpoint else f"https://{bucket}.s3.amazonaws.com"
+    try:
+        answer = urllib.request.urlopen(urllib.request.Request(target, method="HEAD"), timeout=10)
+        region = answer.headers.get("x-amz-bucket-region")
+    except urllib.error.HTTPError as e:
+        region = e.headers.get("x-amz-bucket-region")
+    except OSError:
+        return False
+    given = how.config.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region or region == given or _REGIONS.get((scheme, bucket)) == region:
+        return False
+    _REGIONS[(scheme, bucket)] = region
+    warnings.warn(
+        f"the bucket {scheme}://{bucket} is in region {region!r}, not {given or 'us-east-1'!r}: reading it there "
+        f"from now on (give region_name={region!r} in storage_options to skip the redirect)",
+        stacklevel=4,
+    )
+    return True
 
 
 def _read_with_query(url: str, how: Translated) -> bytes:
@@ -738,8 +780,13 @@ def list_objects(prefix_url: str, options: Mapping[str, Any] | None = None, page
         )
     store, _, how = store_for(prefix_url, options)
     folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+    listed = 0
     try:
         for chunk in obstore.list(store, prefix=folder or None, chunk_size=page):
+            listed += 1
             yield [f"{scheme}://{name}/{entry['path']}" for entry in chunk if entry["path"].startswith(prefix)]
     except Exception as e:
+        if not listed and how.kind == "s3" and "BareRedirect" in str(e) and _follow_region(prefix_url, how):
+            yield from list_objects(prefix_url, options, page)
+            return
         raise mapped_error(e, prefix_url, how) from None

@@ -213,10 +213,24 @@ class LoopbackS3:
         self._control("reset")
 
     def configure(
-        self, *, latency: float | None = None, fail: float | None = None, deny: list[str] | None = None
+        self,
+        *,
+        latency: float | None = None,
+        fail: float | None = None,
+        deny: list[str] | None = None,
+        regions: dict[str, str] | None = None,
     ) -> None:
-        """Changes the latency, the failure share, or the `bucket/key` prefixes refused with 403, from now on."""
-        self._control("configure", {"latency": latency, "fail": fail, "deny": deny})
+        """Changes the latency, the failure share, the `bucket/key` prefixes refused with 403, or the buckets that
+        live in another region, from now on.
+
+        Args:
+            latency: Seconds added to every request.
+            fail: Share of object reads that fail.
+            deny: `bucket/key` prefixes answered with 403.
+            regions: `{bucket: region}`: a request to such a bucket signed for any other region is answered
+                as AWS answers it, 301 PermanentRedirect with the bucket's region in `x-amz-bucket-region`.
+        """
+        self._control("configure", {"latency": latency, "fail": fail, "deny": deny, "regions": regions})
 
     def _control(self, what: str, body: dict | None = None) -> Any:
         address = self.endpoint.split("://", 1)[1]
@@ -253,6 +267,7 @@ class _Proxy:
         self.upstream, self.latency, self.fail, self.tls = upstream, latency, fail, tls
         self.rng = random.Random(seed)
         self.denied: tuple[str, ...] = ()
+        self.regions: dict[str, str] = {}
         self.counts: Counter = Counter()
         self.keys: Counter = Counter()  # access key ids that signed requests (never the secrets)
         self.buckets: Counter = Counter()  # requests by the bucket their path names
@@ -302,6 +317,8 @@ class _Proxy:
             send: Any = connection.abort
         elif failing:
             send = functools.partial(connection.send, _answer_bytes(503, _XML, _ERROR), request.closes)
+        elif (moved := self._moved(request)) is not None:
+            send = functools.partial(connection.send, moved, request.closes)
         elif any(request.path.startswith(prefix) for prefix in self.denied):
             send = functools.partial(connection.send, _answer_bytes(403, _XML, _DENIED, head=head), request.closes)
         else:
@@ -310,6 +327,22 @@ class _Proxy:
             loop.call_later(self.latency, send)
         else:
             send()
+
+    def _moved(self, request: _Request) -> bytes | None:
+        """AWS's 301 answer when `request` names a bucket of another region than the one it was signed for."""
+        bucket = request.path.lstrip("/").split("/", 1)[0].split("?", 1)[0]
+        region = self.regions.get(bucket)
+        signed = re.search(r"Credential=[^/]+/\d+/([^/]+)/", request.headers.get("authorization", ""))
+        if region is None or (signed is not None and signed.group(1) == region):
+            return None
+        self.counts["redirected"] += 1
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PermanentRedirect</Code><Message>The bucket you '
+            f"are attempting to access must be addressed using the specified endpoint. Please send all future "
+            f"requests to this endpoint.</Message><Endpoint>{bucket}.s3.{region}.amazonaws.com</Endpoint>"
+            f"<Bucket>{bucket}</Bucket></Error>"
+        ).encode()
+        return _answer_bytes(301, {**_XML, "x-amz-bucket-region": region}, body, head=request.method == "HEAD")
 
     def _object(self, connection: _Connection, request: _Request, kind: str) -> None:
         """Answers a read, a listing or a write: from the reads kept, or from moto (on an executor thread)."""
@@ -359,7 +392,8 @@ class _Proxy:
     async def _controlled(self, what: str, body: bytes) -> tuple[int, Any]:
         request = json.loads(body or b"{}")
         if what == "stats":
-            counts = {k: self.counts.get(k, 0) for k in ("requests", "get", "list", "head", "put", "other", "failed")}
+            kinds = ("requests", "get", "list", "head", "put", "other", "failed", "redirected")
+            counts = {k: self.counts.get(k, 0) for k in kinds}
             return 200, {**counts, "keys": dict(self.keys), "buckets": dict(self.buckets)}
         if what == "reset":
             self.counts.clear()
@@ -370,6 +404,8 @@ class _Proxy:
                 self.latency = float(request["latency"])
             if request.get("fail") is not None:
                 self.fail = float(request["fail"])
+            if request.get("regions") is not None:
+                self.regions = dict(request["regions"])
             if request.get("deny") is not None:
                 self.denied = tuple(f"/{prefix}" for prefix in request["deny"])
         elif what == "fill":  # many tiny keys at once, written into moto's store in this process

@@ -297,3 +297,56 @@ def test_signed_urls_are_sent_with_their_query_and_never_shown(web, tmp_path):
         with pytest.raises(FileNotFoundError) as caught:
             storage.read_url(f"{base}/missing.npy?X-Amz-Signature=SIGNATURE123")
     assert str(caught.value) == f"no such object: {base}/missing.npy"
+
+
+def test_a_bucket_in_another_region_is_followed_there_with_one_warning(s3):
+    s3.upload("faraway", {"img/a.png": png_bytes(index_image(5)), "lbl/a.npy": npy_bytes(np.array(5))})
+    s3.configure(regions={"faraway": "eu-west-1"})  # answers 301, as AWS does, unless signed for eu-west-1
+    try:
+        with pytest.warns(UserWarning, match=r"s3://faraway is in region 'eu-west-1', not 'us-east-1'"):
+            found = ks.pair_files(
+                "s3://faraway/img/*.png", "s3://faraway/lbl/*.npy", storage_options=s3.storage_options
+            )
+        assert found == (["s3://faraway/img/a.png"], ["s3://faraway/lbl/a.npy"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the region is known now: no more redirects, no more warnings
+            x, y = ks.SeparatedSequence(*found, batch_size=1, storage_options=s3.storage_options)[0]
+        assert decode_index(x).tolist() == [5] and y.tolist() == [5]
+        assert s3.stats()["redirected"] == 2  # the first listing, and the unsigned HEAD that asked the region
+    finally:
+        s3.configure(regions={})
+
+
+def test_reads_of_every_sequence_share_a_bounded_number_of_threads(s3):
+    from keras_sepseq import fetching
+
+    s3.configure(latency=0.05)
+    images, labels = urls()
+    wanted = images + labels
+    fetchers = [fetching.Fetcher(200, s3.storage_options) for _ in range(3)]
+    try:
+        futures = [f.fetch(wanted) for f in fetchers]
+        contents = [fetching.wait_all(f) for f in futures]
+        io_threads = [t for t in threading.enumerate() if t.name.startswith("keras_sepseq_io")]
+        assert 0 < len(io_threads) <= fetching.IO_THREADS
+        expected = npy_bytes(np.array(3, dtype=np.int64))
+        assert all(c[labels[3]] == expected for c in contents)
+    finally:
+        for f in fetchers:
+            f.close()
+
+
+def test_a_fetcher_keeps_its_reads_in_flight_and_cancels_the_rest_when_closed(s3):
+    from keras_sepseq import fetching
+
+    s3.configure(latency=0.2)
+    images, labels = urls()
+    fetcher = fetching.Fetcher(2, s3.storage_options)
+    futures = fetcher.fetch(images)
+    fetcher.close()
+    outcomes = [f.cancelled() for f in futures.values()]
+    assert outcomes == [False, False] + [True] * 10  # the two on their way end; the ten waiting never start
+    assert [len(f.result()) > 0 for f in list(futures.values())[:2]] == [True, True]
+    assert s3.stats()["get"] == 2
+    with pytest.raises(OSError, match=r"cannot read s3://data/img/image_0000\.png: the reader was closed"):
+        fetcher.fetch(images[:1])[images[0]].result()

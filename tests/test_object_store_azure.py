@@ -155,5 +155,8 @@ def test_a_wrong_key_and_a_missing_blob_are_named_without_the_key(azurite):
     labels[1] = "az://data/lbl/missing.npy"
     images = [f"az://data/img/image_{i:04d}.png" for i in range(3)]
     seq = ks.SeparatedSequence(images, labels, batch_size=3, shuffle=False, storage_options=keyed(azurite))
-    with pytest.raises(SampleError, match=r"sample 1, file 'az://data/lbl/missing\.npy': cannot load label: FileNotFoundError: no such object"):
+    with pytest.raises(
+        SampleError,
+        match=r"sample 1, file 'az://data/lbl/missing\.npy': cannot load label: FileNotFoundError: no such object",
+    ):
         seq[0]
