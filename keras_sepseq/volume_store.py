@@ -12,20 +12,39 @@ touched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import threading
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from keras_sepseq.storage import is_url
+from keras_sepseq.storage import display_url, is_url
 
 __all__ = ["VolumeStore"]
 
 Entry = tuple[tuple, np.ndarray | None]  # the volume's items (one per field) and its foreground voxels
+
+
+_SIGNING = re.compile(
+    r"x-amz-.*|x-goog-.*|signature|expires|awsaccesskeyid|googleaccessid|token|"
+    r"sv|ss|srt|sp|se|st|spr|sig|sr|sdd|skoid|sktid|skt|ske|sks|skv|saoid|suoid|scid",
+    re.IGNORECASE,
+)
+"""Query parameters that sign a URL (AWS, Google, Azure SAS) rather than name the object."""
+
+
+def _url_identity(url: str) -> list[str]:
+    """What names the object at `url`, for a cache record: the URL without user, password or query, and a
+    digest of the query parameters that are not signatures (a URL signed again names the same object)."""
+    query = urllib.parse.urlsplit(url).query
+    kept = sorted((k, v) for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True) if not _SIGNING.fullmatch(k))
+    return [display_url(url), hashlib.sha256(repr(kept).encode()).hexdigest()[:16]]
 
 
 class VolumeStore:
@@ -101,12 +120,12 @@ class VolumeStore:
         return directory, directory + ".json"
 
     def _stamp(self, index: int) -> list:
-        """Every file of the volume with its size and modification time (URLs by name: they are not stat-ed)."""
+        """Every file of the volume with its size and modification time (URLs by name and digest: not stat-ed)."""
         stamp: list = []
         for column in self.sources:
             source = column[index]
             if is_url(source):
-                stamp.append([source])
+                stamp.append(_url_identity(source))
             else:
                 stat = os.stat(source)
                 stamp.append([source, stat.st_size, stat.st_mtime_ns])

@@ -350,3 +350,22 @@ def test_a_fetcher_keeps_its_reads_in_flight_and_cancels_the_rest_when_closed(s3
     assert s3.stats()["get"] == 2
     with pytest.raises(OSError, match=r"cannot read s3://data/img/image_0000\.png: the reader was closed"):
         fetcher.fetch(images[:1])[images[0]].result()
+
+
+def test_a_volume_cache_keeps_no_secret_of_the_urls_it_was_filled_from(tmp_path):
+    from keras_sepseq.volume_store import VolumeStore
+
+    signed = "https://me:PASSWORD1@host.example/scan.nii.gz?X-Amz-Signature=SIGNATURE1&X-Amz-Security-Token=TOKEN1"
+    store = VolumeStore(1, str(tmp_path / "cache"), [[signed]])
+    store.get(0, lambda: ((np.arange(8.0).reshape(2, 2, 2),), None))
+    written = b"".join(p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert b"host.example/scan.nii.gz" in written  # the record names the file...
+    assert not any(secret in written for secret in (b"PASSWORD1", b"SIGNATURE1", b"TOKEN1"))  # ...never its secrets
+    again = VolumeStore(1, str(tmp_path / "cache"), [[signed]])
+    again.get(0, lambda: pytest.fail("the copy on disk is current: nothing is decoded"))
+    resigned = VolumeStore(1, str(tmp_path / "cache"), [[signed.replace("SIGNATURE1", "SIGNATURE2")]])
+    resigned.get(0, lambda: pytest.fail("a URL signed again names the same object: nothing is decoded"))
+    other = VolumeStore(1, str(tmp_path / "cache"), [[signed.replace("?X-Amz", "?version=2&X-Amz")]])
+    decoded = []
+    other.get(0, lambda: decoded.append(1) or ((np.zeros((2, 2, 2)),), None))
+    assert decoded == [1]  # a query that names another object (another version) is another file
