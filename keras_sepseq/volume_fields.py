@@ -283,18 +283,21 @@ class LabelVolumeField(VolumeField):
 
     def read(self, path: str) -> np.ndarray:
         """Reads, orients and resamples one label volume by nearest neighbour; `(D, H, W)` in `dtype`, checked."""
-        labels = self.place(*self.voxels(path))
-        if labels.ndim == 4 and labels.shape[3] == 1:
-            labels = labels[..., 0]
-        if labels.ndim != 3:
-            raise ValueError(f"a label volume must have one channel; this one has shape {labels.shape}")
-        if labels.dtype.kind == "f":
-            if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-                bad = labels[~np.isfinite(labels) | (labels != np.round(labels))][:4]
+        stored, affine = self.voxels(path)
+        stored = np.asarray(stored)
+        if stored.ndim == 4 and stored.shape[3] == 1:
+            stored = stored[..., 0]
+        if stored.ndim != 3:
+            raise ValueError(f"a label volume must have one channel; this one has shape {stored.shape}")
+        # Checked as stored, before resampling: whether a file is valid never depends on the output grid.
+        if stored.dtype.kind == "f":
+            if not np.all(np.isfinite(stored)) or np.any(stored != np.round(stored)):
+                bad = stored[~np.isfinite(stored) | (stored != np.round(stored))][:4]
                 raise ValueError(f"the label volume holds values that are not class ids: {bad.tolist()}")
-        elif labels.dtype.kind not in "iub":
-            raise ValueError(f"the label volume holds {labels.dtype} values, not class ids")
-        check_classes(labels, self.num_classes, self.ignore_index)
+        elif stored.dtype.kind not in "iub":
+            raise ValueError(f"the label volume holds {stored.dtype} values, not class ids")
+        check_classes(stored, self.num_classes, self.ignore_index, what="label volume", unit="voxel")
+        labels = self.place(stored, affine)
         info = np.iinfo(self.dtype)
         if labels.size and (labels.min() < info.min or labels.max() > info.max):
             raise ValueError(f"the label volume holds values outside {self.dtype} ({labels.min()}..{labels.max()})")

@@ -118,12 +118,37 @@ def test_nearest_resizing_never_creates_a_value(height, width, out_h, out_w, see
     assert set(np.unique(resized)) <= set(np.unique(mask))
 
 
+@pytest.mark.parametrize("image_size", [None, (6, 6), (64, 64)], ids=["as-stored", "down-4x", "up"])
+def test_a_stray_value_is_refused_whatever_the_output_size(tmp_path, image_size):
+    images, masks = write_coordinate_pairs(tmp_path / "data", 2)
+    bad = np.zeros((24, 24), np.uint8)
+    bad[1, 1] = 7  # nearest-neighbour sampling down to 6x6 reads pixels (2, 2), (6, 6)...: never this one
+    write_mask(masks[1], bad)
+    seq = SeparatedSequence(images, masks, batch_size=2, num_classes=3, shuffle=False, image_size=image_size)
+    with pytest.raises(SampleError, match=r"mask_001.png'.*class values outside 0\.\.2: 7 \(1 pixel\)$"):
+        seq[0]
+
+
+def test_the_bad_values_are_counted_by_pixel():
+    mask = np.zeros((10, 10), np.uint16)
+    mask[0, :4], mask[1, 0] = 300, 9
+    with pytest.raises(
+        ValueError, match=r"^the mask holds class values outside 0\.\.2: 9 \(1 pixel\), 300 \(4 pixels\)$"
+    ):
+        check_classes(mask, 3, None)
+    with pytest.raises(ValueError, match=r"outside 0\.\.2 or ignore_index=255: -1 \(2 pixels\)$"):
+        check_classes(np.array([[0, -1], [-1, 255]], np.int32), 3, 255)
+
+
 def test_values_outside_the_classes_make_the_sample_bad_naming_file_and_values(tmp_path):
     images, masks = write_coordinate_pairs(tmp_path / "data", 4)
     bad = np.zeros((24, 24), np.uint8)
     bad[0, :3] = [5, 9, 255]
     write_mask(masks[2], bad)
-    with pytest.raises(SampleError, match=r"mask_002.png'.*class values outside 0\.\.2 or ignore_index=255: 5, 9"):
+    with pytest.raises(
+        SampleError,
+        match=r"mask_002.png'.*class values outside 0\.\.2 or ignore_index=255: 5 \(1 pixel\), 9 \(1 pixel\)$",
+    ):
         SeparatedSequence(images, masks, batch_size=4, num_classes=3, ignore_index=255, shuffle=False)[0]
     skipping = SeparatedSequence(
         images, masks, batch_size=4, num_classes=3, ignore_index=255, shuffle=False, on_error="skip"

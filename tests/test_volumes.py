@@ -222,6 +222,15 @@ def test_volume_field_batches_for_conv3d(tmp_path):
     assert tuple(spec[0].shape) == (None, 4, 4, 4, 1) and tuple(spec[1].shape) == (None, 4, 4, 4)
 
 
+def test_a_stray_label_is_refused_before_resampling_could_skip_it(tmp_path):
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[1, 1, 1] = 7  # a shape of (2, 2, 2) samples voxels (2, 2, 2)... by nearest neighbour: never this one
+    path = write_nifti(tmp_path / "stray_seg.nii.gz", labels, np.eye(4))
+    assert LabelVolumeField([path], num_classes=8, shape=(2, 2, 2)).read(path).shape == (2, 2, 2)
+    with pytest.raises(ValueError, match=r"^the label volume holds class values outside 0\.\.2: 7 \(1 voxel\)$"):
+        LabelVolumeField([path], num_classes=3, shape=(2, 2, 2)).read(path)
+
+
 def test_label_volume_rules_name_the_file(tmp_path):
     def write(name, values, dtype):
         return write_nifti(tmp_path / name, np.array(values, dtype).reshape(1, 1, 3), np.eye(4))
