@@ -18,10 +18,13 @@ with thread and process workers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import stat
+import threading
 from typing import Any
 
 import numpy as np
@@ -223,26 +226,42 @@ class DirectoryCache:
     _STATE = np.dtype([("filled", "u1"), ("size", "<i8"), ("mtime_ns", "<i8")])
 
     def __init__(self, directory: str, *, fingerprint: str, sources) -> None:
-        self.root = os.path.join(os.fspath(directory), fingerprint)
+        top = os.fspath(directory)
+        self.root = os.path.join(top, fingerprint)
         self.sources = sources
         self.num_samples = len(sources)
-        os.makedirs(self.root, exist_ok=True)
-        state_path = os.path.join(self.root, "state.npy")
-        if os.path.exists(state_path):
-            self.state = np.load(state_path, mmap_mode="r+")
-        else:
-            self.state = np.lib.format.open_memmap(state_path, mode="w+", dtype=self._STATE, shape=(self.num_samples,))
+        for folder in (top, self.root):
+            if not os.path.lexists(folder):
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            _check_folder(folder)
+        state_path = self._file("state.npy")
+        self.state = _created(
+            state_path,
+            lambda path: np.lib.format.open_memmap(path, mode="w+", dtype=self._STATE, shape=(self.num_samples,)),
+        )
+        if self.state.shape != (self.num_samples,) or self.state.dtype != self._STATE:
+            raise ValueError(
+                f"the cache file {state_path} holds {self.state.shape} {self.state.dtype} records, not one per sample "
+                f"of {self.num_samples}: remove the folder {self.root}"
+            )
         self.slabs: list[np.ndarray | None] | None = self._open_slabs()
         self._views: tuple | None = None  # the slabs as plain arrays, made on first use
 
+    def _file(self, name: str) -> str:
+        """The path of a file of this cache, refusing one that is a symbolic link (it could point anywhere)."""
+        path = os.path.join(self.root, name)
+        if os.path.islink(path):
+            raise ValueError(f"the cache file {path} is a symbolic link: keras_sepseq writes no file through one")
+        return path
+
     def _open_slabs(self):
-        layout_path = os.path.join(self.root, "layout.json")
+        layout_path = self._file("layout.json")
         if not os.path.exists(layout_path):
             return None
         with open(layout_path) as f:
             layout = json.load(f)
         return [
-            None if slot is None else np.load(os.path.join(self.root, f"slot{k}.npy"), mmap_mode="r+")
+            None if slot is None else np.load(self._file(f"slot{k}.npy"), mmap_mode="r+")
             for k, slot in enumerate(layout)
         ]
 
@@ -301,38 +320,87 @@ class DirectoryCache:
             ValueError: If the item's shape differs from the cached ones.
         """
         arrays = _item_arrays(item)
-        if self.slabs is None:
-            layout = []
-            for k, a in enumerate(arrays):
-                layout.append(None if a is None else {"shape": list(a.shape), "dtype": a.dtype.str})
-                if a is not None:
-                    np.lib.format.open_memmap(
-                        os.path.join(self.root, f"slot{k}.npy"),
-                        mode="w+",
-                        dtype=a.dtype,
-                        shape=(self.num_samples,) + a.shape,
-                    ).flush()
-            with open(os.path.join(self.root, "layout.json"), "w") as f:
-                json.dump(layout, f)
-            self.slabs, self._views = self._open_slabs(), None
-        for k, (slab, a) in enumerate(zip(self.slabs, arrays)):
-            if (slab is None) != (a is None) or (
-                a is not None and (slab.shape[1:] != a.shape or slab.dtype != a.dtype)
-            ):
+        slabs = self.slabs if self.slabs is not None else self._create_slabs(arrays)
+        for k, (slab, a) in enumerate(zip(slabs, arrays)):
+            if slab is not None and a is not None and slab.shape[1:] == a.shape and slab.dtype == a.dtype:
+                slab[index] = a
+            elif slab is not None or a is not None:
                 raise ValueError(
                     f"cache=<directory> needs every sample to have one shape: sample {index} "
                     f"({self.sources[index]!r}) has {None if a is None else (a.shape, str(a.dtype))} in slot {k}, "
                     f"the cache holds {None if slab is None else (slab.shape[1:], str(slab.dtype))}. Set `image_size`."
                 )
-            if slab is not None:
-                slab[index] = a
         size, mtime = self._stat(index)
         self.state[index] = (1, size, mtime)
+
+    def _create_slabs(self, arrays: tuple) -> list[np.ndarray | None]:
+        """Makes the slot files and then `layout.json`, each published whole: the first process to publish a
+        file wins, the others open it (no process ever truncates what another wrote)."""
+        layout = []
+        for k, a in enumerate(arrays):
+            layout.append(None if a is None else {"shape": list(a.shape), "dtype": a.dtype.str})
+            if a is not None:
+                shape = (self.num_samples,) + a.shape
+                _created(
+                    self._file(f"slot{k}.npy"),
+                    lambda path, a=a, shape=shape: np.lib.format.open_memmap(
+                        path, mode="w+", dtype=a.dtype, shape=shape
+                    ),
+                )
+        _created(self._file("layout.json"), lambda path: _write_json(path, layout))
+        self.slabs, self._views = self._open_slabs(), None
+        return self.slabs or []
 
     def flush(self) -> None:
         """Writes the memory maps to disk."""
         for array in [self.state] + [s for s in (self.slabs or []) if s is not None]:
             array.flush()
+
+
+def _check_folder(folder: str) -> None:
+    """Refuses a cache folder that is a symbolic link or that another user owns (it could be made to hold
+    what they choose, or to overwrite their files)."""
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode):
+        raise ValueError(f"the cache folder {folder} is a symbolic link: give the folder it points to, if it is yours")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"the cache folder {folder} is not a folder")
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        raise PermissionError(
+            f"the cache folder {folder} belongs to user id {info.st_uid}, not to this user ({os.geteuid()}): "
+            "a cache must be in a folder of your own"
+        )
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def _created(path: str, make: Any) -> Any:
+    """The file at `path` opened for use, made by `make(temporary path)` and published under `path` only if
+    no other process has published it first (a hard link fails if `path` exists; no file is ever half-made
+    under its name). Returns the memory map (or `None` for other files) of whichever file won."""
+    if not os.path.exists(path):
+        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            made = make(temporary)
+            if made is not None:
+                made.flush()
+                del made
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                pass  # another process published it first: use theirs
+            except OSError:  # a file system without hard links: rename, where no other process got there first
+                if not os.path.exists(path):
+                    os.replace(temporary, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+    if path.endswith(".npy"):
+        return np.load(path, mmap_mode="r+")
+    return None
 
 
 def fingerprint(*parts: Any) -> str:

@@ -184,3 +184,79 @@ def test_parse_bytes(value, expected):
 def test_parse_bytes_refuses_nonsense(value):
     with pytest.raises(ValueError, match=r"`cache_budget` must be a number of bytes or a size such as '4GB'"):
         parse_bytes(value)
+
+
+_FILLER = """
+import sys, time
+import numpy as np
+from keras_sepseq.cache import DirectoryCache
+
+root, start, worker = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+sources = [f"s3://bucket/sample_{i:03d}.png" for i in range(64)]  # URLs: filled once, never stat-ed
+while time.time() < start:  # every process opens the empty cache at the same moment
+    pass
+cache = DirectoryCache(root, fingerprint="same", sources=sources)
+for i in np.random.default_rng(worker).permutation(64):
+    cache.put(int(i), (np.full((16, 16), i, np.int32), np.array(i, np.int64)))
+cache.flush()
+"""
+
+
+def test_processes_filling_one_empty_cache_at_once_leave_it_whole(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from keras_sepseq.cache import DirectoryCache
+
+    sources = [f"s3://bucket/sample_{i:03d}.png" for i in range(64)]
+    for round_ in range(6):
+        root = tmp_path / f"round{round_}"
+        start = time.time() + 1.5
+        fillers = [subprocess.Popen([sys.executable, "-c", _FILLER, str(root), str(start), str(w)]) for w in range(4)]
+        assert [p.wait(timeout=120) for p in fillers] == [0, 0, 0, 0]
+        cache = DirectoryCache(str(root), fingerprint="same", sources=sources)
+        assert cache.filled_mask(np.arange(64)).all(), f"round {round_}: samples lost"
+        for i in range(64):
+            image, label = cache.get(i)
+            assert image.shape == (16, 16) and (image == i).all() and int(label) == i
+        assert sorted(p.name for p in (root / "same").iterdir()) == [
+            "layout.json",
+            "slot0.npy",
+            "slot1.npy",
+            "state.npy",
+        ]
+
+
+def test_a_cache_folder_reached_through_a_symlink_is_refused(indexed_dataset, tmp_path):
+    images, labels = indexed_dataset(4)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ValueError, match=rf"the cache folder {tmp_path}/link is a symbolic link"):
+        SeparatedSequence(images, labels, batch_size=2, image_size=(6, 5), cache=str(tmp_path / "link"))[0]
+
+
+def test_a_cache_folder_of_another_user_is_refused(indexed_dataset, tmp_path):
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    images, labels = indexed_dataset(4)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 4321, 4321)  # as if another user had made it first, in a shared /tmp
+    with pytest.raises(
+        PermissionError, match=rf"the cache folder {shared} belongs to user id 4321, not to this user \(0\)"
+    ):
+        SeparatedSequence(images, labels, batch_size=2, image_size=(6, 5), cache=str(shared))[0]
+
+
+def test_a_cache_file_that_is_a_symlink_is_refused(indexed_dataset, tmp_path):
+    images, labels = indexed_dataset(4)
+    seq = SeparatedSequence(images, labels, batch_size=2, image_size=(6, 5), cache=str(tmp_path / "c"))
+    seq[0]
+    seq.close()
+    (folder,) = (tmp_path / "c").iterdir()
+    victim = tmp_path / "victim.npy"
+    (folder / "slot0.npy").rename(victim)
+    (folder / "slot0.npy").symlink_to(victim)  # another user's file, say: never written through
+    with pytest.raises(ValueError, match=r"slot0\.npy is a symbolic link: keras_sepseq writes no file through one"):
+        SeparatedSequence(images, labels, batch_size=2, image_size=(6, 5), cache=str(tmp_path / "c"))[0]
