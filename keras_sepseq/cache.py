@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_sepseq.errors import CacheBudgetError
 from keras_sepseq.storage import is_url
 
 DEFAULT_BUDGET = 2 * 1024**3
@@ -194,7 +195,7 @@ class MemoryCache:
                 if estimate
                 else (f"reached {format_bytes(total)} after samples of {shapes}")
             )
-            raise ValueError(
+            raise CacheBudgetError(
                 f"cache='memory' {what}, over cache_budget={format_bytes(self.budget)}. Raise `cache_budget`, "
                 "set `image_size` smaller, or cache to a folder with cache='<directory>'."
             )

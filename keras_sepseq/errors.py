@@ -65,3 +65,15 @@ class TooManyErrorsError(RuntimeError):
 
     >>> raise TooManyErrorsError("12 of 100 samples failed, over max_errors=10")  # doctest: +SKIP
     """
+
+
+class CacheBudgetError(MemoryError, ValueError):
+    """`cache="memory"` would hold more than `cache_budget`: the run stops (it is not a bad sample).
+
+    A `MemoryError`, so that the error policy never records it as a sample's failure, and a `ValueError`,
+    as it was before it had a class of its own.
+
+    Example:
+
+    >>> raise CacheBudgetError("cache='memory' reached 2.1 GB ..., over cache_budget=2.0 GB")  # doctest: +SKIP
+    """

@@ -28,7 +28,7 @@ import numpy as np
 
 from keras_sepseq.cache import fingerprint
 from keras_sepseq.checks import check_int
-from keras_sepseq.errors import SampleError
+from keras_sepseq.errors import CacheBudgetError, SampleError
 from keras_sepseq.field_sequence import Fields, FieldSequence
 from keras_sepseq.fields import ArrayField
 from keras_sepseq.order import epoch_order
@@ -220,12 +220,14 @@ class PatchSequence(FieldSequence):
             directory = None
             if self.cache not in (None, "memory"):
                 directory = os.path.join(str(self.cache), "volumes-" + fingerprint(*self.cache_key()))
-            self._store = VolumeStore(capacity, directory, self.path_columns() if directory else ())
+            budget = self.cache_budget if self.cache == "memory" else None
+            self._store = VolumeStore(capacity, directory, self.path_columns() if directory else (), budget=budget)
         return self._store
 
     @property
     def volume_stats(self) -> dict[str, int]:
-        """Volumes decoded and reused in this process so far (`decodes`, `hits`, `in_memory`).
+        """Volumes decoded and reused in this process so far (`decodes`, `hits`, `in_memory`, and the
+        `bytes_in_memory` they hold, memory maps not counted).
 
         Example:
 
@@ -277,6 +279,8 @@ class PatchSequence(FieldSequence):
             items, foreground = self.volume_store().get(volume, lambda: self._load_volume(volume))
         except SampleError as e:
             raise SampleError(f"volume {volume}: {e.reason}", path=e.path, index=int(index)) from e.__cause__
+        except CacheBudgetError:
+            raise  # the run stops: no sample is at fault
         except ValueError as e:
             raise SampleError(f"volume {volume}: {e}", path=self.sample_path(index), index=int(index)) from e
         start, fell_back = self.patch_start(volume, slot, items, foreground)

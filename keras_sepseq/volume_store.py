@@ -24,11 +24,20 @@ from typing import Any
 
 import numpy as np
 
+from keras_sepseq.cache import format_bytes
+from keras_sepseq.errors import CacheBudgetError
 from keras_sepseq.storage import display_url, is_url
 
 __all__ = ["VolumeStore"]
 
 Entry = tuple[tuple, np.ndarray | None]  # the volume's items (one per field) and its foreground voxels
+
+
+def _in_memory(entry: Entry) -> int:
+    """Bytes an entry holds in memory: its arrays, not its memory maps (those are pages of a file)."""
+    items, foreground = entry
+    arrays = [a for a in (*items, foreground) if isinstance(a, np.ndarray) and not isinstance(a, np.memmap)]
+    return sum(a.nbytes for a in arrays if a.base is None or not isinstance(a.base, np.memmap))
 
 
 _SIGNING = re.compile(
@@ -56,6 +65,8 @@ class VolumeStore:
         sources: Columns of files (one column per field backed by files,
             one file per volume) whose sizes and modification times make a
             copy on disk stale (with `directory`).
+        budget: The most bytes the entries kept in memory may hold
+            (`cache_budget` with `cache="memory"`), or `None`.
 
     Example:
 
@@ -64,11 +75,17 @@ class VolumeStore:
     """
 
     def __init__(
-        self, capacity: int | None, directory: str | None = None, sources: Sequence[Sequence[str]] = ()
+        self,
+        capacity: int | None,
+        directory: str | None = None,
+        sources: Sequence[Sequence[str]] = (),
+        budget: int | None = None,
     ) -> None:
         self.capacity = capacity
         self.directory = directory
         self.sources = sources
+        self.budget = budget
+        self._bytes = 0  # of the entries kept in memory (memory maps count nothing)
         self._entries: OrderedDict[int, Entry] = OrderedDict()
         self._loading: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
@@ -106,10 +123,20 @@ class VolumeStore:
                 entry = load()
                 self.decodes += 1
                 entry = self._to_disk(index, entry)
+            size = _in_memory(entry)
             with self._lock:
+                if self.budget is not None and self._bytes + size > self.budget:
+                    raise CacheBudgetError(
+                        f"cache='memory' would hold {format_bytes(self._bytes + size)} with volume {index} "
+                        f"({len(self._entries) + 1} volumes), over cache_budget={format_bytes(self.budget)}. Raise "
+                        "`cache_budget`, cache to a folder with cache='<directory>' (memory-mapped), or keep "
+                        "fewer volumes with volumes_in_memory."
+                    )
                 self._entries[index] = entry
+                self._bytes += size
                 while self.capacity is not None and len(self._entries) > self.capacity:
-                    self._entries.popitem(last=False)
+                    _, dropped = self._entries.popitem(last=False)
+                    self._bytes -= _in_memory(dropped)
             return entry
         finally:
             with self._lock:
@@ -174,9 +201,12 @@ class VolumeStore:
         return self._from_disk(index) or entry
 
     def stats(self) -> dict[str, int]:
-        """`{"decodes": ..., "hits": ..., "in_memory": ...}` in this process so far."""
+        """`{"decodes": ..., "hits": ..., "in_memory": ..., "bytes_in_memory": ...}` in this process so far."""
         with self._lock:
-            return {"decodes": self.decodes, "hits": self.hits, "in_memory": len(self._entries)}
+            return {
+                "decodes": self.decodes, "hits": self.hits, "in_memory": len(self._entries),
+                "bytes_in_memory": self._bytes,
+            }  # fmt: skip
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -165,6 +165,27 @@ def test_volume_decoded_once_per_epoch_with_threads_and_not_again_with_a_cache(t
     cached.close()
 
 
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_memory_cache_of_volumes_keeps_to_its_budget(tmp_path, on_error):
+    from keras_sepseq.errors import CacheBudgetError
+
+    whole = coordinate_sequence(tmp_path, cache="memory")
+    epoch_bytes(whole, 0)
+    total = whole.volume_stats["bytes_in_memory"]
+    whole.close()
+    fits = coordinate_sequence(tmp_path, cache="memory", cache_budget=total)
+    epoch_bytes(fits, 0)
+    assert fits.volume_stats["in_memory"] == 7 and fits.volume_stats["bytes_in_memory"] == total  # all kept
+    fits.close()
+    short = coordinate_sequence(tmp_path, cache="memory", cache_budget=total // 2, on_error=on_error)
+    with pytest.raises(
+        CacheBudgetError, match=r"cache='memory' would hold .* with volume \d \(\d volumes\), over cache_budget="
+    ):
+        epoch_bytes(short, 0)  # a budget is not a bad sample: never skipped, whatever on_error says
+    assert short.volume_stats["bytes_in_memory"] <= total // 2 and short.errors == []
+    short.close()
+
+
 def test_directory_cache_is_read_memory_mapped_by_every_process(tmp_path):
     first = coordinate_sequence(tmp_path / "data", cache=str(tmp_path / "cache"))
     expected = epoch_bytes(first, 1)
