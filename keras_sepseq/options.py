@@ -123,9 +123,12 @@ class VolumeOptions(TypedDict, total=False):
     spacing: tuple[float, float, float] | None
     shape: tuple[int, int, int] | None
     npz_key: str | None
+    uneven_slices: str
 
 
-VOLUME_DEFAULTS: dict[str, Any] = {"orient": True, "spacing": None, "shape": None, "npz_key": None}
+VOLUME_DEFAULTS: dict[str, Any] = {
+    "orient": True, "spacing": None, "shape": None, "npz_key": None, "uneven_slices": "error",
+}  # fmt: skip
 """The default of each of `VolumeOptions`."""
 
 

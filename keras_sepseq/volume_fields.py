@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LabelVolumeField", "VolumeField"]
 
-VOLUME_REVISION = 1
+VOLUME_REVISION = 2
 """Part of a directory cache's fingerprint: raised whenever the same file and settings give other voxels."""
 
 Loader = Callable[[str], Any]
@@ -95,6 +95,12 @@ class VolumeField(Field):
             one of `spacing` and `shape`.
         npz_key: The array of `.npz` files to read. Defaults to `None` (the
             archive's only array).
+        uneven_slices: A DICOM series whose slices are not evenly spaced
+            (a missing slice, uneven steps): `"error"` (the default) makes
+            the sample bad, naming the folder, positions and largest gap;
+            `"resample"` interpolates onto an even grid at the median step
+            (nearest neighbour for label volumes, so a scan and its labels
+            given the same option share one grid).
 
     Raises:
         ValueError: If an argument is out of range; the message names it.
@@ -150,6 +156,7 @@ class VolumeField(Field):
         if o["npz_key"] is not None and not isinstance(o["npz_key"], str):
             raise ValueError(f"`npz_key` must be None or a string. Received: npz_key={o['npz_key']!r}")
         self.npz_key = o["npz_key"]
+        self.uneven_slices = check_choice("uneven_slices", o["uneven_slices"], ("error", "resample"))
 
     def voxels(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """The stored voxels and affine of one path (the `loader`, or `read_volume`).
@@ -161,7 +168,7 @@ class VolumeField(Field):
             `(voxels, affine)`.
         """
         if self.loader is None:
-            return read_volume(path, npz_key=self.npz_key)
+            return read_volume(path, npz_key=self.npz_key, uneven_slices=self.uneven_slices, nearest=self.nearest)
         loaded = self.loader(path)
         if isinstance(loaded, tuple) and len(loaded) == 2:
             return np.asarray(loaded[0]), np.asarray(loaded[1], dtype=np.float64)
@@ -211,7 +218,7 @@ class VolumeField(Field):
     def cache_key(self) -> tuple:
         """The geometry, intensity settings, dtype and the reader's revision."""
         return (
-            self.kind, self.orient, self.spacing, self.shape, self.npz_key, self.window, self.normalize,
+            self.kind, self.orient, self.spacing, self.shape, self.npz_key, self.uneven_slices, self.window, self.normalize,
             self.dtype.str, ("volume revision", VOLUME_REVISION),
         )  # fmt: skip
 

@@ -98,14 +98,18 @@ def volume_format(path: str) -> str:
     )
 
 
-def read_volume(path: str, *, npz_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_volume(
+    path: str, *, npz_key: str | None = None, uneven_slices: str = "error", nearest: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Reads a volume's voxels as stored and its affine (voxel indices to RAS+ mm).
 
     NIfTI voxels are scaled by the header's slope and intercept (nibabel's
-    `dataobj`); a DICOM series is sorted by slice position along the slice
-    normal and scaled by `RescaleSlope`/`RescaleIntercept`, its affine built
-    from `ImagePositionPatient`, `ImageOrientationPatient` and
-    `PixelSpacing` (DICOM's LPS turned to RAS). Files without a header
+    `dataobj`); a DICOM series is assembled from each slice's position and
+    orientation and its geometry checked (`keras_sepseq.dicom`: uneven
+    spacing, gaps, mixed orientations or shapes are refused), scaled by
+    `RescaleSlope`/`RescaleIntercept`, its affine built from
+    `ImagePositionPatient`, `ImageOrientationPatient` and `PixelSpacing`
+    (DICOM's LPS turned to RAS). Files without a header
     (TIFF, `.npy`, `.npz`) are taken as already laid out `(D, H, W[, C])`
     in canonical orientation with 1 mm voxels.
 
@@ -114,6 +118,10 @@ def read_volume(path: str, *, npz_key: str | None = None) -> tuple[np.ndarray, n
             `.npz` file (local or a URL), or a local folder of DICOM files.
         npz_key: The array of an `.npz` archive to read; `None` (the
             default) takes its only array.
+        uneven_slices: For a DICOM series whose slices are not evenly
+            spaced: `"error"` (the default) or `"resample"` (interpolated
+            onto an even grid at the median step).
+        nearest: Resample uneven slices by nearest neighbour (labels).
 
     Returns:
         `(voxels, affine)`: voxels `(I, J, K)` or `(I, J, K, C)`, an
@@ -131,7 +139,10 @@ def read_volume(path: str, *, npz_key: str | None = None) -> tuple[np.ndarray, n
     """
     fmt = volume_format(path)
     if fmt == "dicom":
-        return _read_dicom(path)
+        _need("pydicom")
+        from keras_sepseq.dicom import read_dicom_series
+
+        return read_dicom_series(path, uneven=uneven_slices, nearest=nearest)
     with open_file(path) as f:
         data = f.read()
     if not data:
@@ -203,70 +214,6 @@ def _read_npz(data: bytes, key: str | None) -> np.ndarray:
         if key not in names:
             raise ValueError(f"the archive has no array {key!r} (npz_key); it holds {names}")
         return archive[key]
-
-
-def _read_dicom(folder: str) -> tuple[np.ndarray, np.ndarray]:
-    pydicom = _need("pydicom")
-    names = sorted(os.listdir(folder))
-    slices = []
-    for name in names:
-        file = os.path.join(folder, name)
-        if not os.path.isfile(file) or name.startswith("."):
-            continue
-        try:
-            ds = pydicom.dcmread(file)
-        except Exception as e:
-            raise ValueError(f"{file!r} in the DICOM series is not a DICOM file ({e})") from None
-        if "PixelData" not in ds:
-            continue  # DICOMDIR and other files without an image
-        slices.append((file, ds))
-    if not slices:
-        raise ValueError(f"the folder {folder!r} holds no DICOM image")
-    first = slices[0][1]
-    for file, ds in slices:
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            if tag not in ds:
-                raise ValueError(f"{file!r} has no {tag}: slices cannot be placed in space")
-        if ds.get("SeriesInstanceUID") != first.get("SeriesInstanceUID"):
-            raise ValueError(f"the folder holds more than one series: {file!r} is from another")
-    orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
-    row, col = orientation[:3], orientation[3:]  # directions of increasing column index and of increasing row index
-    normal = np.cross(row, col)
-    positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for _, ds in slices])
-    order = np.argsort(positions @ normal, kind="stable")
-    slices = [slices[i] for i in order]
-    positions = positions[order]
-    where = positions @ normal
-    if len(where) > 1 and np.any(np.diff(where) < 1e-6):
-        k = int(np.argmin(np.diff(where)))
-        raise ValueError(f"{slices[k][0]!r} and {slices[k + 1][0]!r} lie at the same slice position")
-    planes = []
-    expected = first.pixel_array.shape
-    for file, ds in slices:
-        rescaled = _rescaled(ds)
-        pixels = np.asarray(ds.pixel_array, dtype=np.float64 if rescaled else None)
-        if pixels.shape != expected:
-            raise ValueError(f"{file!r} has {pixels.shape} pixels, the series' first slice {expected}")
-        if rescaled:
-            pixels = pixels * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
-        planes.append(pixels)
-    voxels = np.stack(planes)  # (slice, row, column)
-    if voxels.dtype == np.float64:
-        voxels = voxels.astype(np.float32)
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)  # between rows, between columns
-    if len(slices) > 1:
-        step = (positions[-1] - positions[0]) / (len(slices) - 1)
-    else:
-        step = normal * float(first.get("SliceThickness", 1.0) or 1.0)
-    affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2] = step, col * row_spacing, row * col_spacing
-    affine[:3, 3] = positions[0]
-    affine[:2] *= -1  # LPS (DICOM) to RAS (NIfTI)
-    return voxels, affine
-
-
-def _rescaled(ds: Any) -> bool:
-    return float(ds.get("RescaleSlope", 1)) != 1 or float(ds.get("RescaleIntercept", 0)) != 0
 
 
 def to_canonical(voxels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:

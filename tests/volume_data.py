@@ -64,8 +64,12 @@ def write_blob_pairs(folder, n, shape=(16, 16, 16), empty=()):
 
 
 def write_dicom_series(folder, pixels, *, spacing=(0.8, 0.6), thickness=2.5, origin=(10.0, -20.0, 5.0), slope=1.0,
-                       intercept=0.0, orientation=(1, 0, 0, 0, 1, 0), shuffle_files=True):  # fmt: skip
-    """One DICOM file per slice of `pixels` `(S, rows, cols)` uint16, in shuffled file order; positions along z."""
+                       intercept=0.0, orientation=(1, 0, 0, 0, 1, 0), shuffle_files=True, offsets=None,
+                       orientations=None, photometric="MONOCHROME2", bits_stored=16):  # fmt: skip
+    """One DICOM file per slice of `pixels` `(S, rows, cols)` uint16, in shuffled file order; positions along z.
+
+    `offsets`: each slice's distance from `origin` along the normal, in mm (default: `thickness` apart);
+    `orientations`: each slice's own `ImageOrientationPatient` (default: `orientation` for all)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -85,13 +89,58 @@ def write_dicom_series(folder, pixels, *, spacing=(0.8, 0.6), thickness=2.5, ori
         ds.SeriesInstanceUID = series
         ds.Modality = "CT"
         ds.Rows, ds.Columns = pixels.shape[1:]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
         ds.PixelSpacing = list(spacing)
         ds.SliceThickness = thickness
-        ds.ImageOrientationPatient = list(orientation)
-        ds.ImagePositionPatient = [float(v) for v in np.array(origin) + normal * thickness * s]
+        ds.ImageOrientationPatient = list(orientation if orientations is None else orientations[s])
+        offset = thickness * s if offsets is None else offsets[s]
+        ds.ImagePositionPatient = [float(v) for v in np.array(origin) + normal * offset]
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         ds.PixelData = np.ascontiguousarray(pixels[s], dtype="<u2").tobytes()
         ds.save_as(os.path.join(folder, f"IM{name:04d}.dcm"), enforce_file_format=True)
     return str(folder)
+
+
+def write_enhanced_dicom(path, pixels, offsets, *, spacing=(0.8, 0.6), origin=(10.0, -20.0, 5.0)):
+    """One enhanced multi-frame DICOM file: frame k of `pixels` `(F, rows, cols)` uint16 at `offsets[k]` mm
+    along z from `origin`, its position in its own per-frame functional group; spacing and orientation shared."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.NumberOfFrames = len(pixels)
+    ds.Rows, ds.Columns = pixels.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+
+    def item(**tags):
+        entry = Dataset()
+        for name, value in tags.items():
+            setattr(entry, name, value)
+        return entry
+
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([item(PixelSpacing=list(spacing), SliceThickness=1.0)])
+    shared.PlaneOrientationSequence = Sequence([item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for offset in offsets:
+        group = Dataset()
+        position = [float(origin[0]), float(origin[1]), float(origin[2] + offset)]
+        group.PlanePositionSequence = Sequence([item(ImagePositionPatient=position)])
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    ds.save_as(str(path), enforce_file_format=True)
+    return os.path.dirname(str(path))
