@@ -19,6 +19,7 @@ with thread and process workers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -373,6 +374,28 @@ def _check_folder(folder: str) -> None:
         )
 
 
+def _reserve(path: str) -> None:
+    """Gives the (sparse) file at `path` its blocks now, so that a full disk is an error naming the cache here,
+    not a SIGBUS later, when a memory-mapped write finds no room."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            folder = os.path.dirname(path)
+            raise OSError(
+                e.errno,
+                f"the cache folder {folder} has no room for {format_bytes(size)} more (disk full or over quota)",
+            ) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: written as it goes
+            raise
+    finally:
+        os.close(fd)
+
+
 def _write_json(path: str, value: Any) -> None:
     with open(path, "w") as f:
         json.dump(value, f)
@@ -389,6 +412,7 @@ def _created(path: str, make: Any) -> Any:
             if made is not None:
                 made.flush()
                 del made
+                _reserve(temporary)
             try:
                 os.link(temporary, path)
             except FileExistsError:

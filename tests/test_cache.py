@@ -260,3 +260,29 @@ def test_a_cache_file_that_is_a_symlink_is_refused(indexed_dataset, tmp_path):
     (folder / "slot0.npy").symlink_to(victim)  # another user's file, say: never written through
     with pytest.raises(ValueError, match=r"slot0\.npy is a symbolic link: keras_sepseq writes no file through one"):
         SeparatedSequence(images, labels, batch_size=2, image_size=(6, 5), cache=str(tmp_path / "c"))[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB file system (tmpfs) mounted for the test, or a skip where mounting is not allowed."""
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_is_an_error_naming_the_cache_and_leaves_no_half_made_file(indexed_dataset, small_disk):
+    images, labels = indexed_dataset(64)
+    seq = SeparatedSequence(images, labels, batch_size=8, image_size=(96, 96), cache=str(small_disk / "c"))
+    with pytest.raises(OSError, match=r"the cache folder .*/small/c/\w+ has no room for [\d.]+ \wB more"):
+        seq[0]  # 64 x 96 x 96 x 3 bytes do not fit in 1 MB: refused when the slot file is made, not by a SIGBUS
+    (folder,) = (small_disk / "c").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["state.npy"]  # no slot file or layout published
+    seq.close()

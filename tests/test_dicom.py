@@ -83,7 +83,9 @@ def test_fields_take_the_option_and_share_one_grid(tmp_path):
     )
     x, y = seq[0]
     assert x.shape[1:4] == y.shape[1:4] == (5, 3, 4)  # 5 even slices, on one grid
-    with pytest.raises(ValueError, match=r"`uneven_slices` must be one of \[.error., .resample.\]. Received: uneven_slices='maybe'"):
+    with pytest.raises(
+        ValueError, match=r"`uneven_slices` must be one of \[.error., .resample.\]. Received: uneven_slices='maybe'"
+    ):
         VolumeField([scans], uneven_slices="maybe")
 
 
