@@ -192,12 +192,14 @@ import numpy as np
 from keras_sepseq.cache import DirectoryCache
 
 root, start, worker = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+pause = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0  # between samples: room for a kill to land mid-fill
 sources = [f"s3://bucket/sample_{i:03d}.png" for i in range(64)]  # URLs: filled once, never stat-ed
 while time.time() < start:  # every process opens the empty cache at the same moment
     pass
 cache = DirectoryCache(root, fingerprint="same", sources=sources)
 for i in np.random.default_rng(worker).permutation(64):
     cache.put(int(i), (np.full((16, 16), i, np.int32), np.array(i, np.int64)))
+    time.sleep(pause)
 cache.flush()
 """
 
@@ -286,3 +288,33 @@ def test_a_full_disk_is_an_error_naming_the_cache_and_leaves_no_half_made_file(i
     (folder,) = (small_disk / "c").iterdir()
     assert sorted(p.name for p in folder.iterdir()) == ["state.npy"]  # no slot file or layout published
     seq.close()
+
+
+def test_a_writer_killed_at_random_moments_never_leaves_a_sample_read_as_valid_but_wrong(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from keras_sepseq.cache import DirectoryCache
+
+    sources = [f"s3://bucket/sample_{i:03d}.png" for i in range(64)]
+    root = tmp_path / "killed"
+    draw = random.Random(7)  # the test's own generator
+    for round_ in range(10):
+        filler = subprocess.Popen([sys.executable, "-c", _FILLER, str(root), "0", str(round_), "0.004"])
+        time.sleep(draw.uniform(0.2, 0.7))  # somewhere in start-up, file creation or the 0.26 s of filling
+        filler.send_signal(signal.SIGKILL)
+        filler.wait(timeout=30)
+        if not (root / "same" / "state.npy").exists():
+            continue  # killed before the cache existed
+        cache = DirectoryCache(str(root), fingerprint="same", sources=sources)
+        for i in np.flatnonzero(cache.filled_mask(np.arange(64))):
+            image, label = cache.get(int(i))
+            assert (image == i).all() and int(label) == i, f"round {round_}: sample {i} marked filled but wrong"
+    finisher = subprocess.run([sys.executable, "-c", _FILLER, str(root), "0", "99"], timeout=120)
+    assert finisher.returncode == 0  # a cache that writers died in is still one a new writer completes
+    cache = DirectoryCache(str(root), fingerprint="same", sources=sources)
+    assert cache.filled_mask(np.arange(64)).all()
+    assert all((cache.get(i)[0] == i).all() for i in range(64))
