@@ -122,3 +122,12 @@ def test_enhanced_multiframe_files_use_each_frame_position(tmp_path):
     uneven = write_enhanced_dicom(tmp_path / "uneven" / "ct.dcm", slices_by_value([0, 1, 4]), [0.0, 1.0, 4.0])
     with pytest.raises(ValueError, match=re.escape("ct.dcm (frame 2)") + r".* and .*" + re.escape("ct.dcm (frame 3)")):
         read_volume(uneven)
+
+
+def test_validate_reports_an_uneven_series_by_name(tmp_path):
+    offsets = [0.0, 2.5, 5.0, 10.0]
+    bad = write_dicom_series(tmp_path / "bad", slices_by_value(offsets), offsets=offsets, origin=(0, 0, 0))
+    good = write_dicom_series(tmp_path / "good", slices_by_value([0, 2.5, 5, 7.5]), offsets=[0, 2.5, 5, 7.5])
+    report = FieldSequence(VolumeField([good, bad]), batch_size=1).validate()
+    assert [e.index for e in report.bad] == [1]
+    assert "is not evenly spaced" in report.bad[0].reason and "largest gap is 5.00 mm" in report.bad[0].reason

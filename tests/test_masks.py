@@ -129,6 +129,17 @@ def test_a_stray_value_is_refused_whatever_the_output_size(tmp_path, image_size)
         seq[0]
 
 
+def test_validate_reports_a_stray_value_with_the_same_message(tmp_path):
+    images, masks = write_coordinate_pairs(tmp_path / "data", 3)
+    bad = np.zeros((24, 24), np.uint8)
+    bad[1, 1] = 7
+    write_mask(masks[2], bad)
+    report = SeparatedSequence(images, masks, batch_size=3, num_classes=3, image_size=(6, 6)).validate()
+    assert [(e.index, e.reason) for e in report.bad] == [
+        (2, "cannot load mask: ValueError: the mask holds class values outside 0..2: 7 (1 pixel)")
+    ]
+
+
 def test_the_bad_values_are_counted_by_pixel():
     mask = np.zeros((10, 10), np.uint16)
     mask[0, :4], mask[1, 0] = 300, 9
