@@ -300,18 +300,22 @@ def test_no_global_random_state_is_touched(tmp_path):
 
 
 @pytest.mark.slow
-def test_soak_200_volumes_memory_stays_flat(tmp_path):
+@pytest.mark.parametrize("cache", [None, "memory"], ids=["store", "memory-cache"])
+def test_soak_200_volumes_memory_stays_flat(tmp_path, cache):
     import resource
 
     scans, labels = write_coordinate_pairs(tmp_path, 200, shape=(24, 24, 24))
     seq = PatchSequence(
         VolumeField(scans), LabelVolumeField(labels), batch_size=4, patch_size=(8, 8, 8), samples_per_file=4,
-        workers=2,
+        workers=2, cache=cache, cache_budget="512MB",
     )  # fmt: skip
     peaks = []
     for epoch in range(3):
         epoch_bytes(seq, epoch)
         peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        assert seq.volume_stats["in_memory"] <= seq.volume_store().capacity
+        if cache is None:
+            assert seq.volume_stats["in_memory"] <= seq.volume_store().capacity
+        else:  # every volume kept, within the budget, from the first epoch on
+            assert seq.volume_stats["in_memory"] == 200 and seq.volume_stats["bytes_in_memory"] <= 512 * 10**6
     seq.close()
     assert peaks[2] - peaks[0] < 50 * 1024  # KiB: no growth after the first epoch
