@@ -245,6 +245,7 @@ class Translated:
         config: obstore configuration keys.
         client_options: obstore `ClientConfig`.
         credential_provider: A credential provider, or `None`.
+        retry_config: obstore's `RetryConfig` when the options give one.
         source: Where credentials come from, in words (no secret).
         secrets: The secret values, to be struck from any message.
     """
@@ -253,6 +254,7 @@ class Translated:
     config: dict[str, Any] = field(default_factory=dict)
     client_options: dict[str, Any] = field(default_factory=dict)
     credential_provider: Any = None
+    retry_config: dict[str, Any] | None = None
     source: str = ""
     secrets: tuple[str, ...] = ()
 
@@ -368,7 +370,7 @@ def translate(url: str, options: Mapping[str, Any] | None) -> Translated:
     out.client_options.update(dict(flat.pop("client_options", None) or {}))
     retry = flat.pop("retry_config", None)
     if retry is not None:
-        out.config["__retry__"] = dict(retry)
+        out.retry_config = dict(retry)
     out.credential_provider = flat.pop("credential_provider", None)
     for name, value in flat.items():
         if name in fsspec_keys:
@@ -557,7 +559,7 @@ def _make(
     config: Any = dict(how.config)
     if region is not None:
         config["region"] = region  # the bucket's own, learned from a redirect (`_follow_region`)
-    retry = config.pop("__retry__", None) or {"max_retries": 0}  # keras_sepseq.storage retries, and counts
+    retry = how.retry_config or {"max_retries": 0}  # keras_sepseq.storage retries, and counts
     common: Any = {"client_options": how.client_options or None, "retry_config": retry}
     try:
         if how.kind == "http":

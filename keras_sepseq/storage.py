@@ -171,11 +171,6 @@ def _status(error: BaseException) -> int | None:
             value = getattr(current, name, None)
             if isinstance(value, int) and 100 <= value < 600:
                 return value
-        response = getattr(current, "response", None)
-        if isinstance(response, Mapping):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if isinstance(status, int):
-                return status
         current, seen = current.__cause__ or current.__context__, seen + 1
     return None
 
